@@ -1,0 +1,3 @@
+from mobillm.cli import app
+
+app()

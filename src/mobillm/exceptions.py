@@ -1,0 +1,43 @@
+"""One exception tree for the whole project (see ../shared/style.md §4)."""
+
+from __future__ import annotations
+
+
+class MobillmError(Exception):
+    """Base of every error mobillm raises on purpose."""
+
+
+class ConfigError(MobillmError, ValueError):
+    """A setting is invalid; the message names every bad field and how to fix it."""
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class DataError(MobillmError, ValueError):
+    """A data file or data set cannot be read as asked."""
+
+
+class ModelLoadError(MobillmError):
+    """A backbone could not be located or loaded."""
+
+
+class WireError(MobillmError):
+    """Bytes from the other side could not be decoded or are not valid."""
+
+
+class CodecError(WireError, ValueError):
+    """An encoded tensor is malformed or names an unknown codec."""
+
+
+class ProtocolError(WireError):
+    """A message is valid on its own but not allowed at this point of the session."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(f"{code}: {message}")
+
+
+class PayloadTooBig(WireError):
+    """A frame exceeds the configured maximum message size."""

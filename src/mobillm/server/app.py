@@ -1,0 +1,84 @@
+"""The WebSocket front end: a thin adapter that moves bytes between connections and jobs.
+
+Every inbound failure becomes an ``Error`` message and a close code for that one connection; nothing a
+device sends can stop the server or touch another job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from mobillm.exceptions import PayloadTooBig, ProtocolError, WireError
+from mobillm.server.manager import SessionManager
+from mobillm.wire.messages import CLOSE_CODES, Batch, Done, Error, GetSideNet, Hello, Welcome, decode_message, encode_message
+
+log = logging.getLogger("mobillm.server")
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+
+
+class Server:
+    def __init__(self, manager: SessionManager, window: int = 8, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        self.manager = manager
+        self.window = window
+        self.max_message_bytes = max_message_bytes
+
+    async def handle(self, ws: ServerConnection) -> None:
+        try:
+            await self._session(ws)
+        except ConnectionClosed:
+            pass
+        except (ProtocolError, PayloadTooBig, WireError) as err:
+            code = getattr(err, "code", "too_big" if isinstance(err, PayloadTooBig) else "bad_frame")
+            await self._refuse(ws, code, str(err))
+        except Exception as err:  # noqa: BLE001 - one broken session must not take the server down
+            log.exception("session failed")
+            await self._refuse(ws, "internal", f"internal error: {type(err).__name__}")
+
+    async def _refuse(self, ws: ServerConnection, code: str, message: str) -> None:
+        try:
+            await ws.send(encode_message(Error(code=code, message=message)))
+            await ws.close(CLOSE_CODES.get(code, 1008), code)
+        except ConnectionClosed:
+            pass
+
+    def _decode(self, data):
+        if isinstance(data, str):
+            raise ProtocolError("bad_frame", "text frames are not part of the protocol; send binary safetensors")
+        return decode_message(data, max_bytes=self.max_message_bytes)
+
+    async def _session(self, ws: ServerConnection) -> None:
+        hello = self._decode(await ws.recv()).header
+        if not isinstance(hello, Hello):
+            raise ProtocolError("bad_header", f"the first message must be hello, got {hello.type}")
+        job = await asyncio.to_thread(self.manager.open, hello)
+        session = uuid.uuid4().hex[:12]
+        log.info("session %s joined job %s", session, hello.job)
+        await ws.send(encode_message(Welcome(session=session, window=self.window, last_seq=job.order.last_seq, step=job.trainer.step_count)))
+        async for data in ws:
+            frame = self._decode(data)
+            message = frame.header
+            if isinstance(message, Batch):
+                await ws.send(encode_message(job.receive(data, frame)))
+            elif isinstance(message, Done):
+                job.device_done(message.epoch)
+            elif isinstance(message, GetSideNet):
+                await asyncio.to_thread(job.wait)
+                await ws.send(await asyncio.to_thread(job.side_net_message))
+            else:
+                raise ProtocolError("unexpected", f"a device does not send {message.type}")
+
+
+async def run_server(manager: SessionManager, host: str, port: int, window: int, max_message_bytes: int, ready=None) -> None:
+    """Serve until cancelled. ``ready`` (optional callable) receives the bound port (useful with port 0)."""
+    server = Server(manager, window, max_message_bytes)
+    async with serve(server.handle, host, port, max_size=max_message_bytes, compression=None, ping_timeout=None) as ws_server:
+        bound = ws_server.sockets[0].getsockname()[1]
+        if ready:
+            ready(bound)
+        await ws_server.serve_forever()

@@ -1,0 +1,205 @@
+"""One fine-tuning job on the server: side network + optimizer, activation cache, metrics, checkpoints.
+
+Batches arrive on the event loop and are acked as soon as they are validated and cached; training runs on a
+thread of its own, so the device never waits for a training step (design §1). Epochs after the device's
+last one replay from the cache.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import random
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from mobillm.backbone import FrozenHead
+from mobillm.exceptions import ConfigError, ProtocolError, WireError
+from mobillm.files import METRICS_NAME
+from mobillm.metrics import MetricsLog, classification_scores, peak_rss_bytes
+from mobillm.server.cache import ActivationCache
+from mobillm.sidenet import SideConfig, SideNetwork
+from mobillm.training.config import TrainConfig
+from mobillm.training.loop import fit
+from mobillm.training.side_trainer import SideTrainer
+from mobillm.wire.messages import Ack, Batch, Frame, Hello, SideNet, decode_message, encode_message
+from mobillm.wire.protocol import ReceiveOrder
+
+_DONE = object()
+
+
+class Job:
+    def __init__(self, hello: Hello, head: FrozenHead, directory: Path, cache_memory_bytes: int, progress: bool = False):
+        try:
+            self.side_config = SideConfig.parse(hello.side_config)
+            self.config = TrainConfig.parse(hello.train_config)
+        except ConfigError as err:
+            raise ProtocolError("bad_header", f"Hello: {err}") from None
+        problems = []
+        if self.side_config.task != "classification":
+            problems.append("this server trains classification jobs only")
+        if self.side_config.hidden_size != hello.hidden_size or self.side_config.shortcuts != hello.shortcuts:
+            problems.append("side_config disagrees with the Hello's hidden_size/shortcuts")
+        if not 1 <= hello.device_epochs <= self.config.num_epochs:
+            problems.append(f"device_epochs must be within 1..{self.config.num_epochs} (the training epochs)")
+        if problems:
+            raise ProtocolError("bad_header", "; ".join(problems))
+        self.hello, self.directory = hello, Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.pivot = self.side_config.token_wise
+        self.steps_per_epoch = math.ceil(hello.train_samples / self.config.batch_size)
+        torch.manual_seed(self.config.seed)
+        self.trainer = SideTrainer(
+            SideNetwork(self.side_config), head, hello.codec, self.config, self.steps_per_epoch * self.config.num_epochs
+        )
+        self.cache = ActivationCache(self.directory / "cache", cache_memory_bytes)
+        self.order = ReceiveOrder()
+        self.train_seqs: list[list[int]] = [[] for _ in range(hello.device_epochs)]
+        self.eval_seqs: list[int] = []
+        self.metrics = MetricsLog(self.directory / METRICS_NAME)
+        self.bytes_received = 0
+        self.samples_trained = 0
+        self.progress = progress
+        self.last_loss: float | None = None
+        self.error: BaseException | None = None
+        self.result: dict | None = None
+        self._incoming: queue.Queue = queue.Queue()
+        self._finished = threading.Event()
+        self._started = time.perf_counter()
+        # Started by the first training batch: the eval batches precede it, so step 0 can be validated.
+        self._thread = threading.Thread(target=self._run, name=f"train-{hello.job}", daemon=True)
+
+    # -- called from the event loop ------------------------------------------------------------------
+    def receive(self, data: bytes, frame: Frame) -> Ack:
+        """Validate, cache and queue one batch; duplicates (resends) are re-acked, not stored twice."""
+        batch: Batch = frame.header
+        self.validate(frame)
+        if self.order.accept(batch.seq):
+            self.cache.put(batch.seq, data)
+            self.bytes_received += len(data)
+            if batch.split == "eval":
+                self.eval_seqs.append(batch.seq)
+            else:
+                if batch.epoch >= len(self.train_seqs):
+                    raise ProtocolError("bad_batch", f"epoch {batch.epoch} beyond device_epochs={len(self.train_seqs)}")
+                self.train_seqs[batch.epoch].append(batch.seq)
+                self._incoming.put(batch.seq)
+                if not self._thread.is_alive() and not self._finished.is_set():
+                    self._thread.start()
+        return Ack(seq=batch.seq, step=self.trainer.step_count, loss=self.last_loss)
+
+    def device_done(self, epoch: int) -> None:
+        self._incoming.put(_DONE)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._finished.wait(timeout)
+
+    def side_net_message(self) -> bytes:
+        if self.error is not None:
+            raise ProtocolError("internal", f"training failed: {self.error!r}")
+        side = self.trainer.side
+        return encode_message(
+            SideNet(
+                config=self.side_config.model_dump(), step=self.trainer.step_count,
+                val_accuracy=self.result["best_val_accuracy"], eval_sample_ids=self.result["eval_sample_ids"],
+                eval_predictions=self.result["eval_predictions"],
+            ),
+            {k: v.detach().contiguous() for k, v in side.state_dict().items()},
+        )
+
+    def validate(self, frame: Frame) -> None:
+        """Check a batch against the Hello: layer count, shapes, finiteness, label range."""
+        tensors = frame.tensors
+        groups = Batch.activation_groups(tensors)
+        B = tensors["sample_ids"].shape[0]
+        H, M = self.hello.hidden_size, len(self.hello.shortcuts)
+        if len(groups) != M:
+            raise ProtocolError("bad_batch", f"{len(groups)} activation layers, the Hello announced {M}")
+        labels = tensors["labels"]
+        if labels.shape != (B,) or bool(((labels < 0) | (labels >= self.hello.num_labels)).any()):
+            raise ProtocolError("bad_batch", f"labels must be (B,) class ids in 0..{self.hello.num_labels - 1}")
+        for i, group in enumerate(groups):
+            try:
+                x = self.trainer.codec.decode(group)
+            except WireError as err:
+                raise ProtocolError("bad_batch", f"layer {i}: {err}") from None
+            expected = (B, H) if self.pivot else None
+            if (expected and tuple(x.shape) != expected) or (not expected and (x.dim() != 3 or x.shape[0] != B or x.shape[2] != H)):
+                raise ProtocolError("bad_batch", f"layer {i}: activations of shape {tuple(x.shape)} do not fit B={B}, H={H}")
+            if not bool(torch.isfinite(x).all()):
+                raise ProtocolError("bad_batch", f"layer {i}: activations contain NaN or Inf")
+        if not self.pivot and ("attention_mask" not in tensors or "last_index" not in tensors):
+            raise ProtocolError("bad_batch", "token-mixing side blocks need attention_mask and last_index")
+
+    # -- the training thread -------------------------------------------------------------------------
+    def _load(self, seq: int):
+        t = decode_message(self.cache.get(seq)).tensors
+        extra = (None, None) if self.pivot else (t["attention_mask"], t["last_index"])
+        return Batch.activation_groups(t), t, extra
+
+    def _live(self):
+        """Batches of a device epoch as they arrive, until the device says that epoch is done."""
+        while (seq := self._incoming.get()) is not _DONE:
+            yield seq
+
+    def _batches(self, epoch: int):
+        if epoch < len(self.train_seqs):
+            return self._live()
+        seqs = list(self.train_seqs[-1])
+        random.Random(self.config.seed * 1000 + epoch).shuffle(seqs)
+        return iter(seqs)
+
+    def _train_on(self, seq: int) -> float:
+        groups, t, extra = self._load(seq)
+        loss = self.trainer.train_batch(groups, t["labels"], *extra)
+        self.last_loss = loss
+        self.samples_trained += len(t["labels"])
+        return loss
+
+    def evaluate(self) -> tuple[dict, list[int], list[int]]:
+        ids, preds, labels = [], [], []
+        for seq in self.eval_seqs:
+            groups, t, extra = self._load(seq)
+            preds.append(self.trainer.predict(groups, *extra))
+            labels.append(t["labels"])
+            ids.append(t["sample_ids"])
+        if not preds:
+            return {"accuracy": float("nan")}, [], []
+        p = torch.cat(preds)
+        return classification_scores(p, torch.cat(labels), self.hello.num_labels), torch.cat(ids).tolist(), p.tolist()
+
+    def _on_step(self, step: int, loss: float) -> None:
+        elapsed = time.perf_counter() - self._started
+        self.metrics.write(
+            step=step, loss=loss, samples_trained=self.samples_trained, samples_per_s=self.samples_trained / elapsed,
+            bytes_received=self.bytes_received, cache_memory_bytes=self.cache.memory_bytes,
+            cache_disk_bytes=self.cache.disk_bytes, server_peak_memory_bytes=peak_rss_bytes(),
+        )
+
+    def _run(self) -> None:
+        try:
+            zero_shot = self.evaluate()[0]["accuracy"] if self.eval_seqs else -math.inf
+            result = fit(
+                num_epochs=self.config.num_epochs, batches=self._batches, steps_per_epoch=self.steps_per_epoch,
+                train_on=self._train_on, validate=lambda: self.evaluate()[0]["accuracy"],
+                snapshot=self.trainer.snapshot, restore=self.trainer.restore,
+                evals_per_epoch=self.config.evals_per_epoch, patience=self.config.patience,
+                initial_score=zero_shot if not math.isnan(zero_shot) else -math.inf,
+                desc=self.hello.job, on_step=self._on_step, progress=self.progress,
+            )
+            scores, ids, preds = self.evaluate()
+            self.trainer.side.save_pretrained(self.directory / "side_network")
+            self.result = {
+                "best_val_accuracy": result.best_score, "val": scores, "best_epoch": result.best_epoch,
+                "steps": result.steps, "stopped_early": result.stopped_early, "history": result.history,
+                "eval_sample_ids": ids, "eval_predictions": preds,
+            }
+            self.metrics.write(event="finished", **{k: v for k, v in self.result.items() if not k.startswith("eval_")})
+        except BaseException as err:  # noqa: BLE001 - reported to the device as an Error, never crashes the server
+            self.error = err
+            self.metrics.write(event="failed", error=repr(err))
+        finally:
+            self._finished.set()

@@ -1,0 +1,47 @@
+"""Where jobs live. v1 keeps them in this process; a cluster back end (Ray) plugs in behind the same seam."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from mobillm.backbone import FrozenHead, fingerprint, load_pretrained
+from mobillm.exceptions import ModelLoadError, ProtocolError
+from mobillm.server.job import Job
+from mobillm.wire.messages import Hello
+
+
+class SessionManager:
+    """Opens jobs on Hello: loads (once per model) the frozen head, checks the backbone fingerprint."""
+
+    def __init__(self, jobs_dir: str | Path, cache_memory_bytes: int = 2 << 30, progress: bool = False):
+        self.jobs_dir = Path(jobs_dir)
+        self.cache_memory_bytes = cache_memory_bytes
+        self.progress = progress
+        self.jobs: dict[str, Job] = {}
+        self._heads: dict[str, tuple[FrozenHead, str]] = {}
+        self._lock = threading.Lock()
+
+    def head(self, model: str) -> tuple[FrozenHead, str]:
+        """The frozen final norm + LM head of a public checkpoint, and its fingerprint (the rest is dropped)."""
+        with self._lock:
+            if model not in self._heads:
+                try:
+                    backbone, _ = load_pretrained(model)
+                except ModelLoadError as err:
+                    raise ProtocolError("unknown_model", f"the server cannot load model {model!r}: {err}") from None
+                self._heads[model] = (FrozenHead.from_model(backbone), fingerprint(backbone))
+            return self._heads[model]
+
+    def open(self, hello: Hello) -> Job:
+        """Attach to a running job of that name, or start it (blocking: may load a model)."""
+        head, expected = self.head(hello.model)
+        if hello.fingerprint != expected:
+            raise ProtocolError("fingerprint_mismatch", f"the device's backbone differs from the server's {hello.model!r}")
+        with self._lock:
+            job = self.jobs.get(hello.job)
+            if job is not None and job.hello.model_dump(exclude={"token", "resume"}) != hello.model_dump(exclude={"token", "resume"}):
+                raise ProtocolError("bad_header", f"job {hello.job!r} exists with another configuration")
+            if job is None:
+                job = self.jobs[hello.job] = Job(hello, head, self.jobs_dir / hello.job, self.cache_memory_bytes, self.progress)
+            return job

@@ -1,0 +1,85 @@
+"""The side network's configuration: everything needed to rebuild it, nothing about where it runs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mobillm.exceptions import ConfigError
+
+Task = Literal["classification", "causal-lm"]
+HeadKind = Literal["verbalizer", "linear", "lm"]
+
+
+def _version() -> str:
+    from mobillm import __version__
+
+    return __version__
+
+
+class SideConfig(BaseModel):
+    """Shape of the ladder of parallel adapters (design §2). Saved as ``side_config.json``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hidden_size: int = Field(gt=0, description="backbone width H")
+    num_backbone_layers: int = Field(gt=0, description="L, to validate the shortcut layers")
+    shortcuts: list[int] = Field(min_length=1, description="1-based backbone layers tapped, increasing")
+    width: int = Field(64, gt=0, description="adapter width r (the paper's adapter hidden size)")
+    block: str = Field("mlp", description="side block type: 'mlp' (token-wise) or 'attention' (token-mixing)")
+    attention_heads: int = Field(4, gt=0, description="heads of the 'attention' block")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    task: Task = "classification"
+    head: HeadKind = "verbalizer"
+    num_labels: int = Field(2, ge=0)
+    label_token_ids: list[int] | None = Field(None, description="verbalizer: first token of each label word")
+    label_names: list[str] = Field(default_factory=list, description="class names, index = label id")
+    prompt_template: str | None = Field(None, description="the prompt the side network was trained on")
+    codec: str = Field("none", description="activation codec it was trained on (local inference uses the same)")
+    mobillm_version: str = Field(default_factory=_version)
+
+    @model_validator(mode="after")
+    def _check(self) -> "SideConfig":
+        from mobillm.sidenet.blocks import SIDE_BLOCKS
+
+        problems = []
+        if self.block not in SIDE_BLOCKS:
+            problems.append(f"block: {self.block!r} unknown — choose one of {sorted(SIDE_BLOCKS)}")
+        if any(not 1 <= s <= self.num_backbone_layers for s in self.shortcuts) or self.shortcuts != sorted(set(self.shortcuts)):
+            problems.append(f"shortcuts: {self.shortcuts} must increase strictly within 1..{self.num_backbone_layers}")
+        if self.task == "causal-lm" and self.head != "lm":
+            problems.append("head: a causal-lm task needs head='lm'")
+        if self.task == "classification" and self.head == "lm":
+            problems.append("head: classification uses 'verbalizer' or 'linear'")
+        if self.head == "verbalizer" and (self.label_token_ids is None or len(self.label_token_ids) != self.num_labels):
+            problems.append(f"label_token_ids: a verbalizer head needs exactly num_labels={self.num_labels} token ids")
+        if self.block == "attention" and self.width % self.attention_heads:
+            problems.append(f"attention_heads: width {self.width} must be divisible by {self.attention_heads}")
+        if problems:
+            raise ValueError("; ".join(problems))  # pydantic wraps it; parse() turns it into a ConfigError
+        return self
+
+    @property
+    def token_wise(self) -> bool:
+        """True when the side network reads each token alone, so classification needs only the pivot token."""
+        from mobillm.sidenet.blocks import SIDE_BLOCKS
+
+        return SIDE_BLOCKS[self.block].token_wise
+
+    @classmethod
+    def parse(cls, data: dict) -> "SideConfig":
+        """Validate untrusted JSON (from disk or the wire) into a config, with a :class:`ConfigError`."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise ConfigError(validation_problems(err)) from None
+
+
+def validation_problems(err: ValidationError) -> list[str]:
+    """Pydantic's errors as 'field: message' lines, for a ConfigError that names every problem."""
+    lines = []
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{'.'.join(map(str, e['loc']))}: {msg}" if e["loc"] else msg)
+    return lines

@@ -1,0 +1,114 @@
+"""The side network: a ladder of parallel adapters fed by the backbone's shortcut activations (design §2).
+
+    h0 = 0
+    x_i = mu_i * h_{i-1} + (1 - mu_i) * down_i(norm(A_i))     mu_i = sigmoid(alpha_i)
+    h_i = block_i(x_i)                                        residual block of width r
+    out = A_top + up(h_M)                                     up zero-initialised
+    logits = frozen_head(out)                                 final norm + LM head of the backbone
+
+Because ``up`` starts at zero, step 0 reproduces the backbone's own (zero-shot) predictions exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mobillm.backbone import FrozenHead
+from mobillm.exceptions import ConfigError
+from mobillm.files import SIDE_CONFIG_NAME, SIDE_WEIGHTS_NAME
+from mobillm.sidenet.blocks import SIDE_BLOCKS
+from mobillm.sidenet.config import SideConfig
+
+
+class SideNetwork(nn.Module):
+    def __init__(self, config: SideConfig):
+        super().__init__()
+        self.config = config
+        H, r, M = config.hidden_size, config.width, len(config.shortcuts)
+        block = SIDE_BLOCKS[config.block]
+        # Backbone activations carry a few very large channels; a scale-free norm keeps down_i well-conditioned.
+        self.in_norm = nn.RMSNorm(H, elementwise_affine=False)
+        self.down = nn.ModuleList(nn.Linear(H, r) for _ in range(M))
+        self.gate = nn.Parameter(torch.zeros(M))  # alpha_i; mu_i = sigmoid(alpha_i) = 0.5 at start
+        self.blocks = nn.ModuleList(block(r, config.attention_heads, config.dropout) for _ in range(M))
+        self.up = nn.Linear(r, H)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self.classifier = nn.Linear(H, config.num_labels) if config.head == "linear" else None
+
+    def hidden(self, acts: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, [T,] M, H) shortcut activations -> (B, [T,] H) corrected top hidden state."""
+        if acts.shape[-2:] != (len(self.down), self.config.hidden_size):
+            raise ValueError(f"activations of shape {tuple(acts.shape)}: expected (..., {len(self.down)}, {self.config.hidden_size})")
+        mu = torch.sigmoid(self.gate)
+        h = torch.zeros(*acts.shape[:-2], self.config.width, dtype=acts.dtype, device=acts.device)  # (B, [T,] r)
+        for i, (down, block) in enumerate(zip(self.down, self.blocks)):
+            x = mu[i] * h + (1 - mu[i]) * down(self.in_norm(acts[..., i, :]))
+            h = block(x, attention_mask)
+        return acts[..., -1, :] + self.up(h)  # (B, [T,] H)
+
+    def forward(
+        self,
+        acts: torch.Tensor,
+        head: FrozenHead,
+        attention_mask: torch.Tensor | None = None,
+        last_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits: (B, num_labels) for classification, (B, T, vocab) for causal LM.
+
+        For classification from all positions (token-mixing blocks), ``last_index`` picks the pivot token.
+        """
+        out = self.hidden(acts, attention_mask)
+        if self.config.task == "classification" and out.dim() == 3:
+            out = out[torch.arange(out.shape[0]), last_index]  # (B, H)
+        if self.classifier is not None:
+            return self.classifier(head.normed(out))
+        ids = self.config.label_token_ids if self.config.head == "verbalizer" else None
+        return head(out, None if ids is None else torch.tensor(ids, device=out.device))
+
+    @torch.no_grad()
+    def predict(self, acts, head: FrozenHead, attention_mask=None, last_index=None) -> torch.Tensor:
+        """Class ids (classification): what the server scores and the device computes locally."""
+        self.eval()
+        return self(acts, head, attention_mask, last_index).argmax(-1)
+
+    # -- checkpoints (PEFT-shaped) -------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``side_config.json`` + ``side_network.safetensors`` (trainable tensors only)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / SIDE_CONFIG_NAME).write_text(self.config.model_dump_json(indent=2) + "\n")
+        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, directory / SIDE_WEIGHTS_NAME, metadata={"format": "pt"})
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "SideNetwork":
+        directory = Path(directory)
+        config_path, weights_path = directory / SIDE_CONFIG_NAME, directory / SIDE_WEIGHTS_NAME
+        if not config_path.is_file() or not weights_path.is_file():
+            raise ConfigError(f"{directory}: expected {SIDE_CONFIG_NAME} and {SIDE_WEIGHTS_NAME} (a saved side network)")
+        config = SideConfig.parse(json.loads(config_path.read_text()))
+        return cls.from_state(config, load_file(weights_path))
+
+    @classmethod
+    def from_state(cls, config: SideConfig, state: dict[str, torch.Tensor]) -> "SideNetwork":
+        """Rebuild from a config and tensors (a checkpoint or a ``SideNet`` message), strictly."""
+        model = cls(config)
+        expected = model.state_dict()
+        problems = [f"missing tensor {k}" for k in expected if k not in state]
+        problems += [f"unexpected tensor {k}" for k in state if k not in expected]
+        problems += [
+            f"{k}: shape {tuple(state[k].shape)}, expected {tuple(v.shape)}"
+            for k, v in expected.items()
+            if k in state and state[k].shape != v.shape
+        ]
+        if problems:
+            raise ConfigError(problems)
+        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+        return model

@@ -1,0 +1,53 @@
+"""Training hyper-parameters, shared by ``mobillm train``, the server's sessions and the benchmarks."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mobillm.exceptions import ConfigError
+from mobillm.sidenet.config import validation_problems
+
+Method = Literal["side", "lora", "bitfit", "full"]
+Schedule = Literal["constant", "linear", "cosine"]
+
+#: Per-method defaults, chosen on SST-2 validation accuracy (see BENCHMARKS.md).
+DEFAULT_LR: dict[str, float] = {"side": 1e-3, "lora": 5e-4, "bitfit": 1e-3, "full": 2e-5}
+DEFAULT_EPOCHS: dict[str, int] = {"side": 6, "lora": 1, "bitfit": 1, "full": 1}
+
+
+class TrainConfig(BaseModel):
+    """Optimisation settings. ``lr``/``epochs`` left at ``None`` take the method's default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Method = "side"
+    lr: float | None = Field(None, gt=0)
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int = Field(16, ge=1)
+    schedule: Schedule = "cosine"
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    patience: int = Field(3, ge=1, description="evaluations without a validation gain before stopping")
+    evals_per_epoch: int = Field(1, ge=1)
+    seed: int = 0
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+    @property
+    def num_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else DEFAULT_EPOCHS[self.method]
+
+    @classmethod
+    def parse(cls, data: dict) -> "TrainConfig":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise ConfigError(validation_problems(err)) from None

@@ -1,0 +1,61 @@
+"""The one optimisation step every path uses (``mobillm train``, the server's session, the benchmarks)."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobillm.backbone import FrozenHead
+from mobillm.sidenet.model import SideNetwork
+
+
+def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float, total_steps: int, warmup_ratio: float, schedule: str):
+    """AdamW with linear warm-up then constant, linear or cosine decay to zero."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warmup = int(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if schedule == "constant" or total_steps <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / (total_steps - warmup))
+        return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_step(loss_fn: Callable[[], torch.Tensor], params: list[nn.Parameter], optimizer, scheduler, max_grad_norm: float) -> float:
+    """Forward via ``loss_fn``, backward, clip, step. Returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    return float(loss.detach())
+
+
+def side_loss(
+    side: SideNetwork,
+    head: FrozenHead,
+    acts: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    last_index: torch.Tensor | None = None,
+    loss_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the side network's logits; returns ``(loss, logits)``.
+
+    Classification: ``labels`` (B,) class ids. Causal LM: ``labels`` (B, T) next-token ids already shifted
+    by the device, read where ``loss_mask`` (B, T) is set.
+    """
+    logits = side(acts, head, attention_mask=attention_mask, last_index=last_index)
+    if side.config.task == "classification":
+        return F.cross_entropy(logits, labels), logits
+    mask = loss_mask.bool()
+    return F.cross_entropy(logits[mask], labels[mask]), logits

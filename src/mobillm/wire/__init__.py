@@ -1,0 +1,1 @@
+"""What crosses between device and server: codecs, messages, protocol."""

@@ -1,0 +1,30 @@
+"""Helpers shared by tests (import as ``from helpers import ...``; tests/ is on sys.path under pytest's rootdir)."""
+
+from __future__ import annotations
+
+TINY_WORDS = (
+    "Review Sentiment positive negative neutral or Text Label ( ) : , . ! ? a an the this that it is was "
+    "good bad great awful movie film plot acting not very really fun boring love hate and but i you"
+).split()
+
+
+def make_tiny_tokenizer(words: list[str] | None = None, bos: bool = False):
+    """A word-level fast tokenizer built offline: whitespace + punctuation split, unknown words -> ``[UNK]``.
+
+    Ids: 0 ``[PAD]``, 1 ``[UNK]``, 2 ``<s>``, 3 ``</s>``, then ``words`` (default :data:`TINY_WORDS`). With
+    ``bos=True`` every sequence starts with ``<s>`` (Llama-style); otherwise no special tokens are added.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "<s>", "</s>"]
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(specials + list(words or TINY_WORDS)))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 2)]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="<s>", eos_token="</s>"
+    )

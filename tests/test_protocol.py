@@ -1,0 +1,53 @@
+"""Session rules without I/O: the send window, resend after Welcome, duplicate dropping, and the cache."""
+
+from __future__ import annotations
+
+import pytest
+
+from mobillm.exceptions import ProtocolError
+from mobillm.server.cache import ActivationCache
+from mobillm.wire.protocol import ReceiveOrder, SendWindow
+
+
+def test_window_blocks_when_full_and_frees_on_ack():
+    window = SendWindow(2)
+    a = window.add(lambda seq: f"batch{seq}".encode())
+    window.add(lambda seq: f"batch{seq}".encode())
+    assert a == b"batch0" and window.full
+    with pytest.raises(ProtocolError, match="window_full"):
+        window.add(lambda seq: b"")
+    window.ack(0)
+    assert not window.full and list(window.pending) == [1]
+    with pytest.raises(ProtocolError, match="out_of_order"):
+        window.ack(0)
+
+
+def test_welcome_resends_exactly_what_the_server_lacks():
+    window = SendWindow(8)
+    for _ in range(5):
+        window.add(lambda seq: bytes([seq]))
+    window.ack(0)
+    assert window.welcome(last_seq=2) == [bytes([3]), bytes([4])]
+    assert list(window.pending) == [3, 4] and window.next_seq == 5
+
+
+def test_receive_order_drops_duplicates_and_refuses_gaps():
+    order = ReceiveOrder()
+    assert order.accept(0) and order.accept(1)
+    assert not order.accept(1) and not order.accept(0)
+    with pytest.raises(ProtocolError, match="expected 2"):
+        order.accept(3)
+    assert order.last_seq == 1
+
+
+def test_cache_spills_to_disk_beyond_its_memory_limit(tmp_path):
+    cache = ActivationCache(tmp_path / "cache", memory_limit_bytes=10)
+    cache.put(0, b"12345678")
+    cache.put(1, b"abcdefgh")  # does not fit in memory any more
+    cache.put(1, b"ignored")  # a resent duplicate is not stored twice
+    assert cache.memory_bytes == 8 and cache.disk_bytes == 8
+    assert cache.get(0) == b"12345678" and cache.get(1) == b"abcdefgh"
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["000000001.safetensors"]
+    assert len(cache) == 2 and cache.seqs() == [0, 1] and 1 in cache and 2 not in cache
+    with pytest.raises(KeyError):
+        cache.get(2)
