@@ -62,3 +62,41 @@ def smollm2():
     from mobillm.backbone import load_pretrained
 
     return load_pretrained("smollm2-135m")
+
+
+POSITIVE, NEGATIVE = ["good", "great", "fun", "love"], ["bad", "awful", "boring", "hate"]
+FILLER = ["the", "movie", "film", "plot", "acting", "was", "very", "really", "it", "this", "and", "i"]
+
+
+def write_toy_sentiment(directory: Path, n_train: int = 256, n_eval: int = 64, seed: int = 0) -> Path:
+    """A small real-looking sentiment task (train/dev/test.tsv) that a tiny backbone's side network can learn."""
+    import random
+
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_train), ("dev", n_eval), ("test", n_eval)):
+        rows = ["sentence\tlabel"]
+        for i in range(n):
+            label = i % 2
+            words = rng.choices(FILLER, k=rng.randint(2, 4))
+            for _ in range(2):
+                words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label else NEGATIVE))
+            rows.append(f"{' '.join(words)}\t{label}")
+        (directory / f"{name}.tsv").write_text("\n".join(rows) + "\n")
+    return directory
+
+
+def save_tiny_model(directory: Path, family: str = "llama", layers: int = 4, hidden: int = 64) -> Path:
+    """A tiny random model + word-level tokenizer saved like a hub checkpoint (loadable by path)."""
+    from helpers import make_tiny_tokenizer
+
+    tiny_model(family, layers=layers, hidden=hidden).save_pretrained(directory)
+    make_tiny_tokenizer(bos=family == "llama").save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def toy_task(tmp_path_factory) -> tuple[str, str]:
+    """(model dir, data dir) of a tiny Llama and the toy sentiment task, shared by the session."""
+    root = tmp_path_factory.mktemp("toy")
+    return str(save_tiny_model(root / "model")), str(write_toy_sentiment(root / "data"))

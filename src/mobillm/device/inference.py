@@ -52,7 +52,7 @@ def tap_examples(
 ) -> list[TappedBatch]:
     """Forward a whole split once and keep its encoded taps (reused for zero-shot and final scoring)."""
     steps = (len(examples) + batch_size - 1) // batch_size
-    batches = tqdm(batcher.batches(examples, batch_size, shuffle=shuffle, seed=seed), total=steps, desc=desc, leave=False)
+    batches = tqdm(batcher.batches(examples, batch_size, shuffle=shuffle, seed=seed), total=steps, desc=desc, leave=False, disable=None)
     return list(tap_batches(backbone, codec, batches, pivot, stats))
 
 

@@ -89,7 +89,7 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
     zero_shot = classification_scores(*predict_tapped(SideNetwork(side_config), head, codec, test_taps)[1:], num_labels)
 
     total = len(validation) + len(data.train) * options.device_epochs
-    with tqdm(total=total, desc=f"device → {options.server}", unit="sample") as bar:
+    with tqdm(total=total, desc=f"device → {options.server}", unit="sample", disable=None) as bar:
         frame, stats = asyncio.run(stream(
             options.server, hello, backbone, codec, batcher, data.train, validation,
             batch_size=config.batch_size, seed=config.seed, pivot=pivot, device_epochs=options.device_epochs,

@@ -43,7 +43,10 @@ def fit(
     best, best_state, best_epoch = initial_score, snapshot() if initial_score > -math.inf else None, 0.0
     history, bad, step, stopped = [], 0, 0, False
     for epoch in range(num_epochs):
-        bar = tqdm(batches(epoch), total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{num_epochs}", leave=False, disable=not progress)
+        bar = tqdm(  # disable=None: bars on terminals only
+            batches(epoch), total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{num_epochs}", leave=False,
+            disable=None if progress else True,
+        )
         for i, batch in enumerate(bar, start=1):
             loss = train_on(batch)
             step += 1

@@ -1,0 +1,153 @@
+"""Server and device over a real WebSocket on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import torch
+
+from mobillm.backbone import FrozenHead, fingerprint, label_token_ids, load_pretrained
+from mobillm.data import Batcher, default_template, load_dataset
+from mobillm.device.client import ServerRefused, stream
+from mobillm.device.taps import TappedBackbone
+from mobillm.server.app import run_server
+from mobillm.server.manager import SessionManager
+from mobillm.sidenet import SideConfig
+from mobillm.training.config import TrainConfig
+from mobillm.wire.codecs import get_codec
+from mobillm.wire.messages import Hello
+
+DEVICE_SCRIPT = textwrap.dedent(
+    """
+    import gc, json, sys
+    import torch
+    from mobillm.cli import app
+    app(sys.argv[2:], standalone_mode=False)
+    trainer_modules = [m for m in ("mobillm.training.side_trainer", "mobillm.training.step", "mobillm.training.loop", "mobillm.server.job") if m in sys.modules]
+    optimizers = sum(isinstance(o, torch.optim.Optimizer) for o in gc.get_objects())
+    open(sys.argv[1], "w").write(json.dumps({"trainer_modules": trainer_modules, "optimizers": optimizers}))
+    """
+)
+
+
+def start_server(jobs_dir) -> tuple[subprocess.Popen, int]:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mobillm", "serve", "--port", "0", "--jobs-dir", str(jobs_dir), "--window", "4"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = server.stdout.readline()
+        if "listening on" in line:
+            return server, int(line.rsplit(":", 1)[1])
+        if server.poll() is not None:
+            break
+    server.kill()
+    pytest.fail("the server did not start")
+
+
+def test_server_and_device_in_two_processes(toy_task, tmp_path):
+    model_dir, data_dir = toy_task
+    server, port = start_server(tmp_path / "jobs")
+    try:
+        report = tmp_path / "device-report.json"
+        args = [
+            "device", "--server", f"ws://127.0.0.1:{port}", "--job", "toy", "--model", model_dir, "--data", data_dir,
+            "--codec", "nf4", "--shortcuts", "2,4", "--width", "16", "--lr", "3e-3", "--epochs", "6", "--patience", "6",
+            "--max-eval-samples", "64", "--output-dir", str(tmp_path / "device"),
+        ]
+        done = subprocess.run([sys.executable, "-c", DEVICE_SCRIPT, str(report), *args], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    summary = json.loads((tmp_path / "device" / "summary.json").read_text())
+    assert summary["test"]["accuracy"] >= summary["zero_shot_test"]["accuracy"] + 0.2
+    assert summary["eval_agreement"] == 1.0  # the downloaded side network reproduces the server's eval
+    assert summary["bytes_sent"] > summary["bytes_per_sample"] * summary["n_train"]
+    # The device ran forward passes only: no trainer code, no optimizer in its process.
+    device_state = json.loads(report.read_text())
+    assert device_state == {"trainer_modules": [], "optimizers": 0}
+    # The server trained, and the loss went down; its epochs 2..6 replayed from the activation cache.
+    records = [json.loads(line) for line in (tmp_path / "jobs" / "toy" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "step" in r and "loss" in r]
+    assert len(losses) > 16 and sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
+    assert records[-1]["event"] == "finished"
+    assert (tmp_path / "jobs" / "toy" / "side_network" / "side_network.safetensors").is_file()
+
+
+class ThreadServer:
+    """The server's asyncio loop on a background thread of this process (for tests that instrument it)."""
+
+    def __init__(self, manager: SessionManager, window: int):
+        self.port: int | None = None
+        ready = threading.Event()
+
+        def on_ready(port):
+            self.port = port
+            ready.set()
+
+        self.thread = threading.Thread(
+            target=asyncio.run, args=(run_server(manager, "127.0.0.1", 0, window, 64 << 20, on_ready),), daemon=True
+        )
+        self.thread.start()
+        assert ready.wait(30)
+
+
+def device_setup(model_dir, data_dir, codec="int8", max_train=None):
+    model, tokenizer = load_pretrained(model_dir)
+    data = load_dataset(data_dir, max_train_samples=max_train, max_eval_samples=32)
+    template = default_template(data.label_names)
+    side = SideConfig(hidden_size=model.config.hidden_size, num_backbone_layers=4, shortcuts=[2, 4], width=16,
+                      num_labels=2, label_token_ids=label_token_ids(tokenizer, template.label_words))
+    config = TrainConfig(method="side", epochs=1, batch_size=8)
+    hello = Hello(job="overlap", model=model_dir, fingerprint=fingerprint(model), task="classification", codec=codec,
+                  shortcuts=[2, 4], hidden_size=model.config.hidden_size, num_labels=2, side_config=side.model_dump(),
+                  train_config=config.model_dump(), train_samples=len(data.train))
+    return hello, TappedBackbone(model, [2, 4]), get_codec(codec), Batcher(tokenizer, template), data
+
+
+def test_device_forward_passes_overlap_the_servers_training_steps(toy_task, tmp_path, monkeypatch):
+    """With training slowed to 50 ms a step, the device still streams at forward speed: it waits only for
+    acks (sent on receipt), never for training."""
+    from mobillm.training.side_trainer import SideTrainer
+
+    slow = SideTrainer.train_batch
+
+    def slow_train_batch(self, *args, **kwargs):
+        time.sleep(0.05)
+        return slow(self, *args, **kwargs)
+
+    monkeypatch.setattr(SideTrainer, "train_batch", slow_train_batch)
+    model_dir, data_dir = toy_task
+    manager = SessionManager(tmp_path / "jobs")
+    server = ThreadServer(manager, window=4)
+    hello, backbone, codec, batcher, data = device_setup(model_dir, data_dir)
+    frame, stats = asyncio.run(stream(
+        f"ws://127.0.0.1:{server.port}", hello, backbone, codec, batcher, data.train, data.validation,
+        batch_size=8, seed=0, pivot=True,
+    ))
+    batches = len(data.train) // 8
+    assert stats.batches_sent == batches + len(data.validation) // 8
+    # When the last training batch was acked, the server had trained only part of them: the device's
+    # forward passes ran while the server was inside training steps.
+    assert stats.acked_steps[-1] < batches - 4
+    assert frame.header.step == batches
+    assert stats.forward.samples == len(data.train)
+
+
+def test_server_refuses_a_backbone_with_another_fingerprint(toy_task, tmp_path):
+    model_dir, data_dir = toy_task
+    server = ThreadServer(SessionManager(tmp_path / "jobs"), window=2)
+    hello, backbone, codec, batcher, data = device_setup(model_dir, data_dir)
+    forged = hello.model_copy(update={"fingerprint": "0" * 32})
+    with pytest.raises(ServerRefused, match="fingerprint_mismatch"):
+        asyncio.run(stream(f"ws://127.0.0.1:{server.port}", forged, backbone, codec, batcher, data.train, data.validation,
+                           batch_size=8, seed=0, pivot=True))
