@@ -82,6 +82,18 @@ def test_server_and_device_in_two_processes(toy_task, tmp_path):
     assert records[-1]["event"] == "finished"
     assert (tmp_path / "jobs" / "toy" / "side_network" / "side_network.safetensors").is_file()
 
+    # The split run is the single-process run cut in two: same data order, seed and steps, same loss curve.
+    from mobillm.training.local import RunOptions, train
+
+    local = train(
+        RunOptions(model=model_dir, data=data_dir, codec="nf4", shortcuts="2,4", width=16, max_eval_samples=64, output_dir=tmp_path / "local"),
+        TrainConfig(method="side", lr=3e-3, epochs=6, patience=6),
+    )
+    local_losses = [json.loads(line)["loss"] for line in (tmp_path / "local" / "metrics.jsonl").read_text().splitlines()]
+    assert len(local_losses) == len(losses)
+    assert max(abs(a - b) for a, b in zip(local_losses, losses)) < 1e-4
+    assert local["test"]["accuracy"] == summary["test"]["accuracy"]
+
 
 class ThreadServer:
     """The server's asyncio loop on a background thread of this process (for tests that instrument it)."""

@@ -73,6 +73,7 @@ def load_pretrained(spec: str, dtype: torch.dtype = torch.float32):
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # a 2-second load needs no bar of its own in our output
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **kwargs)
@@ -80,6 +81,7 @@ def load_pretrained(spec: str, dtype: torch.dtype = torch.float32):
         raise ModelLoadError(f"could not load model {spec!r}: {err}") from err
     finally:
         hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
     model.eval().requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from websockets.asyncio.client import connect
@@ -114,9 +115,12 @@ async def stream(
     pivot: bool,
     device_epochs: int = 1,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    progress=None,
+    on_sent: Callable[[StreamStats, int], None] | None = None,
 ) -> tuple[Frame, StreamStats]:
-    """Run one job from the device's side; return the ``SideNet`` frame and what it cost."""
+    """Run one job from the device's side; return the ``SideNet`` frame and what it cost.
+
+    ``on_sent(stats, samples)`` is called after every batch (progress bars, metrics).
+    """
     stats = StreamStats()
     async with connect(url, max_size=max_message_bytes, compression=None, ping_timeout=None) as ws:
         await ws.send(encode_message(hello))
@@ -141,8 +145,8 @@ async def stream(
                 await ws.send(data)
                 stats.bytes_sent += len(data)
                 stats.batches_sent += 1
-                if progress:
-                    progress(len(b.labels))
+                if on_sent:
+                    on_sent(stats, len(b.labels))
 
             async def forward_and_send(split: str, epoch: int, batches, tap_stats: TapStats | None) -> None:
                 iterator = tap_batches(backbone, codec, batches, pivot, tap_stats)

@@ -20,7 +20,7 @@ from mobillm.data import Batcher, default_template, load_dataset
 from mobillm.device.client import DEFAULT_MAX_MESSAGE_BYTES, stream
 from mobillm.device.inference import TapStats, predict_tapped, tap_examples
 from mobillm.device.taps import TappedBackbone
-from mobillm.files import SUMMARY_NAME
+from mobillm.files import METRICS_NAME, SUMMARY_NAME
 from mobillm.metrics import MetricsLog, classification_scores, peak_rss_bytes
 from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.training.config import TrainConfig
@@ -88,12 +88,24 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
     test_taps = tap_examples(backbone, codec, batcher, data.test, config.batch_size, pivot, "device forward (test)")
     zero_shot = classification_scores(*predict_tapped(SideNetwork(side_config), head, codec, test_taps)[1:], num_labels)
 
+    metrics = MetricsLog(out / METRICS_NAME)
     total = len(validation) + len(data.train) * options.device_epochs
     with tqdm(total=total, desc=f"device → {options.server}", unit="sample", disable=None) as bar:
+
+        def on_sent(stats, samples: int) -> None:
+            bar.update(samples)
+            elapsed = time.perf_counter() - started
+            metrics.write(
+                batches_sent=stats.batches_sent, bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
+                forward_seconds=stats.forward.seconds, samples_per_s=stats.forward.samples / elapsed,
+                server_step=stats.acked_steps[-1] if stats.acked_steps else 0,
+                server_loss=stats.losses[-1] if stats.losses else None, device_peak_memory_bytes=peak_rss_bytes(),
+            )
+
         frame, stats = asyncio.run(stream(
             options.server, hello, backbone, codec, batcher, data.train, validation,
             batch_size=config.batch_size, seed=config.seed, pivot=pivot, device_epochs=options.device_epochs,
-            max_message_bytes=options.max_message_bytes, progress=bar.update,
+            max_message_bytes=options.max_message_bytes, on_sent=on_sent,
         ))
     side = SideNetwork.from_state(SideConfig.parse(frame.header.config), frame.tensors)
     side.save_pretrained(out / "side_network")
@@ -116,6 +128,6 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
         "window_wait_seconds": stats.window_wait_seconds, "peak_memory_bytes": peak_rss_bytes(),
         "truncated": batcher.truncated, "wall_seconds": time.perf_counter() - started,
     }
-    MetricsLog(out / "metrics.jsonl").write(event="device_finished", **{k: v for k, v in summary.items() if k != "data_notes"})
+    metrics.write(event="device_finished", **{k: v for k, v in summary.items() if k != "data_notes"})
     (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

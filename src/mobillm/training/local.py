@@ -19,9 +19,9 @@ from safetensors.torch import load_file, save_file
 
 from mobillm.backbone import DEFAULT_MODEL, FrozenHead, label_token_ids, load_pretrained, parse_shortcuts
 from mobillm.data import Batcher, default_template, load_dataset
-from mobillm.device.inference import TapStats, predict_tapped, tap_examples
+from mobillm.device.inference import TappedBatch, TapStats, predict_tapped, tap_examples
 from mobillm.device.taps import TappedBackbone
-from mobillm.files import SUMMARY_NAME
+from mobillm.files import METRICS_NAME, SUMMARY_NAME
 from mobillm.metrics import MetricsLog, classification_scores, peak_rss_bytes
 from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.training.baselines import baseline_logits, prepare_baseline
@@ -64,7 +64,7 @@ def train(options: RunOptions, config: TrainConfig) -> dict:
     started = time.perf_counter()
     out = Path(options.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(out / "metrics.jsonl")
+    metrics = MetricsLog(out / METRICS_NAME)
 
     data = load_dataset(
         options.data, text_column=options.text_column, label_column=options.label_column,
@@ -113,9 +113,30 @@ def _train_side(options, config, model, batcher, token_ids, train_set, validatio
     val_cache = tap_examples(backbone, codec, batcher, validation, config.batch_size, pivot, "device forward (validation)")
     test_cache = tap_examples(backbone, codec, batcher, test, config.batch_size, pivot, "device forward (test)")
 
-    steps_per_epoch = len(train_cache)
+    result = fit_side(side_config, head, config, train_cache, val_cache, test_cache, metrics)
+    result["side"].save_pretrained(out / "side_network")
+    n = len(train_set)
+    return {
+        "codec": options.codec, "shortcuts": shortcuts, "side_config": side_config.model_dump(),
+        **{k: v for k, v in result.items() if k != "side"},
+        "device_seconds_per_sample": train_stats.seconds / n, "bytes_per_sample": train_stats.bytes / n,
+    }
+
+
+def fit_side(
+    side_config: SideConfig, head: FrozenHead, config: TrainConfig, train_cache: list[TappedBatch],
+    val_cache: list[TappedBatch], test_cache: list[TappedBatch], metrics: MetricsLog | None = None,
+) -> dict:
+    """Train a side network from cached device taps (epochs replay the cache): zero-shot, fit, test.
+
+    Separate from the device forward so ablations can train many side networks from one set of taps.
+    """
+    num_labels, pivot = side_config.num_labels, side_config.token_wise
+    codec = get_codec(side_config.codec)
+    torch.manual_seed(config.seed)  # the server seeds the same way: same initial side network
     side = SideNetwork(side_config)
-    trainer = SideTrainer(side, head, options.codec, config, steps_per_epoch * config.num_epochs)
+    steps_per_epoch = len(train_cache)
+    trainer = SideTrainer(side, head, side_config.codec, config, steps_per_epoch * config.num_epochs)
 
     def extra(batch):
         return (None, None) if pivot else (batch.attention_mask, batch.last_index)
@@ -128,8 +149,10 @@ def _train_side(options, config, model, batcher, token_ids, train_set, validatio
     zero_shot_val = evaluate(val_cache)["accuracy"]
 
     def epoch_batches(epoch):
+        # Epoch 1 in the device's order (as the batches reach the server), later ones replayed shuffled.
         order = list(range(len(train_cache)))
-        random.Random(config.seed * 1000 + epoch).shuffle(order)
+        if epoch:
+            random.Random(config.seed * 1000 + epoch).shuffle(order)
         return (train_cache[i] for i in order)
 
     result = fit(
@@ -137,17 +160,12 @@ def _train_side(options, config, model, batcher, token_ids, train_set, validatio
         train_on=lambda item: trainer.train_batch(item.taps, item.batch.labels, *extra(item.batch)),
         validate=lambda: evaluate(val_cache)["accuracy"], snapshot=trainer.snapshot, restore=trainer.restore,
         evals_per_epoch=config.evals_per_epoch, patience=config.patience, initial_score=zero_shot_val,
-        desc="side", on_step=lambda step, loss: metrics.write(step=step, loss=loss),
+        desc="side", on_step=(lambda step, loss: metrics.write(step=step, loss=loss)) if metrics else None,
     )
-    final = evaluate(test_cache)
-    side.save_pretrained(out / "side_network")
-    n = len(train_set)
     return {
-        "codec": options.codec, "shortcuts": shortcuts, "side_config": side_config.model_dump(),
-        "test": final, "zero_shot_test": zero_shot, "best_val_accuracy": result.best_score,
+        "side": side, "test": evaluate(test_cache), "zero_shot_test": zero_shot, "best_val_accuracy": result.best_score,
         "zero_shot_val_accuracy": zero_shot_val, "best_epoch": result.best_epoch, "steps": result.steps,
         "stopped_early": result.stopped_early, "history": result.history,
-        "device_seconds_per_sample": train_stats.seconds / n, "bytes_per_sample": train_stats.bytes / n,
         "side_parameters": sum(p.numel() for p in side.parameters()),
     }
 

@@ -1,0 +1,44 @@
+"""The command line: train, then predict and evaluate on the device with the saved side network."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from mobillm.cli import app
+
+runner = CliRunner()
+
+
+def test_train_predict_evaluate(toy_task, tmp_path):
+    model_dir, data_dir = toy_task
+    out = tmp_path / "run"
+    result = runner.invoke(app, [
+        "train", "--model", model_dir, "--data", data_dir, "--codec", "int8", "--shortcuts", "2,4", "--width", "16",
+        "--lr", "3e-3", "--epochs", "6", "--max-eval-samples", "64", "--output-dir", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "fine-tuned test accuracy" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+
+    result = runner.invoke(app, ["evaluate", "--side-network", str(out / "side_network"), "--model", model_dir, "--data", data_dir])
+    assert result.exit_code == 0, result.output
+    accuracy = float(result.output.split("accuracy=")[1].split()[0])
+    assert abs(accuracy - summary["test"]["accuracy"]) < 1e-4  # local inference == what training measured (4 decimals printed)
+
+    result = runner.invoke(app, ["predict", "--side-network", str(out / "side_network"), "--model", model_dir,
+                                 "great fun good movie", "awful bad boring plot"])
+    assert result.exit_code == 0, result.output
+    lines = [line.split("\t")[0] for line in result.output.strip().splitlines() if "\t" in line]
+    assert lines == ["positive", "negative"]
+
+
+def test_bad_input_gives_a_clear_error(toy_task, tmp_path):
+    model_dir, data_dir = toy_task
+    result = runner.invoke(app, ["train", "--model", model_dir, "--data", data_dir, "--shortcuts", "0,9", "--output-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "valid layers are 1..4" in result.output
+    result = runner.invoke(app, ["train", "--model", model_dir, "--data", str(tmp_path / "missing.tsv")])
+    assert result.exit_code == 2 and "missing.tsv" in result.output
+    result = runner.invoke(app, ["train", "--model", model_dir, "--data", data_dir, "--codec", "int3"])
+    assert result.exit_code == 2 and "int3" in result.output and "nf4" in result.output
