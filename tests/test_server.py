@@ -163,3 +163,18 @@ def test_server_refuses_a_backbone_with_another_fingerprint(toy_task, tmp_path):
     with pytest.raises(ServerRefused, match="fingerprint_mismatch"):
         asyncio.run(stream(f"ws://127.0.0.1:{server.port}", forged, backbone, codec, batcher, data.train, data.validation,
                            batch_size=8, seed=0, pivot=True))
+
+
+def test_device_epochs_resends_every_epoch_and_the_cache_replays_otherwise(toy_task, tmp_path):
+    model_dir, data_dir = toy_task
+    server = ThreadServer(SessionManager(tmp_path / "jobs"), window=4)
+    hello, backbone, codec, batcher, data = device_setup(model_dir, data_dir, max_train=64)
+    url = f"ws://127.0.0.1:{server.port}"
+    batches = 64 // 8
+    for job, device_epochs in (("paper", 2), ("cached", 1)):
+        config = TrainConfig(method="side", epochs=2, batch_size=8, patience=5)
+        h = hello.model_copy(update={"job": job, "device_epochs": device_epochs, "train_config": config.model_dump()})
+        frame, stats = asyncio.run(stream(url, h, backbone, codec, batcher, data.train, data.validation,
+                                          batch_size=8, seed=0, pivot=True, device_epochs=device_epochs))
+        assert frame.header.step == 2 * batches  # two epochs trained either way
+        assert stats.forward.samples == 64 * device_epochs  # ... but the device computed them once with the cache
