@@ -96,7 +96,7 @@ CASES = {
                       last_index=[4, 4, 4]),
     ),
     "ack": (Ack(seq=7, step=3, loss=0.6931), None),
-    "ack_eval": (Ack(seq=9, step=3, loss=None, correct=2, predictions=[1, 0, 1]), None),
+    "ack_no_loss": (Ack(seq=9, step=3, loss=None), None),
     "done": (Done(epoch=2), None),
     "get_side_net": (GetSideNet(), None),
     "side_net": (
@@ -289,7 +289,7 @@ def test_extra_and_missing_fields_are_bad_header():
     {"type": "welcome", "v": 1, "session": "s", "window": 0, "last_seq": -1, "step": 0},
     {"type": "welcome", "v": 1, "session": "s", "window": 2, "last_seq": -2, "step": 0},
     {"type": "ack", "v": 1, "seq": -1, "step": 0},
-    {"type": "ack", "v": 1, "seq": 0, "step": 0, "correct": 5, "predictions": [1]},
+    {"type": "ack", "v": 1, "seq": 0, "step": 0, "loss": "0.5"},
     {"type": "batch", "v": 1, "seq": 0, "split": "test", "epoch": 0},
     {"type": "get_side_net", "v": 1, "anything": 1},
     {"type": "side_net", "v": 1, "config": {}, "step": 0, "eval_sample_ids": [1], "eval_predictions": []},

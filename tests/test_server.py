@@ -178,3 +178,12 @@ def test_device_epochs_resends_every_epoch_and_the_cache_replays_otherwise(toy_t
                                           batch_size=8, seed=0, pivot=True, device_epochs=device_epochs))
         assert frame.header.step == 2 * batches  # two epochs trained either way
         assert stats.forward.samples == 64 * device_epochs  # ... but the device computed them once with the cache
+
+
+def test_server_refuses_an_unknown_codec_in_the_hello(toy_task, tmp_path):
+    model_dir, data_dir = toy_task
+    server = ThreadServer(SessionManager(tmp_path / "jobs"), window=2)
+    hello, backbone, codec, batcher, data = device_setup(model_dir, data_dir)
+    with pytest.raises(ServerRefused, match="bad_header.*int3.*nf4"):
+        asyncio.run(stream(f"ws://127.0.0.1:{server.port}", hello.model_copy(update={"codec": "int3"}), backbone, codec,
+                           batcher, data.train, data.validation, batch_size=8, seed=0, pivot=True))

@@ -25,6 +25,7 @@ from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.training.config import TrainConfig
 from mobillm.training.loop import fit
 from mobillm.training.side_trainer import SideTrainer
+from mobillm.wire.codecs import CODECS
 from mobillm.wire.messages import Ack, Batch, Frame, Hello, SideNet, decode_message, encode_message
 from mobillm.wire.protocol import ReceiveOrder
 
@@ -43,6 +44,8 @@ class Job:
             problems.append("this server trains classification jobs only")
         if self.side_config.hidden_size != hello.hidden_size or self.side_config.shortcuts != hello.shortcuts:
             problems.append("side_config disagrees with the Hello's hidden_size/shortcuts")
+        if hello.codec not in CODECS:
+            problems.append(f"codec {hello.codec!r} unknown — this server knows {sorted(CODECS)}")
         if not 1 <= hello.device_epochs <= self.config.num_epochs:
             problems.append(f"device_epochs must be within 1..{self.config.num_epochs} (the training epochs)")
         if problems:
@@ -77,22 +80,26 @@ class Job:
         """Validate, cache and queue one batch; duplicates (resends) are re-acked, not stored twice."""
         batch: Batch = frame.header
         self.validate(frame)
+        if batch.split == "train" and batch.epoch >= len(self.train_seqs):
+            raise ProtocolError("bad_batch", f"epoch {batch.epoch} beyond device_epochs={len(self.train_seqs)}")
         if self.order.accept(batch.seq):
             self.cache.put(batch.seq, data)
             self.bytes_received += len(data)
             if batch.split == "eval":
                 self.eval_seqs.append(batch.seq)
             else:
-                if batch.epoch >= len(self.train_seqs):
-                    raise ProtocolError("bad_batch", f"epoch {batch.epoch} beyond device_epochs={len(self.train_seqs)}")
                 self.train_seqs[batch.epoch].append(batch.seq)
                 self._incoming.put(batch.seq)
-                if not self._thread.is_alive() and not self._finished.is_set():
-                    self._thread.start()
+                self._start_training()
         return Ack(seq=batch.seq, step=self.trainer.step_count, loss=self.last_loss)
 
     def device_done(self, epoch: int) -> None:
         self._incoming.put(_DONE)
+        self._start_training()  # also when no training batch came: the job then ends at once
+
+    def _start_training(self) -> None:
+        if not self._thread.is_alive() and not self._finished.is_set():
+            self._thread.start()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._finished.wait(timeout)

@@ -7,7 +7,7 @@ pydantic model per message type (discriminated by ``type``, versioned by ``v``).
     Hello ─────────────────────────────────▶         (job, auth, fingerprint, codec, shortcuts, configs)
           ◀───────────────────── Welcome | Error     (window, last seq held, step)
     Batch(seq) ────────────────────────────▶         (sample_ids, labels, act.{i}.{name} ...)
-          ◀───────────────────────── Ack(seq)        (step, loss; eval: correct, predictions)
+          ◀───────────────────────── Ack(seq)        (step, loss)
     Done(epoch) ───────────────────────────▶
     GetSideNet ────────────────────────────▶
           ◀───────────────────────── SideNet         (config + state dict)
@@ -220,20 +220,12 @@ class Batch(Message):
 
 
 class Ack(Message):
-    """Server → device: batch ``seq`` is stored. Eval batches also get ``correct`` and ``predictions``."""
+    """Server → device: batch ``seq`` is validated and cached; ``step``/``loss`` say where training is."""
 
     type: Literal["ack"] = "ack"
     seq: int = Field(ge=0)
     step: int = Field(ge=0)
     loss: _FiniteFloat | None = None
-    correct: int | None = Field(default=None, ge=0)
-    predictions: list[int] | None = None
-
-    @model_validator(mode="after")
-    def _counts(self) -> "Ack":
-        if self.correct is not None and self.predictions is not None and self.correct > len(self.predictions):
-            raise ValueError("correct exceeds the number of predictions")
-        return self
 
 
 class Done(Message):
