@@ -11,9 +11,8 @@ import threading
 import time
 
 import pytest
-import torch
 
-from mobillm.backbone import FrozenHead, fingerprint, label_token_ids, load_pretrained
+from mobillm.backbone import fingerprint, label_token_ids, load_pretrained
 from mobillm.data import Batcher, default_template, load_dataset
 from mobillm.device.client import ServerRefused, stream
 from mobillm.device.taps import TappedBackbone

