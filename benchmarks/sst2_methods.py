@@ -50,8 +50,11 @@ def main() -> None:
     if not SST2.is_dir():
         sys.exit(f"SST-2 not found at {SST2}")
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    # Methods run earlier (e.g. `--methods bitfit,full` after `--methods side,lora`) are kept unless re-run.
+    previous = args.out / "results.json"
+    rows = json.loads(previous.read_text())["rows"] if previous.is_file() else []
     for method in args.methods.split(","):
+        rows = [r for r in rows if r["method"] != method]
         extra = shlex.split(args.extra) + (shlex.split(args.side_extra) if method == "side" else [])
         s = run_method(method, args, args.out, extra)
         rows.append({

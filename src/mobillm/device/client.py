@@ -54,6 +54,8 @@ class StreamStats:
     #: training steps the server had done when each batch was acked (shows the overlap)
     acked_steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    #: the eval batches' taps, kept to score the downloaded side network locally without a second forward
+    eval_taps: list = field(default_factory=list)
 
 
 class _Link:
@@ -147,13 +149,15 @@ async def stream(
                 if on_sent:
                     on_sent(stats, len(b.labels))
 
-            async def forward_and_send(split: str, epoch: int, batches, tap_stats: TapStats | None) -> None:
+            async def forward_and_send(split: str, epoch: int, batches, tap_stats: TapStats | None, keep: list | None = None) -> None:
                 iterator = tap_batches(backbone, codec, batches, pivot, tap_stats)
                 while (tapped := await asyncio.to_thread(next, iterator, None)) is not None:
                     await send(split, epoch, tapped)
+                    if keep is not None:
+                        keep.append(tapped)
 
             # Validation first: the server can then score step 0 and every epoch.
-            await forward_and_send("eval", 0, batcher.batches(evaluation, batch_size, shuffle=False, seed=seed), None)
+            await forward_and_send("eval", 0, batcher.batches(evaluation, batch_size, shuffle=False, seed=seed), None, stats.eval_taps)
             for epoch in range(device_epochs):
                 batches = batcher.batches(train, batch_size, shuffle=True, seed=seed, epoch=epoch)
                 await forward_and_send("train", epoch, batches, stats.forward)

@@ -84,8 +84,7 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
 
     # Local scoring with the downloaded side network: test accuracy, and agreement with the server's eval.
     final = classification_scores(*predict_tapped(side, head, codec, test_taps)[1:], num_labels)
-    val_taps = tap_examples(backbone, codec, batcher, validation, config.batch_size, pivot, "device forward (validation)")
-    ids, preds, _ = predict_tapped(side, head, codec, val_taps)
+    ids, preds, _ = predict_tapped(side, head, codec, stats.eval_taps)
     server_preds = dict(zip(frame.header.eval_sample_ids, frame.header.eval_predictions))
     agree = sum(int(server_preds.get(i) == p) for i, p in zip(ids.tolist(), preds.tolist()))
 
