@@ -33,7 +33,7 @@ def test_smollm2_step_zero_is_the_zero_shot_model_and_nf4_is_small(smollm2):
     backbone = TappedBackbone(model, shortcuts)
     try:
         raw = decode_layers(get_codec("none"), backbone(batch.input_ids, batch.attention_mask, batch.last_index, get_codec("none").encode))
-        side = SideNetwork(SideConfig(hidden_size=H, num_backbone_layers=L, shortcuts=shortcuts, num_labels=2, label_token_ids=ids))
+        side = SideNetwork(SideConfig(hidden_size=H, num_backbone_layers=L, shortcuts=shortcuts, block="mlp", num_labels=2, label_token_ids=ids))
         assert torch.allclose(side(raw, head), expected, atol=1e-3)
         nf4 = get_codec("nf4")
         taps = backbone(batch.input_ids, batch.attention_mask, batch.last_index, nf4.encode)

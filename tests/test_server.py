@@ -116,7 +116,7 @@ def device_setup(model_dir, data_dir, codec="int8", max_train=None):
     model, tokenizer = load_pretrained(model_dir)
     data = load_dataset(data_dir, max_train_samples=max_train, max_eval_samples=32)
     template = default_template(data.label_names)
-    side = SideConfig(hidden_size=model.config.hidden_size, num_backbone_layers=4, shortcuts=[2, 4], width=16,
+    side = SideConfig(hidden_size=model.config.hidden_size, num_backbone_layers=4, shortcuts=[2, 4], width=16, block="mlp",
                       num_labels=2, label_token_ids=label_token_ids(tokenizer, template.label_words))
     config = TrainConfig(method="side", epochs=1, batch_size=8)
     hello = Hello(job="overlap", model=model_dir, fingerprint=fingerprint(model), task="classification", codec=codec,

@@ -14,13 +14,20 @@ from mobillm.training.config import TrainConfig
 from mobillm.training.local import RunOptions, train
 
 
-def test_side_tuning_learns_the_toy_task_and_saves_the_side_network(toy_task, tmp_path):
+PIVOT_NF4_BYTES = 2 * 64 * 2 * 0.3 + 8  # two layers' pivot rows at 0.3x of fp16 (H=64), plus the int64 label
+
+
+@pytest.mark.parametrize("block", ["mlp", "attention"])
+def test_side_tuning_learns_the_toy_task_and_saves_the_side_network(toy_task, tmp_path, block):
     model_dir, data_dir = toy_task
-    options = RunOptions(model=model_dir, data=data_dir, codec="nf4", shortcuts="2,4", width=16, max_eval_samples=None, output_dir=tmp_path)
-    summary = train(options, TrainConfig(method="side", lr=1e-2, epochs=8, patience=8))
+    options = RunOptions(model=model_dir, data=data_dir, codec="nf4", shortcuts="2,4", width=16, block=block, max_eval_samples=None, output_dir=tmp_path)
+    summary = train(options, TrainConfig(method="side", lr=3e-3, epochs=8, patience=8))
     assert summary["test"]["accuracy"] >= summary["zero_shot_test"]["accuracy"] + 0.2
     assert summary["test"]["accuracy"] >= 0.8
-    assert summary["bytes_per_sample"] < 2 * 32 * 4 / 3  # nf4 taps of 2 layers, far below fp32
+    if block == "mlp":  # the pivot token only
+        assert summary["bytes_per_sample"] < PIVOT_NF4_BYTES
+    else:  # every position of the prompt (10+ tokens here)
+        assert summary["bytes_per_sample"] > 5 * PIVOT_NF4_BYTES
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["method"] == "side" and saved["n_train"] == 256
     side = SideNetwork.from_pretrained(tmp_path / "side_network")

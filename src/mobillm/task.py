@@ -28,7 +28,7 @@ class TaskOptions(BaseModel):
     codec: str = "nf4"
     shortcuts: str | None = None
     width: int = Field(64, gt=0)
-    block: str = "mlp"
+    block: str = "attention"
     max_length: int = Field(128, gt=1)
     max_train_samples: int | None = Field(None, gt=0)
     max_eval_samples: int | None = Field(1000, gt=0, description="cap on validation samples (test is never capped)")
