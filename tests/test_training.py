@@ -46,6 +46,8 @@ def test_baselines_train_on_the_same_task(toy_task, tmp_path, method):
     if method != "bitfit":  # biases alone move a random tiny model slowly; the loss check above still applies
         assert summary["test"]["accuracy"] >= 0.7
     assert summary["trainable_parameters"] > 0 and summary["device_seconds_per_sample"] > 0
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["device_samples_per_second"] == pytest.approx(1 / summary["device_seconds_per_sample"])
 
 
 def test_prepare_baseline_trains_only_the_method_parameters(family):

@@ -54,7 +54,7 @@ def _percent(x: float) -> str:
 
 def print_summary(summary: dict) -> None:
     """A human table of a run's summary (all figures are in summary.json)."""
-    table = Table(title=f"mobillm {summary['method']} — {summary['model']} on {summary['data']}")
+    table = Table(title=f"{summary['method']} — {summary['model']} on {summary['data']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = []
@@ -69,6 +69,7 @@ def print_summary(summary: dict) -> None:
         ("best validation accuracy", _percent(summary["best_val_accuracy"])),
         ("training samples", str(summary["n_train"])),
         ("device seconds / training sample", f"{summary['device_seconds_per_sample']:.4f}"),
+        ("device training samples / second", f"{summary['device_samples_per_second']:.1f}"),
     ]
     if "bytes_per_sample" in summary:
         rows.append(("activation bytes / training sample", f"{summary['bytes_per_sample']:.0f}"))

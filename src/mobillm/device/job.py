@@ -7,7 +7,6 @@ side network, then evaluate backbone + side network locally — no server needed
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from mobillm.backbone import FrozenHead, fingerprint
 from mobillm.device.client import DEFAULT_MAX_MESSAGE_BYTES, stream
 from mobillm.device.inference import predict_tapped, tap_examples
 from mobillm.device.taps import TappedBackbone
-from mobillm.files import METRICS_NAME, SUMMARY_NAME
+from mobillm.files import METRICS_NAME, write_summary
 from mobillm.metrics import MetricsLog, classification_scores, peak_rss_bytes
 from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.task import TaskOptions, prepare_task
@@ -100,5 +99,5 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
         "truncated": batcher.truncated, "wall_seconds": time.perf_counter() - started,
     }
     metrics.write(event="device_finished", **{k: v for k, v in summary.items() if k != "data_notes"})
-    (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+    write_summary(out, summary)
     return summary

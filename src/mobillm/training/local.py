@@ -6,7 +6,6 @@ server's :class:`SideTrainer` — so it measures exactly what the split run does
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import tempfile
@@ -19,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from mobillm.backbone import FrozenHead
 from mobillm.device.inference import TappedBatch, TapStats, predict_tapped, tap_examples
 from mobillm.device.taps import TappedBackbone
-from mobillm.files import METRICS_NAME, SUMMARY_NAME
+from mobillm.files import METRICS_NAME, write_summary
 from mobillm.metrics import MetricsLog, classification_scores, peak_rss_bytes
 from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.task import Task, TaskOptions, prepare_task
@@ -66,7 +65,7 @@ def train(options: RunOptions, config: TrainConfig) -> dict:
         label_names=data.label_names, train_config=config.model_dump(), peak_memory_bytes=peak_rss_bytes(),
         wall_seconds=time.perf_counter() - started,
     )
-    (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+    write_summary(out, summary)
     return summary
 
 
