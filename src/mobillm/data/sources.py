@@ -396,17 +396,18 @@ def _load_directory(directory: Path, text_column, label_column, label_names, spl
 
 
 # ---------------------------------------------------------------------------------------------------------- splits
-def _split(examples: list[Example], seed: int, fractions: tuple[float, ...] = SPLIT_FRACTIONS) -> list[list[Example]]:
+def _split(examples: list, seed: int, fractions: tuple[float, ...] = SPLIT_FRACTIONS, stratify: bool = True) -> list[list]:
     """Seeded split stratified by label: part k>0 gets round(n_class * fractions[k]) of each class, part 0 the rest.
 
-    Every part keeps the input order. No part with a positive fraction is left empty.
+    Every part keeps the input order. No part with a positive fraction is left empty. ``stratify=False`` treats
+    the examples as one class (unlabelled data, e.g. causal LM).
     """
     wanted = sum(f > 0 for f in fractions)
     if len(examples) < wanted:
         raise DataError(f"need at least {wanted} examples to make {wanted} splits, got {len(examples)}")
     by_label: dict[int, list[int]] = defaultdict(list)
     for i, e in enumerate(examples):
-        by_label[e.label].append(i)
+        by_label[e.label if stratify else 0].append(i)
     rng = random.Random(f"mobillm-split:{seed}")
     parts: list[list[int]] = [[] for _ in fractions]
     for label in sorted(by_label):
@@ -424,13 +425,13 @@ def _split(examples: list[Example], seed: int, fractions: tuple[float, ...] = SP
     return [[examples[i] for i in sorted(p)] for p in parts]
 
 
-def _fill_missing(splits: dict[str, list[Example]], seed: int) -> list[str]:
+def _fill_missing(splits: dict[str, list], seed: int, stratify: bool = True) -> list[str]:
     """Carve a missing validation and/or test split out of train (seeded, stratified, 10% each)."""
     missing = [s for s in ("validation", "test") if s not in splits]
     if not missing:
         return []
     fractions = (1.0 - SPLIT_FRACTIONS[1] * len(missing),) + tuple(SPLIT_FRACTIONS[1] for _ in missing)
-    parts = _split(splits["train"], seed, fractions)
+    parts = _split(splits["train"], seed, fractions, stratify)
     splits["train"] = parts[0]
     splits.update(zip(missing, parts[1:]))
     return [

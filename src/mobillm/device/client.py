@@ -13,7 +13,7 @@ from typing import Callable
 
 from websockets.asyncio.client import connect
 
-from mobillm.data import Batcher, Example
+from mobillm.data.batching import BaseBatcher
 from mobillm.device.inference import TapStats, tap_batches
 from mobillm.device.taps import TappedBackbone
 from mobillm.exceptions import MobillmError, ProtocolError
@@ -107,9 +107,9 @@ async def stream(
     hello: Hello,
     backbone: TappedBackbone,
     codec: Codec,
-    batcher: Batcher,
-    train: list[Example],
-    evaluation: list[Example],
+    batcher: BaseBatcher,
+    train: list,
+    evaluation: list,
     *,
     batch_size: int,
     seed: int,
@@ -139,7 +139,7 @@ async def stream(
                 await link.wait_for(lambda: not window.full)
                 stats.window_wait_seconds += time.perf_counter() - waited
                 b = tapped.batch
-                tensors = Batch.tensors(tapped.taps, sample_ids=b.sample_ids, labels=b.labels,
+                tensors = Batch.tensors(tapped.taps, sample_ids=b.sample_ids, labels=b.labels, loss_mask=b.loss_mask,
                                         attention_mask=None if pivot else b.attention_mask,
                                         last_index=None if pivot else b.last_index)
                 data = window.add(lambda seq: encode_message(Batch(seq=seq, split=split, epoch=epoch), tensors))

@@ -1,7 +1,8 @@
-"""Device-side forward passes over a data split, and local inference with a downloaded side network.
+"""Device-side forward passes over a data split, and local scoring with a downloaded side network.
 
 Local evaluation runs the activations through the same codec round trip the server saw, so the device's
-predictions equal the server's for the same codec (a test asserts it).
+predictions equal the server's for the same codec (a test asserts it). The zero-shot score reads the raw top
+hidden states the forward pass kept (:attr:`TappedBatch.top`): the bare backbone, with no codec in the way.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import torch
 from tqdm.auto import tqdm
 
 from mobillm.backbone import FrozenHead
-from mobillm.data import Batcher, EncodedBatch, Example
+from mobillm.data import EncodedBatch
+from mobillm.data.batching import BaseBatcher
 from mobillm.device.taps import TappedBackbone
-from mobillm.sidenet import SideNetwork
+from mobillm.sidenet import SideConfig, SideNetwork
+from mobillm.training.evaluation import Evaluator, loss_logits
 from mobillm.wire.codecs import Codec, decode_layers, encoded_nbytes
 
 
@@ -32,22 +35,38 @@ class TapStats:
 class TappedBatch:
     taps: list[dict[str, torch.Tensor]]
     batch: EncodedBatch
+    #: raw top-shortcut hidden states at the positions the loss reads, (N, H) — for the zero-shot score
+    top: torch.Tensor | None = None
+
+
+def scored_positions(batch: EncodedBatch) -> torch.Tensor:
+    """(B, T) bool: where the loss reads — the response tokens (causal LM) or each row's pivot token."""
+    if batch.loss_mask is not None:
+        return batch.loss_mask.bool()
+    mask = torch.zeros(batch.input_ids.shape, dtype=torch.bool)
+    mask[torch.arange(len(batch)), batch.last_index] = True
+    return mask
 
 
 def tap_batches(backbone: TappedBackbone, codec: Codec, batches, pivot: bool, stats: TapStats | None = None):
     """Run the frozen backbone on each batch; yield :class:`TappedBatch` with the encoded taps."""
     for batch in batches:
         start = time.perf_counter()
-        taps = backbone(batch.input_ids, batch.attention_mask, batch.last_index if pivot else None, codec.encode)
+        taps = backbone(
+            batch.input_ids, batch.attention_mask, batch.last_index if pivot else None, codec.encode,
+            keep_top=scored_positions(batch),
+        )
         if stats is not None:
             stats.seconds += time.perf_counter() - start
-            stats.samples += len(batch.labels)
+            stats.samples += len(batch)
             stats.bytes += sum(encoded_nbytes(t) for t in taps) + batch.labels.nbytes
-        yield TappedBatch(taps, batch)
+            if batch.loss_mask is not None:
+                stats.bytes += batch.loss_mask.numel()
+        yield TappedBatch(taps, batch, backbone.kept_top)
 
 
 def tap_examples(
-    backbone: TappedBackbone, codec: Codec, batcher: Batcher, examples: list[Example], batch_size: int, pivot: bool,
+    backbone: TappedBackbone, codec: Codec, batcher: BaseBatcher, examples: list, batch_size: int, pivot: bool,
     desc: str, stats: TapStats | None = None, shuffle: bool = False, seed: int = 0,
 ) -> list[TappedBatch]:
     """Forward a whole split once and keep its encoded taps (reused for zero-shot and final scoring)."""
@@ -56,15 +75,25 @@ def tap_examples(
     return list(tap_batches(backbone, codec, batches, pivot, stats))
 
 
-def predict_tapped(side: SideNetwork, head: FrozenHead, codec: Codec, tapped: list[TappedBatch]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(sample_ids, predictions, labels) over cached taps."""
-    preds = []
+@torch.no_grad()
+def evaluate_tapped(side: SideNetwork, head: FrozenHead, codec: Codec, tapped: list[TappedBatch]) -> Evaluator:
+    """Score backbone + side network over cached taps (decoded as the server decodes them)."""
+    side.eval()
+    scores = Evaluator(side.config.task, side.config.num_labels)
     for item in tapped:
-        acts = decode_layers(codec, item.taps)
-        mask, last = (None, None) if side.config.token_wise else (item.batch.attention_mask, item.batch.last_index)
-        preds.append(side.predict(acts, head, mask, last))
-    return (
-        torch.cat([t.batch.sample_ids for t in tapped]),
-        torch.cat(preds),
-        torch.cat([t.batch.labels for t in tapped]),
-    )
+        b = item.batch
+        extra = (None, None) if side.config.pivot_only else (b.attention_mask, b.last_index)
+        scores.add(*loss_logits(side, head, decode_layers(codec, item.taps), b.labels, *extra, b.loss_mask), b.sample_ids)
+    return scores
+
+
+@torch.no_grad()
+def zero_shot_tapped(config: SideConfig, head: FrozenHead, tapped: list[TappedBatch]) -> Evaluator:
+    """Score the bare backbone (its own head on its raw top hidden states) over the same batches."""
+    fresh = SideNetwork(config)  # only its head mapping is used: verbalizer rows or the whole LM head
+    scores = Evaluator(config.task, config.num_labels)
+    for item in tapped:
+        b = item.batch
+        targets = b.labels if b.loss_mask is None else b.labels[b.loss_mask.bool()]
+        scores.add(fresh.logits(item.top, head), targets, b.sample_ids)
+    return scores

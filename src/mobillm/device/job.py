@@ -15,10 +15,10 @@ from tqdm.auto import tqdm
 
 from mobillm.backbone import FrozenHead, fingerprint
 from mobillm.device.client import DEFAULT_MAX_MESSAGE_BYTES, stream
-from mobillm.device.inference import predict_tapped, tap_examples
+from mobillm.device.inference import evaluate_tapped, tap_examples, zero_shot_tapped
 from mobillm.device.taps import TappedBackbone
 from mobillm.files import METRICS_NAME, write_summary
-from mobillm.metrics import MetricsLog, classification_scores, peak_rss_bytes
+from mobillm.metrics import MetricsLog, peak_rss_bytes
 from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.task import TaskOptions, prepare_task
 from mobillm.training.config import TrainConfig
@@ -45,7 +45,7 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
     data, model, batcher, side_config = task.data, task.model, task.batcher, task.side_config
     validation, num_labels, shortcuts = data.validation, side_config.num_labels, side_config.shortcuts
     hello = Hello(
-        job=options.job, token=options.token, model=options.model, fingerprint=fingerprint(model), task="classification",
+        job=options.job, token=options.token, model=options.model, fingerprint=fingerprint(model), task=side_config.task,
         codec=options.codec, shortcuts=shortcuts, hidden_size=model.config.hidden_size, num_labels=num_labels,
         side_config=side_config.model_dump(), train_config=config.model_dump(), train_samples=len(data.train),
         device_epochs=options.device_epochs,
@@ -53,11 +53,11 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
     head = FrozenHead.from_model(model)
     backbone = TappedBackbone(model, shortcuts)
     codec = get_codec(options.codec)
-    pivot = side_config.token_wise
+    pivot = side_config.pivot_only
 
-    # Zero-shot: a fresh side network (zero-initialised up-projection) is exactly the backbone.
+    # Zero-shot: the bare backbone's own predictions, from the raw top hidden states of the same forward pass.
     test_taps = tap_examples(backbone, codec, batcher, data.test, config.batch_size, pivot, "device forward (test)")
-    zero_shot = classification_scores(*predict_tapped(SideNetwork(side_config), head, codec, test_taps)[1:], num_labels)
+    zero_shot = zero_shot_tapped(side_config, head, test_taps).scores()
 
     metrics = MetricsLog(out / METRICS_NAME)
     total = len(validation) + len(data.train) * options.device_epochs
@@ -81,18 +81,23 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
     side = SideNetwork.from_state(SideConfig.parse(frame.header.config), frame.tensors)
     side.save_pretrained(out / "side_network")
 
-    # Local scoring with the downloaded side network: test accuracy, and agreement with the server's eval.
-    final = classification_scores(*predict_tapped(side, head, codec, test_taps)[1:], num_labels)
-    ids, preds, _ = predict_tapped(side, head, codec, stats.eval_taps)
-    server_preds = dict(zip(frame.header.eval_sample_ids, frame.header.eval_predictions))
-    agree = sum(int(server_preds.get(i) == p) for i, p in zip(ids.tolist(), preds.tolist()))
+    # Local scoring with the downloaded side network: test scores, and agreement with the server's eval.
+    final = evaluate_tapped(side, head, codec, test_taps).scores()
+    local_eval = evaluate_tapped(side, head, codec, stats.eval_taps)
+    if side_config.task == "classification":
+        server_preds = dict(zip(frame.header.eval_sample_ids, frame.header.eval_predictions))
+        agree = sum(int(server_preds.get(i) == p) for i, p in zip(local_eval.sample_ids, local_eval.predictions))
+        agreement = {"best_val_accuracy": frame.header.val_accuracy, "eval_agreement": agree / max(1, len(local_eval.sample_ids))}
+    else:  # the same loss, computed on both sides: differences are float rounding only
+        agreement = {"best_val_loss": frame.header.val_loss,
+                     "eval_loss_difference": abs(local_eval.scores()["loss"] - frame.header.val_loss)}
 
     n = max(1, stats.forward.samples)
     summary = {
-        "method": "mobillm", "model": options.model, "data": options.data, "data_notes": data.notes, "codec": options.codec,
-        "shortcuts": shortcuts, "n_train": len(data.train), "n_validation": len(validation), "n_test": len(data.test),
-        "zero_shot_test": zero_shot, "test": final, "best_val_accuracy": frame.header.val_accuracy,
-        "server_steps": frame.header.step, "eval_agreement": agree / max(1, len(ids)),
+        "method": "mobillm", "task": side_config.task, "model": options.model, "data": options.data,
+        "data_notes": data.notes, "codec": options.codec, "shortcuts": shortcuts, "n_train": len(data.train),
+        "n_validation": len(validation), "n_test": len(data.test), "zero_shot_test": zero_shot, "test": final,
+        **agreement, "server_steps": frame.header.step,
         "device_seconds_per_sample": stats.forward.seconds / n, "bytes_per_sample": stats.forward.bytes / n,
         "bytes_sent": stats.bytes_sent, "bytes_received": stats.bytes_received, "batches_sent": stats.batches_sent,
         "window_wait_seconds": stats.window_wait_seconds, "peak_memory_bytes": peak_rss_bytes(),

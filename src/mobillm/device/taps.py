@@ -37,6 +37,9 @@ class TappedBackbone(nn.Module):
         self._selector: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._encode: Callable[[torch.Tensor], Encoded] | None = None
         self._taps: list[Encoded] = []
+        self._keep: torch.Tensor | None = None
+        #: raw top-shortcut hidden states at the positions ``keep_top`` marked in the last forward, (N, H)
+        self.kept_top: torch.Tensor | None = None
         self._hooks = [self.decoder.layers[s - 1].register_forward_hook(self._hook) for s in self.shortcuts]
 
     def close(self) -> None:
@@ -49,6 +52,8 @@ class TappedBackbone(nn.Module):
         hidden = output[0] if isinstance(output, tuple) else output  # (B, T, H)
         selected = self._selector(hidden)  # (B, H) pivot tokens, or (B, T, H)
         self._taps.append(self._encode(selected) if self._encode else selected)
+        if self._keep is not None and len(self._taps) == len(self.shortcuts):
+            self.kept_top = hidden[self._keep].float().clone()
         return output
 
     @torch.inference_mode()
@@ -58,24 +63,40 @@ class TappedBackbone(nn.Module):
         attention_mask: torch.Tensor,
         last_index: torch.Tensor | None = None,
         encode: Callable[[torch.Tensor], Encoded] | None = None,
+        keep_top: torch.Tensor | None = None,
     ) -> list[Encoded] | list[torch.Tensor]:
         """One encoded dict (or raw tensor) per shortcut layer, bottom to top.
 
         With ``last_index`` (B,) only the pivot token of each row is kept (classification); without it all
-        positions are kept (causal LM, token-mixing side blocks).
+        positions are kept (causal LM, token-mixing side blocks). ``keep_top`` (B, T) bool also keeps the top
+        shortcut's *raw* hidden states at those positions in :attr:`kept_top` — the bare backbone's view,
+        before any codec, for scoring its zero-shot predictions.
         """
         if last_index is not None:
             rows = torch.arange(input_ids.shape[0])
-            self._selector = lambda h: h[rows, last_index]
+            selector = lambda h: h[rows, last_index]  # noqa: E731
         else:
-            self._selector = lambda h: h
-        self._encode = encode
-        self._taps = []
+            selector = lambda h: h  # noqa: E731
+        return self._run(selector, encode, keep_top, input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[1]
+
+    @torch.inference_mode()
+    def step(self, input_ids: torch.Tensor, cache=None, encode: Callable[[torch.Tensor], Encoded] | None = None):
+        """Generation: taps of the new tokens (every position) on top of the backbone's KV cache.
+
+        Returns ``(taps, cache)``; pass the cache back with the next tokens (unpadded rows only).
+        """
+        past = 0 if cache is None else cache.get_seq_length()
+        mask = torch.ones(input_ids.shape[0], past + input_ids.shape[1], dtype=torch.long)
+        out, taps = self._run(lambda h: h, encode, None, input_ids=input_ids, attention_mask=mask, cache=cache, use_cache=True)
+        return taps, out.cache
+
+    def _run(self, selector, encode, keep_top, **decoder_args):
+        self._selector, self._encode = selector, encode
+        self._taps, self._keep, self.kept_top = [], keep_top, None
         try:
-            self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-            return self._taps
+            return self.decoder(**decoder_args), self._taps
         finally:
-            self._taps, self._selector, self._encode = [], None, None
+            self._taps, self._selector, self._encode, self._keep = [], None, None, None
 
 
 def stack_taps(taps: list[torch.Tensor]) -> torch.Tensor:

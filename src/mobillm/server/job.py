@@ -19,10 +19,11 @@ import torch
 from mobillm.backbone import FrozenHead
 from mobillm.exceptions import ConfigError, ProtocolError, WireError
 from mobillm.files import METRICS_NAME
-from mobillm.metrics import MetricsLog, classification_scores, peak_rss_bytes
+from mobillm.metrics import MetricsLog, peak_rss_bytes
 from mobillm.server.cache import ActivationCache
 from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.training.config import TrainConfig
+from mobillm.training.evaluation import Evaluator, best_fields, loss_logits, selection_score
 from mobillm.training.loop import fit
 from mobillm.training.side_trainer import SideTrainer
 from mobillm.wire.codecs import CODECS
@@ -40,8 +41,8 @@ class Job:
         except ConfigError as err:
             raise ProtocolError("bad_header", f"Hello: {err}") from None
         problems = []
-        if self.side_config.task != "classification":
-            problems.append("this server trains classification jobs only")
+        if self.side_config.task != hello.task:
+            problems.append(f"side_config is for a {self.side_config.task} task, the Hello says {hello.task}")
         if self.side_config.hidden_size != hello.hidden_size or self.side_config.shortcuts != hello.shortcuts:
             problems.append("side_config disagrees with the Hello's hidden_size/shortcuts")
         if hello.codec not in CODECS:
@@ -52,7 +53,9 @@ class Job:
             raise ProtocolError("bad_header", "; ".join(problems))
         self.hello, self.directory = hello, Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.pivot = self.side_config.token_wise
+        self.pivot = self.side_config.pivot_only
+        # labels are class ids, or (causal LM) next-token ids within the frozen head's vocabulary
+        self.num_targets = hello.num_labels if hello.task == "classification" else head.lm_head.weight.shape[0]
         self.steps_per_epoch = math.ceil(hello.train_samples / self.config.batch_size)
         torch.manual_seed(self.config.seed)
         self.trainer = SideTrainer(
@@ -107,11 +110,11 @@ class Job:
     def side_net_message(self) -> bytes:
         if self.error is not None:
             raise ProtocolError("internal", f"training failed: {self.error!r}")
-        side = self.trainer.side
+        side, val = self.trainer.side, self.result["val"]
         return encode_message(
             SideNet(
-                config=self.side_config.model_dump(), step=self.trainer.step_count,
-                val_accuracy=self.result["best_val_accuracy"], eval_sample_ids=self.result["eval_sample_ids"],
+                config=self.side_config.model_dump(), step=self.trainer.step_count, val_accuracy=val.get("accuracy"),
+                val_loss=val.get("loss"), eval_sample_ids=self.result["eval_sample_ids"],
                 eval_predictions=self.result["eval_predictions"],
             ),
             {k: v.detach().contiguous() for k, v in side.state_dict().items()},
@@ -125,27 +128,37 @@ class Job:
         H, M = self.hello.hidden_size, len(self.hello.shortcuts)
         if len(groups) != M:
             raise ProtocolError("bad_batch", f"{len(groups)} activation layers, the Hello announced {M}")
-        labels = tensors["labels"]
-        if labels.shape != (B,) or bool(((labels < 0) | (labels >= self.hello.num_labels)).any()):
-            raise ProtocolError("bad_batch", f"labels must be (B,) class ids in 0..{self.hello.num_labels - 1}")
+        labels, lm = tensors["labels"], self.hello.task == "causal-lm"
+        if labels.dim() != (2 if lm else 1) or bool(((labels < 0) | (labels >= self.num_targets)).any()):
+            what = "(B, T) next-token ids" if lm else "(B,) class ids"
+            raise ProtocolError("bad_batch", f"labels must be {what} in 0..{self.num_targets - 1}")
+        if lm and "loss_mask" not in tensors:
+            raise ProtocolError("bad_batch", "a causal-LM batch needs its loss_mask")
         for i, group in enumerate(groups):
             try:
                 x = self.trainer.codec.decode(group)
             except WireError as err:
                 raise ProtocolError("bad_batch", f"layer {i}: {err}") from None
-            expected = (B, H) if self.pivot else None
-            if (expected and tuple(x.shape) != expected) or (not expected and (x.dim() != 3 or x.shape[0] != B or x.shape[2] != H)):
-                raise ProtocolError("bad_batch", f"layer {i}: activations of shape {tuple(x.shape)} do not fit B={B}, H={H}")
+            T = labels.shape[1] if lm else (x.shape[1] if x.dim() == 3 else 0)
+            expected = (B, H) if self.pivot else (B, T, H)
+            if tuple(x.shape) != expected:
+                raise ProtocolError("bad_batch", f"layer {i}: activations of shape {tuple(x.shape)}, expected {expected}")
             if not bool(torch.isfinite(x).all()):
                 raise ProtocolError("bad_batch", f"layer {i}: activations contain NaN or Inf")
-        if not self.pivot and ("attention_mask" not in tensors or "last_index" not in tensors):
-            raise ProtocolError("bad_batch", "token-mixing side blocks need attention_mask and last_index")
+        if not self.pivot:
+            if "attention_mask" not in tensors or "last_index" not in tensors:
+                raise ProtocolError("bad_batch", "batches of every position need attention_mask and last_index")
+            if tensors["attention_mask"].shape != (B, T):
+                raise ProtocolError("bad_batch", f"attention_mask {tuple(tensors['attention_mask'].shape)} does not fit ({B}, {T})")
+            last = tensors["last_index"]
+            if bool(((last < 0) | (last >= T)).any()):
+                raise ProtocolError("bad_batch", f"last_index must lie in 0..{T - 1}")
 
     # -- the training thread -------------------------------------------------------------------------
     def _load(self, seq: int):
         t = decode_message(self.cache.get(seq)).tensors
         extra = (None, None) if self.pivot else (t["attention_mask"], t["last_index"])
-        return Batch.activation_groups(t), t, extra
+        return Batch.activation_groups(t), t, (*extra, t.get("loss_mask"))
 
     def _live(self):
         """Batches of a device epoch as they arrive, until the device says that epoch is done."""
@@ -166,17 +179,15 @@ class Job:
         self.samples_trained += len(t["labels"])
         return loss
 
+    @torch.no_grad()
     def evaluate(self) -> tuple[dict, list[int], list[int]]:
-        ids, preds, labels = [], [], []
+        """Scores of the eval batches, and (classification) each sample's predicted class."""
+        side = self.trainer.side.eval()
+        scores = Evaluator(self.hello.task, self.hello.num_labels)
         for seq in self.eval_seqs:
             groups, t, extra = self._load(seq)
-            preds.append(self.trainer.predict(groups, *extra))
-            labels.append(t["labels"])
-            ids.append(t["sample_ids"])
-        if not preds:
-            return {"accuracy": float("nan")}, [], []
-        p = torch.cat(preds)
-        return classification_scores(p, torch.cat(labels), self.hello.num_labels), torch.cat(ids).tolist(), p.tolist()
+            scores.add(*loss_logits(side, self.trainer.head, self.trainer.activations(groups), t["labels"], *extra), t["sample_ids"])
+        return scores.scores(), scores.sample_ids, scores.predictions
 
     def _on_step(self, step: int, loss: float) -> None:
         elapsed = time.perf_counter() - self._started
@@ -188,19 +199,19 @@ class Job:
 
     def _run(self) -> None:
         try:
-            zero_shot = self.evaluate()[0]["accuracy"] if self.eval_seqs else -math.inf
+            step0 = selection_score(self.evaluate()[0]) if self.eval_seqs else -math.inf
             result = fit(
                 num_epochs=self.config.num_epochs, batches=self._batches, steps_per_epoch=self.steps_per_epoch,
-                train_on=self._train_on, validate=lambda: self.evaluate()[0]["accuracy"],
+                train_on=self._train_on, validate=lambda: self.evaluate()[0],
                 snapshot=self.trainer.snapshot, restore=self.trainer.restore,
                 evals_per_epoch=self.config.evals_per_epoch, patience=self.config.patience,
-                initial_score=zero_shot if not math.isnan(zero_shot) else -math.inf,
+                initial_score=step0 if not math.isnan(step0) else -math.inf,
                 desc=self.hello.job, on_step=self._on_step, progress=self.progress,
             )
             scores, ids, preds = self.evaluate()
             self.trainer.side.save_pretrained(self.directory / "side_network")
             self.result = {
-                "best_val_accuracy": result.best_score, "val": scores, "best_epoch": result.best_epoch,
+                **best_fields(self.hello.task, result.best_score), "val": scores, "best_epoch": result.best_epoch,
                 "steps": result.steps, "stopped_early": result.stopped_early, "history": result.history,
                 "eval_sample_ids": ids, "eval_predictions": preds,
             }

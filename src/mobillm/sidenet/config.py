@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mobillm.exceptions import ConfigError
+from mobillm.files import SIDE_CONFIG_NAME
 
 Task = Literal["classification", "causal-lm"]
 HeadKind = Literal["verbalizer", "linear", "lm"]
@@ -67,6 +70,23 @@ class SideConfig(BaseModel):
         from mobillm.sidenet.blocks import SIDE_BLOCKS
 
         return SIDE_BLOCKS[self.block].token_wise
+
+    @property
+    def pivot_only(self) -> bool:
+        """True when the device sends the pivot token only: classification read by token-wise blocks."""
+        return self.task == "classification" and self.token_wise
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "SideConfig":
+        """The config of a saved side network (``side_config.json``)."""
+        path = Path(directory) / SIDE_CONFIG_NAME
+        if not path.is_file():
+            raise ConfigError(f"{directory}: no {SIDE_CONFIG_NAME} (not a saved side network)")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not valid JSON ({err.msg})") from None
+        return cls.parse(data)
 
     @classmethod
     def parse(cls, data: dict) -> "SideConfig":

@@ -11,7 +11,6 @@ Because ``up`` starts at zero, step 0 reproduces the backbone's own (zero-shot) 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -66,6 +65,13 @@ class SideNetwork(nn.Module):
         out = self.hidden(acts, attention_mask)
         if self.config.task == "classification" and out.dim() == 3:
             out = out[torch.arange(out.shape[0]), last_index]  # (B, H)
+        return self.logits(out, head)
+
+    def logits(self, out: torch.Tensor, head: FrozenHead) -> torch.Tensor:
+        """Corrected top hidden states (..., H) -> logits: classifier, verbalizer rows, or the whole LM head.
+
+        With a fresh side network ``out`` is the backbone's own top hidden state, so this is also how the bare
+        backbone is scored (zero-shot)."""
         if self.classifier is not None:
             return self.classifier(head.normed(out))
         ids = self.config.label_token_ids if self.config.head == "verbalizer" else None
@@ -93,8 +99,7 @@ class SideNetwork(nn.Module):
         config_path, weights_path = directory / SIDE_CONFIG_NAME, directory / SIDE_WEIGHTS_NAME
         if not config_path.is_file() or not weights_path.is_file():
             raise ConfigError(f"{directory}: expected {SIDE_CONFIG_NAME} and {SIDE_WEIGHTS_NAME} (a saved side network)")
-        config = SideConfig.parse(json.loads(config_path.read_text()))
-        return cls.from_state(config, load_file(weights_path))
+        return cls.from_state(SideConfig.from_pretrained(directory), load_file(weights_path))
 
     @classmethod
     def from_state(cls, config: SideConfig, state: dict[str, torch.Tensor]) -> "SideNetwork":

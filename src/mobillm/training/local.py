@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mobillm.backbone import FrozenHead
-from mobillm.device.inference import TappedBatch, TapStats, predict_tapped, tap_examples
+from mobillm.exceptions import ConfigError
+from mobillm.device.inference import TappedBatch, TapStats, evaluate_tapped, tap_examples, zero_shot_tapped
 from mobillm.device.taps import TappedBackbone
 from mobillm.files import METRICS_NAME, write_summary
 from mobillm.metrics import MetricsLog, classification_scores, peak_rss_bytes
@@ -24,6 +25,7 @@ from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.task import Task, TaskOptions, prepare_task
 from mobillm.training.baselines import baseline_logits, prepare_baseline
 from mobillm.training.config import TrainConfig
+from mobillm.training.evaluation import best_fields, selection_score
 from mobillm.training.loop import fit
 from mobillm.training.side_trainer import SideTrainer
 from mobillm.training.step import make_optimizer, train_step
@@ -51,6 +53,8 @@ def train(options: RunOptions, config: TrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     metrics = MetricsLog(out / METRICS_NAME)
 
+    if options.task == "causal-lm" and config.method != "side":
+        raise ConfigError(f"--task causal-lm trains with --method side; the {config.method} baseline classifies only")
     task = prepare_task(options, config.seed)
     data, batcher = task.data, task.batcher
     run = _train_side if config.method == "side" else _train_baseline
@@ -62,7 +66,7 @@ def train(options: RunOptions, config: TrainConfig) -> dict:
     summary.update(
         method=config.method, model=options.model, data=options.data, data_notes=data.notes,
         n_train=len(data.train), n_validation=len(data.validation), n_test=len(data.test), truncated=truncated,
-        label_names=data.label_names, train_config=config.model_dump(), peak_memory_bytes=peak_rss_bytes(),
+        task=options.task, label_names=getattr(data, "label_names", []), train_config=config.model_dump(), peak_memory_bytes=peak_rss_bytes(),
         wall_seconds=time.perf_counter() - started,
     )
     write_summary(out, summary)
@@ -74,7 +78,7 @@ def _train_side(task: Task, config: TrainConfig, metrics: MetricsLog, out: Path)
     head = FrozenHead.from_model(task.model)
     backbone = TappedBackbone(task.model, side_config.shortcuts)
     codec = get_codec(side_config.codec)
-    pivot = side_config.token_wise
+    pivot = side_config.pivot_only
 
     # --- device: one forward pass per sample; the encoded taps are cached (the server's activation cache)
     train_stats = TapStats()
@@ -102,7 +106,7 @@ def fit_side(
 
     Separate from the device forward so ablations can train many side networks from one set of taps.
     """
-    num_labels, pivot = side_config.num_labels, side_config.token_wise
+    pivot = side_config.pivot_only
     codec = get_codec(side_config.codec)
     torch.manual_seed(config.seed)  # the server seeds the same way: same initial side network
     side = SideNetwork(side_config)
@@ -113,11 +117,10 @@ def fit_side(
         return (None, None) if pivot else (batch.attention_mask, batch.last_index)
 
     def evaluate(cache) -> dict:
-        _, preds, labels = predict_tapped(side, head, codec, cache)
-        return classification_scores(preds, labels, num_labels)
+        return evaluate_tapped(side, head, codec, cache).scores()
 
-    zero_shot = evaluate(test_cache)
-    zero_shot_val = evaluate(val_cache)["accuracy"]
+    zero_shot = zero_shot_tapped(side_config, head, test_cache).scores()
+    step0_val = selection_score(evaluate(val_cache))  # the fresh side network, through the codec
 
     def epoch_batches(epoch):
         # Epoch 1 in the device's order (as the batches reach the server), later ones replayed shuffled.
@@ -128,14 +131,14 @@ def fit_side(
 
     result = fit(
         num_epochs=config.num_epochs, batches=epoch_batches, steps_per_epoch=steps_per_epoch,
-        train_on=lambda item: trainer.train_batch(item.taps, item.batch.labels, *extra(item.batch)),
-        validate=lambda: evaluate(val_cache)["accuracy"], snapshot=trainer.snapshot, restore=trainer.restore,
-        evals_per_epoch=config.evals_per_epoch, patience=config.patience, initial_score=zero_shot_val,
+        train_on=lambda item: trainer.train_batch(item.taps, item.batch.labels, *extra(item.batch), item.batch.loss_mask),
+        validate=lambda: evaluate(val_cache), snapshot=trainer.snapshot, restore=trainer.restore,
+        evals_per_epoch=config.evals_per_epoch, patience=config.patience, initial_score=step0_val,
         desc="side", on_step=(lambda step, loss: metrics.write(step=step, loss=loss)) if metrics else None,
     )
     return {
-        "side": side, "test": evaluate(test_cache), "zero_shot_test": zero_shot, "best_val_accuracy": result.best_score,
-        "zero_shot_val_accuracy": zero_shot_val, "best_epoch": result.best_epoch, "steps": result.steps,
+        "side": side, "test": evaluate(test_cache), "zero_shot_test": zero_shot, **best_fields(side_config.task, result.best_score),
+        "best_epoch": result.best_epoch, "steps": result.steps,
         "stopped_early": result.stopped_early, "history": result.history,
         "side_parameters": sum(p.numel() for p in side.parameters()),
     }
@@ -190,7 +193,7 @@ def _train_baseline(task: Task, config: TrainConfig, metrics: MetricsLog, out: P
     result = fit(
         num_epochs=config.num_epochs,
         batches=lambda epoch: batcher.batches(train_set, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch),
-        steps_per_epoch=steps_per_epoch, train_on=train_on, validate=lambda: evaluate(task.data.validation)["accuracy"],
+        steps_per_epoch=steps_per_epoch, train_on=train_on, validate=lambda: evaluate(task.data.validation),
         snapshot=snapshot, restore=restore, evals_per_epoch=config.evals_per_epoch, patience=config.patience,
         desc=config.method, on_step=lambda step, loss: metrics.write(step=step, loss=loss),
     )

@@ -8,6 +8,8 @@ from typing import Callable, Iterable
 
 from tqdm.auto import tqdm
 
+from mobillm.training.evaluation import selection_score
+
 
 @dataclass
 class FitResult:
@@ -24,7 +26,7 @@ def fit(
     batches: Callable[[int], Iterable],
     steps_per_epoch: int,
     train_on: Callable[[object], float],
-    validate: Callable[[], float],
+    validate: Callable[[], dict],
     snapshot: Callable[[], object],
     restore: Callable[[object], None],
     evals_per_epoch: int = 1,
@@ -36,7 +38,9 @@ def fit(
 ) -> FitResult:
     """Train for up to ``num_epochs``; validate ``evals_per_epoch`` times an epoch; keep the best weights.
 
-    ``initial_score`` is the validation score before training (zero-shot): training must beat it to be kept.
+    ``validate`` returns a split's scores (``training.evaluation``); the best is the highest
+    :func:`selection_score`. ``initial_score`` is that score before training (zero-shot): training must beat
+    it to be kept.
     """
     eval_at = {max(1, round(steps_per_epoch * (k + 1) / evals_per_epoch)) for k in range(evals_per_epoch)}
     # Snapshot the starting point only when it is a real contender (side tuning's zero-shot step 0).
@@ -54,8 +58,12 @@ def fit(
             if on_step:
                 on_step(step, loss)
             if i in eval_at:
-                score = validate()
-                history.append({"epoch": round(epoch + i / steps_per_epoch, 3), "step": step, "loss": loss, "val_accuracy": score})
+                scores = validate()
+                score = selection_score(scores)
+                history.append({
+                    "epoch": round(epoch + i / steps_per_epoch, 3), "step": step, "loss": loss,
+                    **{f"val_{k}": v for k, v in scores.items() if k != "n"},
+                })
                 if score > best:
                     best, best_state, best_epoch, bad = score, snapshot(), epoch + i / steps_per_epoch, 0
                 else:

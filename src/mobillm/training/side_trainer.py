@@ -43,7 +43,7 @@ class SideTrainer:
         acts = self.activations(taps)
         self.side.train()
         loss = train_step(
-            lambda: side_loss(self.side, self.head, acts, labels, attention_mask, last_index, loss_mask)[0],
+            lambda: side_loss(self.side, self.head, acts, labels, attention_mask, last_index, loss_mask),
             self.params,
             self.optimizer,
             self.scheduler,
@@ -51,9 +51,6 @@ class SideTrainer:
         )
         self.step_count += 1
         return loss
-
-    def predict(self, taps: list[Encoded], attention_mask: torch.Tensor | None = None, last_index: torch.Tensor | None = None) -> torch.Tensor:
-        return self.side.predict(self.activations(taps), self.head, attention_mask, last_index)
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """A copy of the side network's weights (for keeping the best validation checkpoint)."""

@@ -11,6 +11,7 @@ from torch import nn
 
 from mobillm.backbone import FrozenHead
 from mobillm.sidenet.model import SideNetwork
+from mobillm.training.evaluation import loss_logits
 
 
 def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float, total_steps: int, warmup_ratio: float, schedule: str):
@@ -40,22 +41,6 @@ def train_step(loss_fn: Callable[[], torch.Tensor], params: list[nn.Parameter], 
     return float(loss.detach())
 
 
-def side_loss(
-    side: SideNetwork,
-    head: FrozenHead,
-    acts: torch.Tensor,
-    labels: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    last_index: torch.Tensor | None = None,
-    loss_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of the side network's logits; returns ``(loss, logits)``.
-
-    Classification: ``labels`` (B,) class ids. Causal LM: ``labels`` (B, T) next-token ids already shifted
-    by the device, read where ``loss_mask`` (B, T) is set.
-    """
-    logits = side(acts, head, attention_mask=attention_mask, last_index=last_index)
-    if side.config.task == "classification":
-        return F.cross_entropy(logits, labels), logits
-    mask = loss_mask.bool()
-    return F.cross_entropy(logits[mask], labels[mask]), logits
+def side_loss(side: SideNetwork, head: FrozenHead, acts: torch.Tensor, labels: torch.Tensor, *extra) -> torch.Tensor:
+    """Mean cross-entropy of the side network at the positions the loss reads (see ``evaluation.loss_logits``)."""
+    return F.cross_entropy(*loss_logits(side, head, acts, labels, *extra))

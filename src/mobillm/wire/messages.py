@@ -248,7 +248,8 @@ class SideNet(Message):
     type: Literal["side_net"] = "side_net"
     config: dict[str, Any]
     step: int = Field(ge=0)
-    val_accuracy: _FiniteFloat | None = None
+    val_accuracy: _FiniteFloat | None = None  # classification: the returned network's validation accuracy
+    val_loss: _FiniteFloat | None = None  # causal LM: its mean validation loss over response tokens
     eval_sample_ids: list[int] = Field(default_factory=list)
     eval_predictions: list[int] = Field(default_factory=list)
 

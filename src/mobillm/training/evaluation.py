@@ -1,0 +1,84 @@
+"""Scoring one split: the same arithmetic on the device (local inference) and the server (eval batches).
+
+The device imports this module but never the optimisation step (``training.step``): it only scores.
+
+Classification reports accuracy next to balanced accuracy and the majority-class baseline; causal LM reports
+the mean cross-entropy over response tokens, its perplexity and next-token accuracy. Model selection reads
+:func:`selection_score` (higher is better for both).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mobillm.backbone import FrozenHead
+from mobillm.metrics import classification_scores
+from mobillm.sidenet.model import SideNetwork
+
+
+def loss_logits(
+    side: SideNetwork,
+    head: FrozenHead,
+    acts: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    last_index: torch.Tensor | None = None,
+    loss_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, targets)`` at the positions the loss reads — training and scoring share it.
+
+    Classification: ``labels`` (B,) class ids, logits (B, C). Causal LM: ``labels`` (B, T) next-token ids
+    already shifted by the device, read where ``loss_mask`` (B, T) is set; only those positions go through
+    the vocabulary-sized LM head, logits (N, V).
+    """
+    if side.config.task == "classification":
+        return side(acts, head, attention_mask=attention_mask, last_index=last_index), labels
+    if loss_mask is None:
+        raise ValueError("a causal-LM batch needs its loss_mask")
+    mask = loss_mask.bool()
+    return side.logits(side.hidden(acts, attention_mask)[mask], head), labels[mask]
+
+
+class Evaluator:
+    """Accumulates ``(logits, targets)`` of a split's batches (see :func:`loss_logits`)."""
+
+    def __init__(self, task: str, num_labels: int = 0):
+        self.task, self.num_labels = task, num_labels
+        self.sample_ids: list[int] = []
+        self.predictions: list[int] = []
+        self._labels: list[int] = []
+        self.loss_sum, self.tokens, self.correct = 0.0, 0, 0
+
+    @torch.no_grad()
+    def add(self, logits: torch.Tensor, targets: torch.Tensor, sample_ids: torch.Tensor) -> None:
+        preds = logits.argmax(-1)
+        if self.task == "classification":
+            self.sample_ids += sample_ids.tolist()
+            self.predictions += preds.tolist()
+            self._labels += targets.tolist()
+        else:
+            self.loss_sum += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
+            self.tokens += targets.numel()
+            self.correct += int((preds == targets).sum())
+
+    def scores(self) -> dict[str, float]:
+        if self.task == "classification":
+            return classification_scores(torch.tensor(self.predictions), torch.tensor(self._labels), self.num_labels)
+        if not self.tokens:
+            return {"loss": float("nan"), "perplexity": float("nan"), "token_accuracy": float("nan"), "n_tokens": 0}
+        loss = self.loss_sum / self.tokens
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": self.correct / self.tokens,
+                "n_tokens": self.tokens}
+
+
+def selection_score(scores: dict[str, float]) -> float:
+    """What model selection maximises: accuracy (classification) or minus the response loss (causal LM)."""
+    return scores["accuracy"] if "accuracy" in scores else -scores["loss"]
+
+
+def best_fields(task: str, best_score: float) -> dict[str, float]:
+    """The best :func:`selection_score` under its own name, for summaries."""
+    return {"best_val_accuracy": best_score} if task == "classification" else {"best_val_loss": -best_score}
