@@ -68,11 +68,14 @@ def generations(side_dir: Path, examples, base: bool, max_new_tokens: int = 16) 
 
 
 def score(texts: list[str], examples) -> dict:
+    """Format compliance, the label read in that format, and — fairer to prose answers — the first sentiment word."""
     matches = [FORMAT.match(t) for t in texts]
     truth = [FORMAT.match(e.response)[1] for e in examples]
+    first = [next(iter(re.findall(r"\b(positive|negative)\b", t.lower())), None) for t in texts]
     return {
         "format_rate": sum(m is not None for m in matches) / len(texts),
         "label_accuracy": sum(m is not None and m[1] == y for m, y in zip(matches, truth)) / len(texts),
+        "first_sentiment_word_accuracy": sum(w == y for w, y in zip(first, truth)) / len(texts),
     }
 
 
@@ -82,6 +85,7 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=500)
     parser.add_argument("--generate", type=int, default=100, help="held-out test prompts to generate for")
     parser.add_argument("--extra", default="", help="extra `mobillm finetune` options")
+    parser.add_argument("--skip-finetune", action="store_true", help="reuse the fine-tuning run already in --out")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "causal_lm")
     args = parser.parse_args()
     if not SST2.is_dir():
@@ -91,8 +95,9 @@ def main() -> None:
     cmd = [sys.executable, "-m", "mobillm", "finetune", "--task", "causal-lm", "--data", str(data),
            "--max-train-samples", str(args.train_samples), "--max-eval-samples", str(args.eval_samples),
            "--output-dir", str(run_dir), *shlex.split(args.extra)]
-    print("$", shlex.join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    if not args.skip_finetune:
+        print("$", shlex.join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
     summary = json.loads((run_dir / "device" / "summary.json").read_text())
 
     from mobillm.data.lm import load_lm_dataset
@@ -116,7 +121,9 @@ def main() -> None:
     z, f = result["zero_shot_test"], result["fine_tuned_test"]
     print(f"response loss {z['loss']:.3f} -> {f['loss']:.3f}; format {result['zero_shot_generation']['format_rate']:.0%} -> "
           f"{result['fine_tuned_generation']['format_rate']:.0%}; label accuracy of generations "
-          f"{result['zero_shot_generation']['label_accuracy']:.0%} -> {result['fine_tuned_generation']['label_accuracy']:.0%}")
+          f"{result['zero_shot_generation']['label_accuracy']:.0%} -> {result['fine_tuned_generation']['label_accuracy']:.0%}; "
+          f"first sentiment word right {result['zero_shot_generation']['first_sentiment_word_accuracy']:.0%} -> "
+          f"{result['fine_tuned_generation']['first_sentiment_word_accuracy']:.0%}")
 
 
 def plot(result: dict, path: Path) -> None:
@@ -125,12 +132,14 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
     names = ["zero-shot", "fine-tuned"]
     panels = [
         ([result["zero_shot_test"]["loss"], result["fine_tuned_test"]["loss"]], "held-out loss (response tokens)"),
         ([result["zero_shot_generation"]["format_rate"], result["fine_tuned_generation"]["format_rate"]], "generations in the trained format"),
-        ([result["zero_shot_generation"]["label_accuracy"], result["fine_tuned_generation"]["label_accuracy"]], "generated label correct"),
+        ([result["zero_shot_generation"]["label_accuracy"], result["fine_tuned_generation"]["label_accuracy"]], "correct, in the format"),
+        ([result["zero_shot_generation"]["first_sentiment_word_accuracy"],
+          result["fine_tuned_generation"]["first_sentiment_word_accuracy"]], "first sentiment word correct"),
     ]
     for ax, (values, title) in zip(axes, panels):
         ax.bar(names, values, color=["#999999", "#2a7ab9"])

@@ -16,6 +16,7 @@ from mobillm.data.lm import LMBatcher, LMExample, load_lm_dataset
 from mobillm.device.generate import Generator, Sampling
 from mobillm.device.taps import TappedBackbone
 from mobillm.exceptions import DataError
+from mobillm.server.auth import TokenStore
 from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.wire.codecs import get_codec
 
@@ -146,10 +147,11 @@ def test_causal_lm_through_the_server_then_generate_on_the_device(toy_task, tmp_
     model_dir, _ = toy_task
     data = write_toy_instructions(tmp_path / "instructions.jsonl")
     server, port = start_server(tmp_path / "jobs")
+    token = TokenStore(tmp_path / "jobs").create("lm")
     runner = CliRunner()
     try:
         result = runner.invoke(app, [
-            "device", "--server", f"ws://127.0.0.1:{port}", "--job", "lm", "--task", "causal-lm", "--model", model_dir,
+            "device", "--server", f"ws://127.0.0.1:{port}", "--job", "lm", "--token", token, "--task", "causal-lm", "--model", model_dir,
             "--data", str(data), "--codec", "int8", "--shortcuts", "2,4", "--width", "32", "--block", "mlp", "--lr", "1e-2",
             "--epochs", "10", "--patience", "10", "--output-dir", str(tmp_path / "device"),
         ])

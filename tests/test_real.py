@@ -44,3 +44,25 @@ def test_smollm2_step_zero_is_the_zero_shot_model_and_nf4_is_small(smollm2):
         assert torch.equal(side(decoded, head).argmax(-1), expected.argmax(-1))
     finally:
         backbone.close()
+
+
+def test_smollm2_generation_with_a_fresh_side_network_is_the_backbones_greedy_decoding(smollm2):
+    from mobillm.data.lm import LMBatcher
+    from mobillm.device.generate import Generator, Sampling
+
+    model, tokenizer = smollm2
+    prompt = LMBatcher(tokenizer).prompt_ids("What is the sentiment of this movie review?\n\nA gorgeous, witty film.")
+    assert tokenizer.decode(prompt).startswith("<|im_start|>")  # the chat template was applied
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():  # the model's own greedy decoding, recomputed in full each step
+        for _ in range(12):
+            ids = torch.cat([ids, model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    L, H = model.config.num_hidden_layers, model.config.hidden_size
+    config = SideConfig(hidden_size=H, num_backbone_layers=L, shortcuts=default_shortcuts(L), task="causal-lm", head="lm",
+                        num_labels=0, codec="none")
+    backbone = TappedBackbone(model, config.shortcuts)
+    try:
+        generator = Generator(backbone, SideNetwork(config), FrozenHead.from_model(model), get_codec("none"), set())
+        assert list(generator.generate(prompt, Sampling(max_new_tokens=12))) == ids[0, len(prompt):].tolist()
+    finally:
+        backbone.close()

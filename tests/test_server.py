@@ -17,6 +17,7 @@ from mobillm.data import Batcher, default_template, load_dataset
 from mobillm.device.client import ServerRefused, stream
 from mobillm.device.taps import TappedBackbone
 from mobillm.server.app import run_server
+from mobillm.server.auth import TokenStore
 from mobillm.server.manager import SessionManager
 from mobillm.sidenet import SideConfig
 from mobillm.training.config import TrainConfig
@@ -55,10 +56,11 @@ def start_server(jobs_dir) -> tuple[subprocess.Popen, int]:
 def test_server_and_device_in_two_processes(toy_task, tmp_path):
     model_dir, data_dir = toy_task
     server, port = start_server(tmp_path / "jobs")
+    token = TokenStore(tmp_path / "jobs").create("toy")
     try:
         report = tmp_path / "device-report.json"
         args = [
-            "device", "--server", f"ws://127.0.0.1:{port}", "--job", "toy", "--model", model_dir, "--data", data_dir,
+            "device", "--server", f"ws://127.0.0.1:{port}", "--job", "toy", "--token", token, "--model", model_dir, "--data", data_dir,
             "--codec", "nf4", "--shortcuts", "2,4", "--width", "16", "--lr", "3e-3", "--epochs", "6", "--patience", "6",
             "--max-eval-samples", "64", "--output-dir", str(tmp_path / "device"),
         ]
@@ -97,7 +99,7 @@ def test_server_and_device_in_two_processes(toy_task, tmp_path):
 class ThreadServer:
     """The server's asyncio loop on a background thread of this process (for tests that instrument it)."""
 
-    def __init__(self, manager: SessionManager, window: int):
+    def __init__(self, manager: SessionManager, window: int, tokens=None, tls=None):
         self.port: int | None = None
         ready = threading.Event()
 
@@ -106,7 +108,7 @@ class ThreadServer:
             ready.set()
 
         self.thread = threading.Thread(
-            target=asyncio.run, args=(run_server(manager, "127.0.0.1", 0, window, 64 << 20, on_ready),), daemon=True
+            target=asyncio.run, args=(run_server(manager, "127.0.0.1", 0, window, 64 << 20, on_ready, tokens, tls),), daemon=True
         )
         self.thread.start()
         assert ready.wait(30)

@@ -146,23 +146,58 @@ def serve(
     window: Annotated[int, typer.Option(help="unacked batches a device may have in flight")] = 8,
     cache_memory_mb: Annotated[int, typer.Option(help="activation cache kept in memory per job; beyond it, disk")] = 2048,
     max_message_mb: Annotated[int, typer.Option(help="largest message accepted")] = 64,
+    auth: Annotated[bool, typer.Option("--auth/--no-auth", help="require each job's token (mobillm token create)")] = True,
+    certfile: Annotated[Optional[Path], typer.Option(help="TLS certificate (PEM): serve wss://")] = None,
+    keyfile: Annotated[Optional[Path], typer.Option(help="TLS private key (PEM) of --certfile")] = None,
 ) -> None:
     """Run the server: trains side networks from the activations devices stream to it."""
     import asyncio
+    import ssl
 
     from mobillm.server.app import run_server
+    from mobillm.server.auth import TokenStore
     from mobillm.server.manager import SessionManager
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     manager = SessionManager(jobs_dir, cache_memory_bytes=cache_memory_mb << 20)
+    tls = None
+    if certfile or keyfile:
+        if not (certfile and keyfile):
+            _fail(MobillmError("TLS needs both --certfile and --keyfile"))
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            tls.load_cert_chain(certfile, keyfile)
+        except (OSError, ssl.SSLError) as err:
+            _fail(MobillmError(f"cannot load the TLS certificate/key: {err}"))
+    if not auth:
+        logging.getLogger("mobillm.server").warning("--no-auth: any peer that reaches %s:%s can open any job", host, port)
 
     def ready(bound: int) -> None:
-        print(f"mobillm server listening on ws://{host}:{bound}", flush=True)
+        print(f"mobillm server listening on {'wss' if tls else 'ws'}://{host}:{bound}", flush=True)
 
     try:
-        asyncio.run(run_server(manager, host, port, window, max_message_mb << 20, ready))
+        asyncio.run(run_server(manager, host, port, window, max_message_mb << 20, ready, TokenStore(jobs_dir) if auth else None, tls))
     except KeyboardInterrupt:
         pass
+
+
+token_app = typer.Typer(help="per-job tokens that devices present to the server", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    job: Annotated[str, typer.Option(help="the job the token opens")],
+    jobs_dir: Annotated[Path, typer.Option(help="the server's --jobs-dir")] = Path("runs/jobs"),
+    replace: Annotated[bool, typer.Option(help="revoke the job's current token")] = False,
+) -> None:
+    """Create a job's token; it is printed once and only its salted hash is stored."""
+    from mobillm.server.auth import TokenStore
+
+    try:
+        print(TokenStore(jobs_dir).create(job, replace=replace))
+    except MobillmError as err:
+        _fail(err)
 
 
 def _device(args: dict) -> dict:
@@ -185,6 +220,8 @@ def device(
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
     device_epochs: DeviceEpochs = 1, seed: Seed = 0, output_dir: OutputDir = Path("runs/device"),
+    token: Annotated[Optional[str], typer.Option(envvar="MOBILLM_TOKEN", help="the job's token (or $MOBILLM_TOKEN)")] = None,
+    cafile: Annotated[Optional[str], typer.Option(help="CA certificate(s) to verify a wss:// server")] = None,
 ) -> None:
     """Run the device: forward passes only, taps streamed to the server; downloads and evaluates the side network."""
     args = dict(locals())
@@ -226,6 +263,8 @@ def finetune(
 ) -> None:
     """Server and device on this machine: starts `mobillm serve` as a separate process, runs the device, stops it."""
     args = dict(locals())
+    from mobillm.server.auth import TokenStore
+
     _setup_logging()
     port = _free_port()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -238,7 +277,8 @@ def finetune(
         try:
             _wait_listening(port, server)
             console.print(f"server started (pid {server.pid}, ws://127.0.0.1:{port}, log {log_path})")
-            summary = _device({**args, "server": f"ws://127.0.0.1:{port}", "output_dir": output_dir / "device"})
+            token = TokenStore(output_dir / "jobs").create(job, replace=True)
+            summary = _device({**args, "server": f"ws://127.0.0.1:{port}", "output_dir": output_dir / "device", "token": token})
         except (MobillmError, ValidationError, OSError) as err:
             _fail(err)
         finally:

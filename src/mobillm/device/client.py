@@ -7,11 +7,13 @@ Forward passes run in a worker thread so the connection stays responsive; the de
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from mobillm.data.batching import BaseBatcher
 from mobillm.device.inference import TapStats, tap_batches
@@ -117,13 +119,25 @@ async def stream(
     device_epochs: int = 1,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     on_sent: Callable[[StreamStats, int], None] | None = None,
+    token: str | None = None,
+    cafile: str | None = None,
 ) -> tuple[Frame, StreamStats]:
     """Run one job from the device's side; return the ``SideNet`` frame and what it cost.
 
-    ``on_sent(stats, samples)`` is called after every batch (progress bars, metrics).
+    Connects to ``{url}/jobs/{job}``, presenting ``token`` in the handshake; a ``wss://`` URL is verified
+    against the system's CAs or ``cafile``. ``on_sent(stats, samples)`` is called after every batch.
     """
     stats = StreamStats()
-    async with connect(url, max_size=max_message_bytes, compression=None, ping_timeout=None) as ws:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    tls = ssl.create_default_context(cafile=cafile) if url.startswith("wss://") else None
+    try:
+        ws = await connect(f"{url.rstrip('/')}/jobs/{hello.job}", max_size=max_message_bytes, compression=None,
+                           ping_timeout=None, additional_headers=headers, ssl=tls)
+    except InvalidStatus as err:
+        body = err.response.body.decode(errors="replace").strip()
+        code = "auth" if err.response.status_code == 401 else "unexpected"
+        raise ServerRefused(code, f"HTTP {err.response.status_code} in the handshake: {body}") from None
+    async with ws:
         await ws.send(encode_message(hello))
         first = decode_message(await ws.recv(), max_bytes=max_message_bytes).header
         if isinstance(first, Error):

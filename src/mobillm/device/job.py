@@ -31,7 +31,8 @@ class DeviceOptions(TaskOptions):
 
     server: str = "ws://127.0.0.1:8765"
     job: str = "default"
-    token: str | None = None
+    token: str | None = Field(None, repr=False, description="the job's token (mobillm token create), sent in the handshake")
+    cafile: str | None = Field(None, description="CA certificate(s) to verify a wss:// server with")
     device_epochs: int = Field(1, ge=1)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     output_dir: Path = Path("runs/device")
@@ -45,7 +46,7 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
     data, model, batcher, side_config = task.data, task.model, task.batcher, task.side_config
     validation, num_labels, shortcuts = data.validation, side_config.num_labels, side_config.shortcuts
     hello = Hello(
-        job=options.job, token=options.token, model=options.model, fingerprint=fingerprint(model), task=side_config.task,
+        job=options.job, model=options.model, fingerprint=fingerprint(model), task=side_config.task,
         codec=options.codec, shortcuts=shortcuts, hidden_size=model.config.hidden_size, num_labels=num_labels,
         side_config=side_config.model_dump(), train_config=config.model_dump(), train_samples=len(data.train),
         device_epochs=options.device_epochs,
@@ -76,7 +77,7 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
         frame, stats = asyncio.run(stream(
             options.server, hello, backbone, codec, batcher, data.train, validation,
             batch_size=config.batch_size, seed=config.seed, pivot=pivot, device_epochs=options.device_epochs,
-            max_message_bytes=options.max_message_bytes, on_sent=on_sent,
+            max_message_bytes=options.max_message_bytes, on_sent=on_sent, token=options.token, cafile=options.cafile,
         ))
     side = SideNetwork.from_state(SideConfig.parse(frame.header.config), frame.tensors)
     side.save_pretrained(out / "side_network")

@@ -8,25 +8,55 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import uuid
+from http import HTTPStatus
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from mobillm.exceptions import PayloadTooBig, ProtocolError, WireError
+from mobillm.server.auth import JOB_NAME, TokenStore
 from mobillm.server.manager import SessionManager
 from mobillm.wire.messages import CLOSE_CODES, Batch, Done, Error, GetSideNet, Hello, Welcome, decode_message, encode_message
 
 log = logging.getLogger("mobillm.server")
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+JOBS_PATH = "/jobs/"
+
+
+def path_job(path: str) -> str | None:
+    """The job a connection's URL names (``/jobs/NAME``), or None for any other path."""
+    job = path.split("?", 1)[0].removeprefix(JOBS_PATH) if path.startswith(JOBS_PATH) else None
+    return job if job and JOB_NAME.fullmatch(job) else None
 
 
 class Server:
-    def __init__(self, manager: SessionManager, window: int = 8, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+    """``tokens``: check each connection's bearer token for the job in its URL (None: no authentication)."""
+
+    def __init__(
+        self, manager: SessionManager, window: int = 8, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        tokens: TokenStore | None = None,
+    ):
         self.manager = manager
         self.window = window
         self.max_message_bytes = max_message_bytes
+        self.tokens = tokens
+
+    async def authorize(self, connection: ServerConnection, request: Request) -> Response | None:
+        """The handshake check: 401 unless the URL is ``/jobs/NAME`` and the bearer token is that job's."""
+        if self.tokens is None:
+            return None
+        job = path_job(request.path)
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if job is None or scheme.lower() != "bearer":
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "connect to /jobs/NAME with 'Authorization: Bearer TOKEN'\n")
+        if not await asyncio.to_thread(self.tokens.verify, job, token.strip()):
+            log.warning("refused a connection to job %s: invalid token", job)
+            return connection.respond(HTTPStatus.UNAUTHORIZED, f"invalid token for job {job}\n")
+        return None
 
     async def handle(self, ws: ServerConnection) -> None:
         try:
@@ -56,6 +86,9 @@ class Server:
         hello = self._decode(await ws.recv()).header
         if not isinstance(hello, Hello):
             raise ProtocolError("bad_header", f"the first message must be hello, got {hello.type}")
+        allowed = path_job(ws.request.path)
+        if (self.tokens is not None or allowed is not None) and hello.job != allowed:
+            raise ProtocolError("auth", f"this connection is for job {allowed!r}, not {hello.job!r}")
         job = await asyncio.to_thread(self.manager.open, hello)
         session = uuid.uuid4().hex[:12]
         log.info("session %s joined job %s", session, hello.job)
@@ -74,10 +107,16 @@ class Server:
                 raise ProtocolError("unexpected", f"a device does not send {message.type}")
 
 
-async def run_server(manager: SessionManager, host: str, port: int, window: int, max_message_bytes: int, ready=None) -> None:
+async def run_server(
+    manager: SessionManager, host: str, port: int, window: int, max_message_bytes: int, ready=None,
+    tokens: TokenStore | None = None, tls: ssl.SSLContext | None = None,
+) -> None:
     """Serve until cancelled. ``ready`` (optional callable) receives the bound port (useful with port 0)."""
-    server = Server(manager, window, max_message_bytes)
-    async with serve(server.handle, host, port, max_size=max_message_bytes, compression=None, ping_timeout=None) as ws_server:
+    server = Server(manager, window, max_message_bytes, tokens)
+    async with serve(
+        server.handle, host, port, max_size=max_message_bytes, compression=None, ping_timeout=None,
+        process_request=server.authorize, ssl=tls,
+    ) as ws_server:
         bound = ws_server.sockets[0].getsockname()[1]
         if ready:
             ready(bound)
