@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from mobillm.cli import app
 from mobillm.device.client import ServerRefused, stream
@@ -112,3 +112,65 @@ def test_a_job_runs_over_tls_with_a_self_signed_certificate(toy_task, tmp_path):
     assert frame.header.step == 2 and stats.bytes_sent > 0
     with pytest.raises(ssl.SSLCertVerificationError):  # without the CA file the self-signed server is not trusted
         asyncio.run(stream(url, hello, backbone, codec, batcher, data.train[:16], data.validation[:8], **run))
+
+
+# --- limits: each answered with its own Error code and close code --------------------------------------
+async def _hello_then(url: str, hello, then=None):
+    """Send a Hello (and ``then``'s messages); return the Error and the close code the server answered with."""
+    async with connect(url, compression=None, max_size=None) as ws:
+        frames = []
+        try:  # the server may close before everything is sent (a refused session)
+            for message in [encode_message(hello), *(then or [])]:
+                await ws.send(message)
+        except ConnectionClosed:
+            pass
+        try:  # what it answered is still readable after the close
+            async for data in ws:
+                frames.append(decode_message(data).header)
+        except ConnectionClosed:
+            pass
+        return [f for f in frames if isinstance(f, Error)], ws.close_code
+
+
+def test_limits_answer_with_their_own_error_and_close_code(toy_task, tmp_path):
+    from mobillm.server.app import Limits
+    from mobillm.wire.codecs import get_codec
+    from mobillm.wire.messages import Batch
+
+    model_dir, data_dir = toy_task
+    hello, backbone, codec, batcher, data = device_setup(model_dir, data_dir)
+
+    # idle timeout: a Hello, then silence
+    server = ThreadServer(SessionManager(tmp_path / "idle"), limits=Limits(idle_timeout=0.5))
+    errors, close = asyncio.run(_hello_then(f"ws://127.0.0.1:{server.port}", hello))
+    assert [e.code for e in errors] == ["idle_timeout"] and close == 1001
+
+    # sessions: with one allowed, a second concurrent session is refused as busy
+    server = ThreadServer(SessionManager(tmp_path / "busy"), limits=Limits(max_sessions=1, idle_timeout=5))
+
+    async def two_sessions():
+        async with connect(f"ws://127.0.0.1:{server.port}", compression=None) as first:
+            await first.send(encode_message(hello))
+            await first.recv()  # welcome: the first session is open
+            return await _hello_then(f"ws://127.0.0.1:{server.port}", hello)
+
+    errors, close = asyncio.run(two_sessions())
+    assert [e.code for e in errors] == ["busy"] and close == 1013
+
+    # per-job cache bytes: the batch past the limit is refused, and nothing of it is kept
+    batch = batcher.encode(data.train[:8], list(range(8)))
+    taps = backbone(batch.input_ids, batch.attention_mask, batch.last_index, get_codec("int8").encode)
+    tensors = Batch.tensors(taps, sample_ids=batch.sample_ids, labels=batch.labels)
+    messages = [encode_message(Batch(seq=i, split="eval", epoch=0), tensors) for i in range(4)]
+    size = len(messages[0])
+    manager = SessionManager(tmp_path / "cache", cache_limit_bytes=int(2.5 * size))
+    server = ThreadServer(manager, limits=Limits(idle_timeout=5))
+    errors, close = asyncio.run(_hello_then(f"ws://127.0.0.1:{server.port}", hello, messages))
+    assert [e.code for e in errors] == ["cache_full"] and close == 1008
+    job = manager.jobs[hello.job]
+    assert len(job.cache) == 2 and job.cache.total_bytes == 2 * size and job.order.last_seq == 1
+
+    # message size: the transport refuses an oversized frame with 1009
+    server = ThreadServer(SessionManager(tmp_path / "big"), limits=Limits(max_message_bytes=size - 1))
+    errors, close = asyncio.run(_hello_then(f"ws://127.0.0.1:{server.port}", hello, messages[:1]))
+    assert close == 1009

@@ -16,7 +16,7 @@ from mobillm.backbone import fingerprint, label_token_ids, load_pretrained
 from mobillm.data import Batcher, default_template, load_dataset
 from mobillm.device.client import ServerRefused, stream
 from mobillm.device.taps import TappedBackbone
-from mobillm.server.app import run_server
+from mobillm.server.app import Limits, run_server
 from mobillm.server.auth import TokenStore
 from mobillm.server.manager import SessionManager
 from mobillm.sidenet import SideConfig
@@ -99,7 +99,7 @@ def test_server_and_device_in_two_processes(toy_task, tmp_path):
 class ThreadServer:
     """The server's asyncio loop on a background thread of this process (for tests that instrument it)."""
 
-    def __init__(self, manager: SessionManager, window: int, tokens=None, tls=None):
+    def __init__(self, manager: SessionManager, window: int = 8, tokens=None, tls=None, limits=None):
         self.port: int | None = None
         ready = threading.Event()
 
@@ -108,7 +108,8 @@ class ThreadServer:
             ready.set()
 
         self.thread = threading.Thread(
-            target=asyncio.run, args=(run_server(manager, "127.0.0.1", 0, window, 64 << 20, on_ready, tokens, tls),), daemon=True
+            target=asyncio.run, args=(run_server(manager, "127.0.0.1", 0, limits or Limits(window=window), on_ready, tokens, tls),),
+            daemon=True,
         )
         self.thread.start()
         assert ready.wait(30)

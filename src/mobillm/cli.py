@@ -146,6 +146,9 @@ def serve(
     window: Annotated[int, typer.Option(help="unacked batches a device may have in flight")] = 8,
     cache_memory_mb: Annotated[int, typer.Option(help="activation cache kept in memory per job; beyond it, disk")] = 2048,
     max_message_mb: Annotated[int, typer.Option(help="largest message accepted")] = 64,
+    max_sessions: Annotated[int, typer.Option(help="concurrent sessions; more are refused as busy")] = 64,
+    idle_timeout: Annotated[float, typer.Option(help="seconds a session may stay silent before it is closed")] = 300.0,
+    max_cache_mb: Annotated[Optional[int], typer.Option(help="activation cache per job, memory + disk (default: no limit)")] = None,
     auth: Annotated[bool, typer.Option("--auth/--no-auth", help="require each job's token (mobillm token create)")] = True,
     certfile: Annotated[Optional[Path], typer.Option(help="TLS certificate (PEM): serve wss://")] = None,
     keyfile: Annotated[Optional[Path], typer.Option(help="TLS private key (PEM) of --certfile")] = None,
@@ -154,12 +157,16 @@ def serve(
     import asyncio
     import ssl
 
-    from mobillm.server.app import run_server
+    from mobillm.server.app import Limits, run_server
     from mobillm.server.auth import TokenStore
     from mobillm.server.manager import SessionManager
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    manager = SessionManager(jobs_dir, cache_memory_bytes=cache_memory_mb << 20)
+    manager = SessionManager(
+        jobs_dir, cache_memory_bytes=cache_memory_mb << 20,
+        cache_limit_bytes=None if max_cache_mb is None else max_cache_mb << 20,
+    )
+    limits = Limits(window=window, max_message_bytes=max_message_mb << 20, max_sessions=max_sessions, idle_timeout=idle_timeout)
     tls = None
     if certfile or keyfile:
         if not (certfile and keyfile):
@@ -176,7 +183,7 @@ def serve(
         print(f"mobillm server listening on {'wss' if tls else 'ws'}://{host}:{bound}", flush=True)
 
     try:
-        asyncio.run(run_server(manager, host, port, window, max_message_mb << 20, ready, TokenStore(jobs_dir) if auth else None, tls))
+        asyncio.run(run_server(manager, host, port, limits, ready, TokenStore(jobs_dir) if auth else None, tls))
     except KeyboardInterrupt:
         pass
 

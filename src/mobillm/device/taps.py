@@ -8,6 +8,7 @@ dropped, and the LM head is never run here.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
@@ -87,8 +88,10 @@ class TappedBackbone(nn.Module):
         """
         past = 0 if cache is None else cache.get_seq_length()
         mask = torch.ones(input_ids.shape[0], past + input_ids.shape[1], dtype=torch.long)
-        out, taps = self._run(lambda h: h, encode, None, input_ids=input_ids, attention_mask=mask, cache=cache, use_cache=True)
-        return taps, out.cache
+        # transformers 5.x names the KV cache ``cache``; older releases ``past_key_values``
+        name = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
+        out, taps = self._run(lambda h: h, encode, None, input_ids=input_ids, attention_mask=mask, use_cache=True, **{name: cache})
+        return taps, getattr(out, name)
 
     def _run(self, selector, encode, keep_top, **decoder_args):
         self._selector, self._encode = selector, encode

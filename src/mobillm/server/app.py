@@ -10,6 +10,7 @@ import asyncio
 import logging
 import ssl
 import uuid
+from dataclasses import dataclass
 from http import HTTPStatus
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -33,17 +34,26 @@ def path_job(path: str) -> str | None:
     return job if job and JOB_NAME.fullmatch(job) else None
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one server accepts. Past each limit a session gets its own ``Error`` code and close code:
+    ``too_big`` (1009), ``busy`` (1013), ``idle_timeout`` (1001); the per-job cache limit (``cache_full``) lives
+    in the :class:`SessionManager`."""
+
+    window: int = 8  # unacked batches a device may have in flight
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_sessions: int = 64  # concurrent WebSocket sessions
+    idle_timeout: float = 300.0  # seconds without a message from the device
+
+
 class Server:
     """``tokens``: check each connection's bearer token for the job in its URL (None: no authentication)."""
 
-    def __init__(
-        self, manager: SessionManager, window: int = 8, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        tokens: TokenStore | None = None,
-    ):
+    def __init__(self, manager: SessionManager, limits: Limits = Limits(), tokens: TokenStore | None = None):
         self.manager = manager
-        self.window = window
-        self.max_message_bytes = max_message_bytes
+        self.limits = limits
         self.tokens = tokens
+        self.sessions = 0
 
     async def authorize(self, connection: ServerConnection, request: Request) -> Response | None:
         """The handshake check: 401 unless the URL is ``/jobs/NAME`` and the bearer token is that job's."""
@@ -59,6 +69,10 @@ class Server:
         return None
 
     async def handle(self, ws: ServerConnection) -> None:
+        if self.sessions >= self.limits.max_sessions:
+            await self._refuse(ws, "busy", f"busy: {self.sessions} sessions open (limit {self.limits.max_sessions})")
+            return
+        self.sessions += 1
         try:
             await self._session(ws)
         except ConnectionClosed:
@@ -69,6 +83,8 @@ class Server:
         except Exception as err:  # noqa: BLE001 - one broken session must not take the server down
             log.exception("session failed")
             await self._refuse(ws, "internal", f"internal error: {type(err).__name__}")
+        finally:
+            self.sessions -= 1
 
     async def _refuse(self, ws: ServerConnection, code: str, message: str) -> None:
         try:
@@ -80,10 +96,16 @@ class Server:
     def _decode(self, data):
         if isinstance(data, str):
             raise ProtocolError("bad_frame", "text frames are not part of the protocol; send binary safetensors")
-        return decode_message(data, max_bytes=self.max_message_bytes)
+        return decode_message(data, max_bytes=self.limits.max_message_bytes)
+
+    async def _recv(self, ws: ServerConnection):
+        try:
+            return await asyncio.wait_for(ws.recv(), self.limits.idle_timeout)
+        except TimeoutError:
+            raise ProtocolError("idle_timeout", f"no message for {self.limits.idle_timeout:g} s") from None
 
     async def _session(self, ws: ServerConnection) -> None:
-        hello = self._decode(await ws.recv()).header
+        hello = self._decode(await self._recv(ws)).header
         if not isinstance(hello, Hello):
             raise ProtocolError("bad_header", f"the first message must be hello, got {hello.type}")
         allowed = path_job(ws.request.path)
@@ -92,8 +114,9 @@ class Server:
         job = await asyncio.to_thread(self.manager.open, hello)
         session = uuid.uuid4().hex[:12]
         log.info("session %s joined job %s", session, hello.job)
-        await ws.send(encode_message(Welcome(session=session, window=self.window, last_seq=job.order.last_seq, step=job.trainer.step_count)))
-        async for data in ws:
+        await ws.send(encode_message(Welcome(session=session, window=self.limits.window, last_seq=job.order.last_seq, step=job.trainer.step_count)))
+        while True:
+            data = await self._recv(ws)  # ConnectionClosed ends the session
             frame = self._decode(data)
             message = frame.header
             if isinstance(message, Batch):
@@ -108,13 +131,13 @@ class Server:
 
 
 async def run_server(
-    manager: SessionManager, host: str, port: int, window: int, max_message_bytes: int, ready=None,
+    manager: SessionManager, host: str, port: int, limits: Limits = Limits(), ready=None,
     tokens: TokenStore | None = None, tls: ssl.SSLContext | None = None,
 ) -> None:
     """Serve until cancelled. ``ready`` (optional callable) receives the bound port (useful with port 0)."""
-    server = Server(manager, window, max_message_bytes, tokens)
+    server = Server(manager, limits, tokens)
     async with serve(
-        server.handle, host, port, max_size=max_message_bytes, compression=None, ping_timeout=None,
+        server.handle, host, port, max_size=limits.max_message_bytes, compression=None, ping_timeout=None,
         process_request=server.authorize, ssl=tls,
     ) as ws_server:
         bound = ws_server.sockets[0].getsockname()[1]

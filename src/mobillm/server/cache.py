@@ -41,6 +41,11 @@ class ActivationCache:
             return self._path(seq).read_bytes()
         raise KeyError(seq)
 
+    @property
+    def total_bytes(self) -> int:
+        """Bytes held in memory and on disk together (what the per-job limit counts)."""
+        return self.memory_bytes + self.disk_bytes
+
     def __contains__(self, seq: int) -> bool:
         return seq in self._memory or seq in self._on_disk
 

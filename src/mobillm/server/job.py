@@ -34,7 +34,10 @@ _DONE = object()
 
 
 class Job:
-    def __init__(self, hello: Hello, head: FrozenHead, directory: Path, cache_memory_bytes: int, progress: bool = False):
+    def __init__(
+        self, hello: Hello, head: FrozenHead, directory: Path, cache_memory_bytes: int, progress: bool = False,
+        cache_limit_bytes: int | None = None,
+    ):
         try:
             self.side_config = SideConfig.parse(hello.side_config)
             self.config = TrainConfig.parse(hello.train_config)
@@ -62,6 +65,7 @@ class Job:
             SideNetwork(self.side_config), head, hello.codec, self.config, self.steps_per_epoch * self.config.num_epochs
         )
         self.cache = ActivationCache(self.directory / "cache", cache_memory_bytes)
+        self.cache_limit_bytes = cache_limit_bytes
         self.order = ReceiveOrder()
         self.train_seqs: list[list[int]] = [[] for _ in range(hello.device_epochs)]
         self.eval_seqs: list[int] = []
@@ -85,6 +89,10 @@ class Job:
         self.validate(frame)
         if batch.split == "train" and batch.epoch >= len(self.train_seqs):
             raise ProtocolError("bad_batch", f"epoch {batch.epoch} beyond device_epochs={len(self.train_seqs)}")
+        limit = self.cache_limit_bytes
+        if limit is not None and batch.seq not in self.cache and self.cache.total_bytes + len(data) > limit:
+            raise ProtocolError("cache_full", f"job {self.hello.job!r} holds {self.cache.total_bytes:,} bytes; "
+                                              f"this batch would pass the limit of {limit:,}")
         if self.order.accept(batch.seq):
             self.cache.put(batch.seq, data)
             self.bytes_received += len(data)

@@ -14,9 +14,13 @@ from mobillm.wire.messages import Hello
 class SessionManager:
     """Opens jobs on Hello: loads (once per model) the frozen head, checks the backbone fingerprint."""
 
-    def __init__(self, jobs_dir: str | Path, cache_memory_bytes: int = 2 << 30, progress: bool = False):
+    def __init__(
+        self, jobs_dir: str | Path, cache_memory_bytes: int = 2 << 30, progress: bool = False,
+        cache_limit_bytes: int | None = None,
+    ):
         self.jobs_dir = Path(jobs_dir)
         self.cache_memory_bytes = cache_memory_bytes
+        self.cache_limit_bytes = cache_limit_bytes  # per job, memory + disk; None: unlimited
         self.progress = progress
         self.jobs: dict[str, Job] = {}
         self._heads: dict[str, tuple[FrozenHead, str]] = {}
@@ -43,5 +47,7 @@ class SessionManager:
             if job is not None and job.hello.model_dump(exclude={"token", "resume"}) != hello.model_dump(exclude={"token", "resume"}):
                 raise ProtocolError("bad_header", f"job {hello.job!r} exists with another configuration")
             if job is None:
-                job = self.jobs[hello.job] = Job(hello, head, self.jobs_dir / hello.job, self.cache_memory_bytes, self.progress)
+                job = self.jobs[hello.job] = Job(
+                    hello, head, self.jobs_dir / hello.job, self.cache_memory_bytes, self.progress, self.cache_limit_bytes
+                )
             return job

@@ -55,6 +55,9 @@ ERROR_CODES: dict[str, str] = {
     "fingerprint_mismatch": "the device's backbone is not the server's backbone",
     "unknown_model": "the server cannot load the backbone the Hello names",
     "too_big": "a message exceeds the maximum message size",
+    "busy": "the server already serves its maximum number of sessions; try again later",
+    "cache_full": "the job's activation cache reached its byte limit; the batch was not stored",
+    "idle_timeout": "no message arrived within the server's idle timeout",
     "internal": "the other side failed unexpectedly; the session is closed, nothing else is affected",
 }
 
@@ -64,6 +67,9 @@ CLOSE_CODES: dict[str, int] = {
                          "unexpected_tensors", "unexpected", "out_of_order", "window_full")},
     **{c: 1008 for c in ("auth", "fingerprint_mismatch", "unknown_model")},
     "too_big": 1009,
+    "busy": 1013,  # try again later
+    "cache_full": 1008,
+    "idle_timeout": 1001,  # going away
     "internal": 1011,
 }
 
