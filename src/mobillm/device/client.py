@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from mobillm.data.batching import BaseBatcher
 from mobillm.device.inference import TapStats, tap_batches
@@ -58,6 +58,7 @@ class StreamStats:
     losses: list[float] = field(default_factory=list)
     #: the eval batches' taps, kept to score the downloaded side network locally without a second forward
     eval_taps: list = field(default_factory=list)
+    reconnects: int = 0
 
 
 class _Link:
@@ -104,6 +105,78 @@ class _Link:
             await self.changed.wait()
 
 
+_DROPPED = (ConnectionClosed, ConnectionError, OSError)  # what a reconnect can cure (not a server's Error)
+
+
+class _Connection:
+    """The session to the server, re-opened after a dropped connection: the new ``Welcome.last_seq`` says what
+    the server holds, the window resends the rest, then the ``Done`` of every finished epoch (the server
+    ignores repeats)."""
+
+    def __init__(self, url: str, hello: Hello, token: str | None, cafile: str | None, max_bytes: int,
+                 stats: StreamStats, reconnects: int, backoff: float):
+        self.url = f"{url.rstrip('/')}/jobs/{hello.job}"
+        self.hello, self.max_bytes, self.stats = hello, max_bytes, stats
+        self.headers = {"Authorization": f"Bearer {token}"} if token else None
+        self.tls = ssl.create_default_context(cafile=cafile) if url.startswith("wss://") else None
+        self.reconnects_left, self.backoff = reconnects, backoff
+        self.window: SendWindow | None = None
+        self.link: _Link | None = None
+        self.done_epochs: list[int] = []
+
+    async def open(self) -> None:
+        try:
+            ws = await connect(self.url, max_size=self.max_bytes, compression=None, ping_timeout=None,
+                               additional_headers=self.headers, ssl=self.tls)
+        except InvalidStatus as err:
+            body = err.response.body.decode(errors="replace").strip()
+            code = "auth" if err.response.status_code == 401 else "unexpected"
+            raise ServerRefused(code, f"HTTP {err.response.status_code} in the handshake: {body}") from None
+        resume = self.window is not None
+        await ws.send(encode_message(self.hello.model_copy(update={"resume": resume})))
+        first = decode_message(await ws.recv(), max_bytes=self.max_bytes).header
+        if isinstance(first, Error):
+            raise ServerRefused(first.code, first.message)
+        if not isinstance(first, Welcome):
+            raise ProtocolError("unexpected", f"expected welcome, got {first.type}")
+        if self.window is None:
+            self.window = SendWindow(first.window)
+        self.link = _Link(ws, self.window, self.stats, self.max_bytes)
+        self.receiver = asyncio.create_task(self.link.receive())
+        if resume:  # what the server lacks, in order, then what followed it
+            self.stats.reconnects += 1
+            for data in self.window.welcome(first.last_seq):
+                await ws.send(data)
+            for epoch in self.done_epochs:
+                await ws.send(encode_message(Done(epoch=epoch)))
+
+    async def run(self, op, retry: bool = True):
+        """``op(link)``; on a dropped connection reconnect (bounded) and, if ``retry``, run it again."""
+        while True:
+            try:
+                return await op(self.link)
+            except _DROPPED as err:
+                await self._reopen(err)
+                if not retry:
+                    return None
+
+    async def _reopen(self, err: BaseException) -> None:
+        await self.close()
+        while True:
+            if self.reconnects_left <= 0:
+                raise ConnectionError(f"lost the connection to the server and could not resume: {err}") from err
+            self.reconnects_left -= 1
+            await asyncio.sleep(self.backoff)
+            try:
+                return await self.open()
+            except _DROPPED as again:  # the server may still be restarting
+                err = again
+
+    async def close(self) -> None:
+        self.receiver.cancel()
+        await self.link.ws.close()
+
+
 async def stream(
     url: str,
     hello: Hello,
@@ -121,64 +194,57 @@ async def stream(
     on_sent: Callable[[StreamStats, int], None] | None = None,
     token: str | None = None,
     cafile: str | None = None,
+    reconnects: int = 10,
+    backoff: float = 1.0,
 ) -> tuple[Frame, StreamStats]:
     """Run one job from the device's side; return the ``SideNet`` frame and what it cost.
 
     Connects to ``{url}/jobs/{job}``, presenting ``token`` in the handshake; a ``wss://`` URL is verified
-    against the system's CAs or ``cafile``. ``on_sent(stats, samples)`` is called after every batch.
+    against the system's CAs or ``cafile``. A dropped connection is re-opened up to ``reconnects`` times
+    (``backoff`` seconds apart) without losing or repeating a batch. ``on_sent(stats, samples)`` is called
+    after every batch.
     """
     stats = StreamStats()
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    tls = ssl.create_default_context(cafile=cafile) if url.startswith("wss://") else None
+    conn = _Connection(url, hello, token, cafile, max_message_bytes, stats, reconnects, backoff)
+    await conn.open()
+    window = conn.window
     try:
-        ws = await connect(f"{url.rstrip('/')}/jobs/{hello.job}", max_size=max_message_bytes, compression=None,
-                           ping_timeout=None, additional_headers=headers, ssl=tls)
-    except InvalidStatus as err:
-        body = err.response.body.decode(errors="replace").strip()
-        code = "auth" if err.response.status_code == 401 else "unexpected"
-        raise ServerRefused(code, f"HTTP {err.response.status_code} in the handshake: {body}") from None
-    async with ws:
-        await ws.send(encode_message(hello))
-        first = decode_message(await ws.recv(), max_bytes=max_message_bytes).header
-        if isinstance(first, Error):
-            raise ServerRefused(first.code, first.message)
-        if not isinstance(first, Welcome):
-            raise ProtocolError("unexpected", f"expected welcome, got {first.type}")
-        window = SendWindow(first.window)
-        link = _Link(ws, window, stats, max_message_bytes)
-        receiver = asyncio.create_task(link.receive())
-        try:
-            async def send(split: str, epoch: int, tapped) -> None:
-                waited = time.perf_counter()
-                await link.wait_for(lambda: not window.full)
-                stats.window_wait_seconds += time.perf_counter() - waited
-                b = tapped.batch
-                tensors = Batch.tensors(tapped.taps, sample_ids=b.sample_ids, labels=b.labels, loss_mask=b.loss_mask,
-                                        attention_mask=None if pivot else b.attention_mask,
-                                        last_index=None if pivot else b.last_index)
-                data = window.add(lambda seq: encode_message(Batch(seq=seq, split=split, epoch=epoch), tensors))
-                await ws.send(data)
-                stats.bytes_sent += len(data)
-                stats.batches_sent += 1
-                if on_sent:
-                    on_sent(stats, len(b.labels))
+        async def send(split: str, epoch: int, tapped) -> None:
+            waited = time.perf_counter()
+            await conn.run(lambda link: link.wait_for(lambda: not window.full))
+            stats.window_wait_seconds += time.perf_counter() - waited
+            b = tapped.batch
+            tensors = Batch.tensors(tapped.taps, sample_ids=b.sample_ids, labels=b.labels, loss_mask=b.loss_mask,
+                                    attention_mask=None if pivot else b.attention_mask,
+                                    last_index=None if pivot else b.last_index)
+            data = window.add(lambda seq: encode_message(Batch(seq=seq, split=split, epoch=epoch), tensors))
+            await conn.run(lambda link: link.ws.send(data), retry=False)  # after a reconnect the window resends it
+            stats.bytes_sent += len(data)
+            stats.batches_sent += 1
+            if on_sent:
+                on_sent(stats, len(b))
 
-            async def forward_and_send(split: str, epoch: int, batches, tap_stats: TapStats | None, keep: list | None = None) -> None:
-                iterator = tap_batches(backbone, codec, batches, pivot, tap_stats)
-                while (tapped := await asyncio.to_thread(next, iterator, None)) is not None:
-                    await send(split, epoch, tapped)
-                    if keep is not None:
-                        keep.append(tapped)
+        async def forward_and_send(split: str, epoch: int, batches, tap_stats: TapStats | None, keep: list | None = None) -> None:
+            iterator = tap_batches(backbone, codec, batches, pivot, tap_stats)
+            while (tapped := await asyncio.to_thread(next, iterator, None)) is not None:
+                await send(split, epoch, tapped)
+                if keep is not None:
+                    keep.append(tapped)
 
-            # Validation first: the server can then score step 0 and every epoch.
-            await forward_and_send("eval", 0, batcher.batches(evaluation, batch_size, shuffle=False, seed=seed), None, stats.eval_taps)
-            for epoch in range(device_epochs):
-                batches = batcher.batches(train, batch_size, shuffle=True, seed=seed, epoch=epoch)
-                await forward_and_send("train", epoch, batches, stats.forward)
-                await ws.send(encode_message(Done(epoch=epoch)))
-            await link.wait_for(lambda: not window.pending)
-            await ws.send(encode_message(GetSideNet()))
-            frame = await link.side_net
-        finally:
-            receiver.cancel()
+        # Validation first: the server can then score step 0 and every epoch.
+        await forward_and_send("eval", 0, batcher.batches(evaluation, batch_size, shuffle=False, seed=seed), None, stats.eval_taps)
+        for epoch in range(device_epochs):
+            batches = batcher.batches(train, batch_size, shuffle=True, seed=seed, epoch=epoch)
+            await forward_and_send("train", epoch, batches, stats.forward)
+            conn.done_epochs.append(epoch)
+            await conn.run(lambda link: link.ws.send(encode_message(Done(epoch=epoch))), retry=False)
+        await conn.run(lambda link: link.wait_for(lambda: not window.pending))
+
+        async def side_net(link: _Link) -> Frame:
+            await link.ws.send(encode_message(GetSideNet()))
+            return await link.side_net
+
+        frame = await conn.run(side_net)
+    finally:
+        await conn.close()
     return frame, stats

@@ -77,6 +77,7 @@ class Job:
         self.error: BaseException | None = None
         self.result: dict | None = None
         self._incoming: queue.Queue = queue.Queue()
+        self._done_epochs: set[int] = set()
         self._finished = threading.Event()
         self._started = time.perf_counter()
         # Started by the first training batch: the eval batches precede it, so step 0 can be validated.
@@ -105,6 +106,10 @@ class Job:
         return Ack(seq=batch.seq, step=self.trainer.step_count, loss=self.last_loss)
 
     def device_done(self, epoch: int) -> None:
+        """The device finished sending ``epoch`` (repeats after a reconnect are ignored)."""
+        if epoch in self._done_epochs:
+            return
+        self._done_epochs.add(epoch)
         self._incoming.put(_DONE)
         self._start_training()  # also when no training batch came: the job then ends at once
 

@@ -1,0 +1,166 @@
+"""Load: many simulated devices against one `mobillm serve` process on loopback (tiny model).
+
+Each simulated device is an asyncio task with its own job and token. It skips the backbone (its activations
+are random, int8-encoded at the tiny model's width) and streams through the real protocol: Hello, a window of
+unacked batches, Done, GetSideNet. Measured: every job finishes without an error, the ack latency of each batch
+(send → ack, p50/p95), throughput (training samples acked per second, all devices together), and the server
+process's peak memory (VmHWM).
+
+    python benchmarks/load.py [--devices 16] [--batches 40]
+
+Writes results/load/{results.json,ack_latency.png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+H, B, SHORTCUTS = 64, 8, [2, 4]
+
+
+def vmhwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def device(url: str, hello, token: str, batches: int, window: int, latencies: list[float]) -> int:
+    """One simulated device; returns the server's training steps for its job."""
+    from websockets.asyncio.client import connect
+
+    from mobillm.wire.codecs import get_codec
+    from mobillm.wire.messages import Ack, Batch, Done, Error, GetSideNet, SideNet, decode_message, encode_message
+
+    codec = get_codec("int8")
+    sent: dict[int, float] = {}
+    async with connect(f"{url}/jobs/{hello.job}", additional_headers={"Authorization": f"Bearer {token}"},
+                       compression=None, max_size=64 << 20) as ws:
+        await ws.send(encode_message(hello))
+        welcome = decode_message(await ws.recv()).header
+        if isinstance(welcome, Error):
+            raise RuntimeError(f"{hello.job}: {welcome.code}: {welcome.message}")
+        plan = [("eval", i) for i in range(2)] + [("train", i) for i in range(batches)]
+        acked, result = asyncio.Event(), None
+
+        async def receive():
+            nonlocal result
+            async for data in ws:
+                frame = decode_message(data, max_bytes=64 << 20)
+                if isinstance(frame.header, Ack):
+                    latencies.append(time.perf_counter() - sent.pop(frame.header.seq))
+                    acked.set()
+                elif isinstance(frame.header, SideNet):
+                    result = frame.header
+                    return
+                else:
+                    raise RuntimeError(f"{hello.job}: {frame.header}")
+
+        receiver = asyncio.create_task(receive())
+        for seq, (split, i) in enumerate(plan):
+            while len(sent) >= window:
+                acked.clear()
+                await acked.wait()
+            taps = [codec.encode(torch.randn(B, H)) for _ in SHORTCUTS]
+            tensors = Batch.tensors(taps, sample_ids=torch.arange(i * B, (i + 1) * B), labels=torch.arange(B) % 2)
+            data = encode_message(Batch(seq=seq, split=split, epoch=0), tensors)
+            sent[seq] = time.perf_counter()
+            await ws.send(data)
+        await ws.send(encode_message(Done(epoch=0)))
+        while sent:
+            acked.clear()
+            await acked.wait()
+        await ws.send(encode_message(GetSideNet()))
+        await receiver
+        return result.step
+
+
+async def run(url: str, hellos, tokens, batches: int, window: int, latencies: list[float]):
+    return await asyncio.gather(*(device(url, h, t, batches, window, latencies) for h, t in zip(hellos, tokens)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=16)
+    parser.add_argument("--batches", type=int, default=40, help="training batches per device (of 8 samples)")
+    parser.add_argument("--window", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "load")
+    args = parser.parse_args()
+
+    from conftest import save_tiny_model
+
+    from mobillm.backbone import fingerprint, load_pretrained
+    from mobillm.server.auth import TokenStore
+    from mobillm.sidenet import SideConfig
+    from mobillm.training.config import TrainConfig
+    from mobillm.wire.messages import Hello
+
+    scratch = Path(tempfile.mkdtemp(prefix="mobillm-load-"))
+    model_dir = str(save_tiny_model(scratch / "model", hidden=H))
+    model, _ = load_pretrained(model_dir)
+    side = SideConfig(hidden_size=H, num_backbone_layers=4, shortcuts=SHORTCUTS, width=16, block="mlp", num_labels=2,
+                      label_token_ids=[5, 6])
+    config = TrainConfig(method="side", epochs=2, batch_size=B)
+    jobs = scratch / "jobs"
+    hellos = [Hello(job=f"device{i:02d}", model=model_dir, fingerprint=fingerprint(model), task="classification",
+                    codec="int8", shortcuts=SHORTCUTS, hidden_size=H, num_labels=2, side_config=side.model_dump(),
+                    train_config=config.model_dump(), train_samples=args.batches * B) for i in range(args.devices)]
+    tokens = [TokenStore(jobs).create(h.job) for h in hellos]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mobillm", "serve", "--port", "0", "--jobs-dir", str(jobs), "--window", str(args.window)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TQDM_DISABLE": "1"},
+    )
+    try:
+        while "listening on" not in (line := server.stdout.readline()):
+            if server.poll() is not None:
+                sys.exit("the server did not start")
+        url = f"ws://127.0.0.1:{int(line.rsplit(':', 1)[1])}"
+        latencies: list[float] = []
+        start = time.perf_counter()
+        steps = asyncio.run(run(url, hellos, tokens, args.batches, args.window, latencies))
+        wall = time.perf_counter() - start
+        server_peak = vmhwm_mib(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert all(s == 2 * args.batches for s in steps), steps  # every job trained both epochs
+    q = statistics.quantiles(latencies, n=100)
+    result = {
+        "machine": f"{platform.machine()}, cpu, {os.cpu_count()} cores", "devices": args.devices,
+        "batches_per_device": args.batches + 2, "batch_size": B, "window": args.window, "jobs_finished": len(steps),
+        "wall_seconds": wall, "samples_acked_per_second": args.devices * (args.batches + 2) * B / wall,
+        "training_steps_per_second": sum(steps) / wall, "ack_latency_p50_ms": 1000 * q[49],
+        "ack_latency_p95_ms": 1000 * q[94], "server_peak_memory_mib": server_peak,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.hist([1000 * x for x in latencies], bins=50, color="#2a7ab9")
+    ax.set_xlabel("ack latency (ms)")
+    ax.set_title(f"{args.devices} simulated devices, one server, loopback")
+    fig.tight_layout()
+    fig.savefig(args.out / "ack_latency.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()

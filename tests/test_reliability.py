@@ -1,0 +1,82 @@
+"""No lost data: a connection cut mid-stream is resumed, every sample is trained exactly once per epoch, and the
+side network equals that of an uninterrupted run."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import torch
+
+from mobillm.device.client import stream
+from mobillm.server.manager import SessionManager
+from mobillm.training.config import TrainConfig
+from test_server import ThreadServer, device_setup
+
+
+class CuttingProxy:
+    """A loopback TCP proxy that cuts each of its first ``cuts`` connections after ``after`` bytes from the device."""
+
+    def __init__(self, target_port: int, cuts: int, after: int):
+        self.target_port, self.cuts, self.after = target_port, cuts, after
+        self.connections = 0
+        self.port: int | None = None
+        ready = threading.Event()
+        threading.Thread(target=asyncio.run, args=(self._serve(ready),), daemon=True).start()
+        assert ready.wait(10)
+
+    async def _serve(self, ready: threading.Event) -> None:
+        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        ready.set()
+        await server.serve_forever()
+
+    async def _handle(self, device_r, device_w) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        budget = self.after if self.connections < self.cuts else None
+        self.connections += 1
+
+        async def pipe(reader, writer, budget):
+            while data := await reader.read(1 << 16):
+                if budget is not None:
+                    budget -= len(data)
+                    if budget <= 0:
+                        return  # cut: both sides are closed below, mid-message
+                writer.write(data)
+                await writer.drain()
+
+        tasks = [asyncio.create_task(pipe(device_r, server_w, budget)), asyncio.create_task(pipe(server_r, device_w, None))]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        for writer in (device_w, server_w):
+            writer.transport.abort()
+
+
+def test_a_stream_cut_three_times_trains_exactly_what_an_uninterrupted_one_does(toy_task, tmp_path):
+    model_dir, data_dir = toy_task
+    manager = SessionManager(tmp_path / "jobs")
+    server = ThreadServer(manager, window=4)
+    hello, backbone, codec, batcher, data = device_setup(model_dir, data_dir, max_train=128)
+    config = TrainConfig(method="side", epochs=3, batch_size=8, patience=5)
+    run = dict(batch_size=8, seed=0, pivot=True, device_epochs=2)
+
+    def job(name: str, port: int, **extra):
+        h = hello.model_copy(update={"job": name, "train_config": config.model_dump(), "device_epochs": 2})
+        return asyncio.run(stream(f"ws://127.0.0.1:{port}", h, backbone, codec, batcher, data.train, data.validation,
+                                  **run, **extra))
+
+    straight, straight_stats = job("straight", server.port)
+    proxy = CuttingProxy(server.port, cuts=3, after=15_000)
+    cut, cut_stats = job("cut", proxy.port, backoff=0.05)
+
+    assert cut_stats.reconnects == 3 and proxy.connections == 4
+    batches = 128 // 8
+    for name in ("straight", "cut"):
+        trained = manager.jobs[name]
+        assert [len(seqs) for seqs in trained.train_seqs] == [batches, batches]  # each batch once per device epoch
+        assert trained.samples_trained == 3 * 128  # epochs 1-2 as sent, epoch 3 replayed from the cache
+    assert cut.header.step == straight.header.step == 3 * batches
+    assert cut.tensors.keys() == straight.tensors.keys()
+    assert all(torch.equal(cut.tensors[k], straight.tensors[k]) for k in cut.tensors)
+    assert cut.header.eval_predictions == straight.header.eval_predictions
