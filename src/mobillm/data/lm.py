@@ -12,7 +12,6 @@ marks the positions whose next token belongs to the response — the only ones t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mobillm.data.batching import BaseBatcher, EncodedBatch
-from mobillm.data.sources import SPLIT_SEED, _decode, _fill_missing, _split, _split_note, _subset
+from mobillm.data.sources import SPLIT_SEED, _decode, _fill_missing, _split, _split_note, _subset, jsonl_objects
 from mobillm.exceptions import DataError
 
 __all__ = ["LMBatcher", "LMDataset", "LMExample", "load_lm_dataset"]
@@ -92,15 +91,7 @@ def _read_jsonl(path: Path, prompt_column: str, response_column: str, text_colum
     if damaged:
         notes.append(f"{path.name}: invalid UTF-8 decoded with replacement")
     out, empty = [], 0
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(obj).__name__}")
+    for number, obj in jsonl_objects(path, text):
         if prompt_column in obj and response_column in obj:
             prompt, response = obj[prompt_column], obj[response_column]
         elif text_column in obj:

@@ -26,7 +26,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from mobillm.exceptions import DataError
 
@@ -242,6 +242,20 @@ def _decode(raw: bytes) -> tuple[str, bool]:
         return raw.decode("utf-8-sig", errors="replace"), True
 
 
+def jsonl_objects(path: Path, text: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank JSONL line; DataError naming the line when it is not an object."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(obj).__name__}")
+        yield number, obj
+
+
 def _read_records(path: Path, text_column: str, label_column: str) -> tuple[list[tuple[str, Any]], list[str]]:
     """(text, raw label) pairs of one file and notes; DataError on a missing file/column or malformed row."""
     if not path.is_file():
@@ -253,15 +267,7 @@ def _read_records(path: Path, text_column: str, label_column: str) -> tuple[list
     text, damaged_bytes = _decode(path.read_bytes())
     records: list[tuple[str, Any]] = []
     if suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(obj).__name__}")
+        for number, obj in jsonl_objects(path, text):
             for column in (text_column, label_column):
                 if column not in obj:
                     raise DataError(f"{path}:{number}: no key {column!r}; keys are {', '.join(map(repr, obj))}")
