@@ -40,14 +40,23 @@ def test_receive_order_drops_duplicates_and_refuses_gaps():
     assert order.last_seq == 1
 
 
-def test_cache_spills_to_disk_beyond_its_memory_limit(tmp_path):
+def test_cache_writes_every_batch_to_disk_and_keeps_copies_in_memory_up_to_its_limit(tmp_path):
     cache = ActivationCache(tmp_path / "cache", memory_limit_bytes=10)
     cache.put(0, b"12345678")
-    cache.put(1, b"abcdefgh")  # does not fit in memory any more
+    cache.put(1, b"abcdefgh")  # on disk only: memory is full
     cache.put(1, b"ignored")  # a resent duplicate is not stored twice
-    assert cache.memory_bytes == 8 and cache.disk_bytes == 8
+    assert cache.memory_bytes == 8 and cache.disk_bytes == cache.total_bytes == 16
     assert cache.get(0) == b"12345678" and cache.get(1) == b"abcdefgh"
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["000000001.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["000000000.safetensors", "000000001.safetensors"]
     assert len(cache) == 2 and cache.seqs() == [0, 1] and 1 in cache and 2 not in cache
     with pytest.raises(KeyError):
         cache.get(2)
+
+    # A new process finds what the last one wrote; a half-written entry (no rename) is dropped.
+    (tmp_path / "cache" / "000000002.tmp").write_bytes(b"half")
+    cache.put(3, b"after a gap")
+    restored = ActivationCache(tmp_path / "cache", memory_limit_bytes=10)
+    assert restored.restore() == [0, 1, 3] and restored.get(1) == b"abcdefgh"
+    restored.drop_from(2)
+    assert restored.seqs() == [0, 1] and sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+        "000000000.safetensors", "000000001.safetensors"]

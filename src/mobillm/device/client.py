@@ -95,6 +95,7 @@ class _Link:
                 self.failure = ConnectionError("the server closed the connection")
             if not self.side_net.done():
                 self.side_net.set_exception(self.failure)
+                self.side_net.exception()  # mark it seen: a link dropped before anyone asked is not an error
             self.changed.set()
 
     async def wait_for(self, condition) -> None:

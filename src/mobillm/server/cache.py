@@ -1,7 +1,9 @@
 """The server's activation cache: what the device sent, still encoded, so epochs replay with no device work.
 
 Batches are kept as the very bytes that arrived (a validated safetensors message): no re-encoding, and the
-same decoder reads them back. Memory holds them up to a limit; beyond it they go to files on disk.
+same decoder reads them back. Every batch is written to disk before it is acked (write, then rename: a crash
+never leaves a half-written entry under its final name), so a restarted server still holds it; memory keeps
+copies up to a limit so that replaying epochs rarely reads the disk.
 """
 
 from __future__ import annotations
@@ -15,45 +17,62 @@ class ActivationCache:
         self.directory = Path(directory)
         self.memory_limit = memory_limit_bytes
         self._memory: dict[int, bytes] = {}
-        self._on_disk: set[int] = set()
+        self._sizes: dict[int, int] = {}  # every entry, all on disk
         self.memory_bytes = 0
-        self.disk_bytes = 0
 
     def put(self, seq: int, data: bytes) -> None:
-        if seq in self._memory or seq in self._on_disk:
-            return
-        if self.memory_bytes + len(data) <= self.memory_limit:
-            self._memory[seq] = data
-            self.memory_bytes += len(data)
+        if seq in self._sizes:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self._path(seq)
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(data)
-        os.replace(tmp, path)  # a crash never leaves a half-written entry under its final name
-        self._on_disk.add(seq)
-        self.disk_bytes += len(data)
+        os.replace(tmp, path)
+        self._sizes[seq] = len(data)
+        if self.memory_bytes + len(data) <= self.memory_limit:
+            self._memory[seq] = data
+            self.memory_bytes += len(data)
 
     def get(self, seq: int) -> bytes:
         if seq in self._memory:
             return self._memory[seq]
-        if seq in self._on_disk:
+        if seq in self._sizes:
             return self._path(seq).read_bytes()
         raise KeyError(seq)
 
+    def restore(self) -> list[int]:
+        """Index the entries a previous server process left on disk (half-written ones are dropped)."""
+        for tmp in self.directory.glob("*.tmp"):
+            tmp.unlink()
+        for path in self.directory.glob("*.safetensors"):
+            self._sizes[int(path.stem)] = path.stat().st_size
+        return self.seqs()
+
+    def drop_from(self, seq: int) -> None:
+        """Forget (and delete) every entry from ``seq`` on: what lies past a gap is resent by the device."""
+        for s in [s for s in self._sizes if s >= seq]:
+            del self._sizes[s]
+            if s in self._memory:
+                self.memory_bytes -= len(self._memory.pop(s))
+            self._path(s).unlink(missing_ok=True)
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(self._sizes.values())
+
     @property
     def total_bytes(self) -> int:
-        """Bytes held in memory and on disk together (what the per-job limit counts)."""
-        return self.memory_bytes + self.disk_bytes
+        """Bytes the job holds (all on disk; the memory copies are not counted twice): the per-job limit."""
+        return self.disk_bytes
 
     def __contains__(self, seq: int) -> bool:
-        return seq in self._memory or seq in self._on_disk
+        return seq in self._sizes
 
     def __len__(self) -> int:
-        return len(self._memory) + len(self._on_disk)
+        return len(self._sizes)
 
     def seqs(self) -> list[int]:
-        return sorted([*self._memory, *self._on_disk])
+        return sorted(self._sizes)
 
     def _path(self, seq: int) -> Path:
         return self.directory / f"{seq:09d}.safetensors"

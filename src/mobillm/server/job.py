@@ -7,9 +7,12 @@ last one replay from the cache.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import queue
 import random
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -21,23 +24,33 @@ from mobillm.exceptions import ConfigError, ProtocolError, WireError
 from mobillm.files import METRICS_NAME
 from mobillm.metrics import MetricsLog, peak_rss_bytes
 from mobillm.server.cache import ActivationCache
+from mobillm.server.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.training.config import TrainConfig
 from mobillm.training.evaluation import Evaluator, best_fields, loss_logits, selection_score
-from mobillm.training.loop import fit
+from mobillm.training.loop import FitState, fit
 from mobillm.training.side_trainer import SideTrainer
 from mobillm.wire.codecs import CODECS
 from mobillm.wire.messages import Ack, Batch, Frame, Hello, SideNet, decode_message, encode_message
 from mobillm.wire.protocol import ReceiveOrder
 
 _DONE = object()
+HELLO_NAME, DONE_NAME = "hello.json", "done.json"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 class Job:
     def __init__(
         self, hello: Hello, head: FrozenHead, directory: Path, cache_memory_bytes: int, progress: bool = False,
-        cache_limit_bytes: int | None = None,
+        cache_limit_bytes: int | None = None, resume: bool = False,
     ):
+        """A new job, or with ``resume`` the one a previous server process left in ``directory``: its cached
+        batches (up to the first gap), the device's finished epochs and the last epoch checkpoint."""
         try:
             self.side_config = SideConfig.parse(hello.side_config)
             self.config = TrainConfig.parse(hello.train_config)
@@ -82,6 +95,42 @@ class Job:
         self._started = time.perf_counter()
         # Started by the first training batch: the eval batches precede it, so step 0 can be validated.
         self._thread = threading.Thread(target=self._run, name=f"train-{hello.job}", daemon=True)
+        self._start_state: FitState | None = None
+        if resume:
+            self._restore()
+        else:
+            shutil.rmtree(self.cache.directory, ignore_errors=True)
+            for name in (CHECKPOINT_NAME, DONE_NAME):
+                (self.directory / name).unlink(missing_ok=True)
+            _write_atomic(self.directory / HELLO_NAME, hello.model_dump_json(exclude={"token", "resume"}))
+
+    def _restore(self) -> None:
+        last = -1
+        for seq in self.cache.restore():
+            if seq != last + 1:
+                break
+            last = seq
+        self.cache.drop_from(last + 1)  # past a gap: the device resends it
+        for seq in range(last + 1):
+            data = self.cache.get(seq)
+            batch = decode_message(data).header
+            (self.eval_seqs if batch.split == "eval" else self.train_seqs[batch.epoch]).append(seq)
+            self.bytes_received += len(data)
+        self.order = ReceiveOrder(last)
+        done = self.directory / DONE_NAME
+        self._done_epochs = set(json.loads(done.read_text())) if done.is_file() else set()
+        if (self.directory / CHECKPOINT_NAME).is_file():
+            self._start_state, self.samples_trained = load_checkpoint(self.directory / CHECKPOINT_NAME, self.trainer)
+        start = self._start_state.epoch if self._start_state else 0
+        self.metrics.write(event="resumed", held_batches=last + 1, from_epoch=start, step=self.trainer.step_count,
+                           done_epochs=sorted(self._done_epochs))
+        for epoch in range(start, len(self.train_seqs)):  # the live epochs not yet trained: replay, then go on live
+            for seq in self.train_seqs[epoch]:
+                self._incoming.put(seq)
+            if epoch in self._done_epochs:
+                self._incoming.put(_DONE)
+        if any(self.train_seqs) or self._done_epochs or self._start_state:
+            self._start_training()
 
     # -- called from the event loop ------------------------------------------------------------------
     def receive(self, data: bytes, frame: Frame) -> Ack:
@@ -110,6 +159,7 @@ class Job:
         if epoch in self._done_epochs:
             return
         self._done_epochs.add(epoch)
+        _write_atomic(self.directory / DONE_NAME, json.dumps(sorted(self._done_epochs)))
         self._incoming.put(_DONE)
         self._start_training()  # also when no training batch came: the job then ends at once
 
@@ -212,14 +262,17 @@ class Job:
 
     def _run(self) -> None:
         try:
-            step0 = selection_score(self.evaluate()[0]) if self.eval_seqs else -math.inf
+            step0 = selection_score(self.evaluate()[0]) if self.eval_seqs and not self._start_state else -math.inf
             result = fit(
                 num_epochs=self.config.num_epochs, batches=self._batches, steps_per_epoch=self.steps_per_epoch,
                 train_on=self._train_on, validate=lambda: self.evaluate()[0],
                 snapshot=self.trainer.snapshot, restore=self.trainer.restore,
                 evals_per_epoch=self.config.evals_per_epoch, patience=self.config.patience,
                 initial_score=step0 if not math.isnan(step0) else -math.inf,
-                desc=self.hello.job, on_step=self._on_step, progress=self.progress,
+                desc=self.hello.job, on_step=self._on_step, progress=self.progress, start=self._start_state,
+                on_epoch_end=lambda state: save_checkpoint(
+                    self.directory / CHECKPOINT_NAME, self.trainer, state, self.samples_trained
+                ),
             )
             scores, ids, preds = self.evaluate()
             self.trainer.side.save_pretrained(self.directory / "side_network")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mobillm.backbone import FrozenHead, fingerprint, load_pretrained
 from mobillm.exceptions import ModelLoadError, ProtocolError
-from mobillm.server.job import Job
+from mobillm.server.job import HELLO_NAME, Job
 from mobillm.wire.messages import Hello
 
 
@@ -38,16 +38,34 @@ class SessionManager:
             return self._heads[model]
 
     def open(self, hello: Hello) -> Job:
-        """Attach to a running job of that name, or start it (blocking: may load a model)."""
+        """Attach to a job of that name, or start it (blocking: may load a model).
+
+        ``Hello.resume`` (a device reconnecting) attaches to the running job, or restores the one a previous
+        server process left on disk. Without it a finished job of that name is started afresh, and a running
+        one is refused.
+        """
         head, expected = self.head(hello.model)
         if hello.fingerprint != expected:
             raise ProtocolError("fingerprint_mismatch", f"the device's backbone differs from the server's {hello.model!r}")
         with self._lock:
             job = self.jobs.get(hello.job)
-            if job is not None and job.hello.model_dump(exclude={"token", "resume"}) != hello.model_dump(exclude={"token", "resume"}):
-                raise ProtocolError("bad_header", f"job {hello.job!r} exists with another configuration")
-            if job is None:
-                job = self.jobs[hello.job] = Job(
-                    hello, head, self.jobs_dir / hello.job, self.cache_memory_bytes, self.progress, self.cache_limit_bytes
-                )
+            if job is not None:
+                _same_config(job.hello, hello)
+                if hello.resume:
+                    return job
+                if not job.wait(0):
+                    raise ProtocolError("bad_header", f"job {hello.job!r} is running; reconnect with resume or use another name")
+            stored = self.jobs_dir / hello.job / HELLO_NAME
+            resume = hello.resume and stored.is_file()
+            if resume:
+                _same_config(Hello.model_validate_json(stored.read_text()), hello)
+            job = self.jobs[hello.job] = Job(
+                hello, head, self.jobs_dir / hello.job, self.cache_memory_bytes, self.progress, self.cache_limit_bytes,
+                resume=resume,
+            )
             return job
+
+
+def _same_config(held: Hello, hello: Hello) -> None:
+    if held.model_dump(exclude={"token", "resume"}) != hello.model_dump(exclude={"token", "resume"}):
+        raise ProtocolError("bad_header", f"job {hello.job!r} exists with another configuration")

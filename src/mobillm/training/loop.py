@@ -20,6 +20,20 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
 
 
+@dataclass
+class FitState:
+    """Where :func:`fit` stands between epochs — what a checkpoint must hold to resume it exactly."""
+
+    epoch: int = 0  # the next epoch to run
+    step: int = 0
+    best: float = -math.inf
+    best_state: object = None
+    best_epoch: float = 0.0
+    history: list[dict] = field(default_factory=list)
+    bad: int = 0  # validations without gain
+    stopped: bool = False
+
+
 def fit(
     *,
     num_epochs: int,
@@ -35,45 +49,49 @@ def fit(
     desc: str = "train",
     on_step: Callable[[int, float], None] | None = None,
     progress: bool = True,
+    start: FitState | None = None,
+    on_epoch_end: Callable[[FitState], None] | None = None,
 ) -> FitResult:
     """Train for up to ``num_epochs``; validate ``evals_per_epoch`` times an epoch; keep the best weights.
 
     ``validate`` returns a split's scores (``training.evaluation``); the best is the highest
     :func:`selection_score`. ``initial_score`` is that score before training (zero-shot): training must beat
-    it to be kept.
+    it to be kept. ``start`` resumes from a :class:`FitState` that ``on_epoch_end`` was given (a checkpoint).
     """
     eval_at = {max(1, round(steps_per_epoch * (k + 1) / evals_per_epoch)) for k in range(evals_per_epoch)}
     # Snapshot the starting point only when it is a real contender (side tuning's zero-shot step 0).
-    best, best_state, best_epoch = initial_score, snapshot() if initial_score > -math.inf else None, 0.0
-    history, bad, step, stopped = [], 0, 0, False
-    for epoch in range(num_epochs):
+    s = start or FitState(best=initial_score, best_state=snapshot() if initial_score > -math.inf else None)
+    for epoch in range(s.epoch, num_epochs):
+        if s.stopped:
+            break
         bar = tqdm(  # disable=None: bars on terminals only
             batches(epoch), total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{num_epochs}", leave=False,
             disable=None if progress else True,
         )
         for i, batch in enumerate(bar, start=1):
             loss = train_on(batch)
-            step += 1
+            s.step += 1
             bar.set_postfix(loss=f"{loss:.4f}")
             if on_step:
-                on_step(step, loss)
+                on_step(s.step, loss)
             if i in eval_at:
                 scores = validate()
                 score = selection_score(scores)
-                history.append({
-                    "epoch": round(epoch + i / steps_per_epoch, 3), "step": step, "loss": loss,
+                s.history.append({
+                    "epoch": round(epoch + i / steps_per_epoch, 3), "step": s.step, "loss": loss,
                     **{f"val_{k}": v for k, v in scores.items() if k != "n"},
                 })
-                if score > best:
-                    best, best_state, best_epoch, bad = score, snapshot(), epoch + i / steps_per_epoch, 0
+                if score > s.best:
+                    s.best, s.best_state, s.best_epoch, s.bad = score, snapshot(), epoch + i / steps_per_epoch, 0
                 else:
-                    bad += 1
-                stopped = bad >= patience
-                if stopped:
+                    s.bad += 1
+                s.stopped = s.bad >= patience
+                if s.stopped:
                     break
         bar.close()
-        if stopped:
-            break
-    if best_state is not None:
-        restore(best_state)
-    return FitResult(best, best_epoch, step, stopped, history)
+        s.epoch = epoch + 1
+        if on_epoch_end:
+            on_epoch_end(s)
+    if s.best_state is not None:
+        restore(s.best_state)
+    return FitResult(s.best, s.best_epoch, s.step, s.stopped, s.history)
