@@ -10,6 +10,7 @@ import stat
 import subprocess
 
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -19,7 +20,7 @@ from mobillm.device.client import ServerRefused, stream
 from mobillm.exceptions import ConfigError
 from mobillm.server.auth import TOKEN_FILE, TokenStore
 from mobillm.server.manager import SessionManager
-from mobillm.wire.messages import Error, decode_message, encode_message
+from mobillm.wire.messages import Error, Hello, decode_message, encode_message
 from test_server import ThreadServer, device_setup
 
 
@@ -33,6 +34,12 @@ def test_a_token_is_shown_once_and_only_its_salted_hash_is_stored(tmp_path):
     assert store.verify("alice", token)
     assert not store.verify("alice", token[:-1] + ("A" if token[-1] != "A" else "B"))
     assert not store.verify("alice", None) and not store.verify("bob", token) and not store.verify("../alice", token)
+    for name in ("..", ".", ".hidden", "a/b", ""):  # job names are folder names under --jobs-dir, never a way out
+        with pytest.raises(ConfigError):
+            store.create(name)
+        with pytest.raises(ValidationError):
+            Hello(job=name, model="m", fingerprint="ab", task="classification", codec="int8", shortcuts=[1],
+                  hidden_size=8, num_labels=2, side_config={}, train_config={}, train_samples=1)
     with pytest.raises(ConfigError, match="already has a token"):
         store.create("alice")
     second = store.create("alice", replace=True)  # revokes the first

@@ -134,8 +134,12 @@ class _Connection:
             code = "auth" if err.response.status_code == 401 else "unexpected"
             raise ServerRefused(code, f"HTTP {err.response.status_code} in the handshake: {body}") from None
         resume = self.window is not None
-        await ws.send(encode_message(self.hello.model_copy(update={"resume": resume})))
-        first = decode_message(await ws.recv(), max_bytes=self.max_bytes).header
+        try:
+            await ws.send(encode_message(self.hello.model_copy(update={"resume": resume})))
+            first = decode_message(await ws.recv(), max_bytes=self.max_bytes).header
+        except BaseException:
+            await ws.close()
+            raise
         if isinstance(first, Error):
             raise ServerRefused(first.code, first.message)
         if not isinstance(first, Welcome):
@@ -195,8 +199,8 @@ async def stream(
     on_sent: Callable[[StreamStats, int], None] | None = None,
     token: str | None = None,
     cafile: str | None = None,
-    reconnects: int = 10,
-    backoff: float = 1.0,
+    reconnects: int = 30,
+    backoff: float = 2.0,
 ) -> tuple[Frame, StreamStats]:
     """Run one job from the device's side; return the ``SideNet`` frame and what it cost.
 

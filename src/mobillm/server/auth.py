@@ -19,7 +19,7 @@ from pathlib import Path
 from mobillm.exceptions import ConfigError
 
 TOKEN_FILE = "token.json"
-JOB_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # the Hello's job pattern
+JOB_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")  # the Hello's job pattern: a folder name, never '..'
 # scrypt with 16 MiB of memory: ~50 ms per check, so guessing is slow even for a weak token (ours are 256-bit).
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 
@@ -36,7 +36,7 @@ class TokenStore:
 
     def _path(self, job: str) -> Path:
         if not JOB_NAME.fullmatch(job):
-            raise ConfigError(f"job name {job!r}: use 1-64 letters, digits, '_', '.' or '-'")
+            raise ConfigError(f"job name {job!r}: use 1-64 letters, digits, '_', '.' or '-', not starting with '.'")
         return self.jobs_dir / job / TOKEN_FILE
 
     def create(self, job: str, replace: bool = False) -> str:

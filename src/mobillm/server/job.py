@@ -100,7 +100,7 @@ class Job:
             self._restore()
         else:
             shutil.rmtree(self.cache.directory, ignore_errors=True)
-            for name in (CHECKPOINT_NAME, DONE_NAME):
+            for name in (CHECKPOINT_NAME, DONE_NAME, METRICS_NAME):  # a fresh run of the job: nothing of the last one
                 (self.directory / name).unlink(missing_ok=True)
             _write_atomic(self.directory / HELLO_NAME, hello.model_dump_json(exclude={"token", "resume"}))
 

@@ -105,7 +105,7 @@ class Hello(Message):
     """Device → server, first message: which job, who, which backbone, and how the job is set up."""
 
     type: Literal["hello"] = "hello"
-    job: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    job: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")  # a folder name: no '..'
     token: str | None = None
     model: str = Field(min_length=1, max_length=256)  # the backbone's name, which the server loads
     fingerprint: str = Field(min_length=1, max_length=128, pattern=r"^[0-9a-f]+$")
