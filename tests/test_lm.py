@@ -176,3 +176,26 @@ def test_causal_lm_through_the_server_then_generate_on_the_device(toy_task, tmp_
     assert result.exit_code == 0 and "loss=" in result.output
     result = runner.invoke(app, ["predict", "good film", "--side-network", side_dir, "--model", model_dir])
     assert result.exit_code == 2 and "mobillm generate" in result.output
+
+
+def test_hub_data_sets_are_read_through_datasets_when_it_is_there(monkeypatch):
+    import sys
+    import types
+
+    class Split:
+        def __init__(self, rows):
+            self.rows, self.column_names = rows, list(rows[0])
+
+        def __getitem__(self, column):
+            return [row[column] for row in self.rows]
+
+    rows = [{"prompt": f"say {i}", "response": str(i)} for i in range(40)]
+    fake = types.SimpleNamespace(load_dataset=lambda spec: {"train": Split(rows), "test": Split(rows[:5])})
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    data = load_lm_dataset("some-org/instructions")
+    assert len(data.test) == 5 and len(data.validation) == 4 and len(data.train) == 36
+    assert sorted(int(e.response) for e in data.train + data.validation) == list(range(40))  # a partition of train
+    assert all(e.prompt == f"say {e.response}" for e in data.train)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    with pytest.raises(DataError, match="pip install datasets"):
+        load_lm_dataset("some-org/instructions")

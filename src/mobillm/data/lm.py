@@ -1,7 +1,8 @@
 """Data for causal-LM (instruction) fine-tuning: prompt/response pairs, token batches with a loss mask.
 
-``load_lm_dataset(spec)`` reads a ``.jsonl`` file (split 80/10/10, seeded) or a directory with ``train``/``dev``
-(or ``validation``)/``test`` ``.jsonl`` files. Each line holds ``prompt`` and ``response`` (names configurable),
+``load_lm_dataset(spec)`` reads a ``.jsonl`` file (split 80/10/10, seeded), a directory with ``train``/``dev``
+(or ``validation``)/``test`` ``.jsonl`` files, or a Hugging Face ``datasets`` name when the library and a
+network are there. Each line holds ``prompt`` and ``response`` (names configurable),
 or a single ``text`` field: the loss then reads every token of it.
 
 A prompt is formatted with the tokenizer's chat template when it has one (a user turn, then the assistant cue),
@@ -19,7 +20,9 @@ from pathlib import Path
 import torch
 
 from mobillm.data.batching import BaseBatcher, EncodedBatch
-from mobillm.data.sources import SPLIT_SEED, _decode, _fill_missing, _split, _split_note, _subset, jsonl_objects
+from mobillm.data.sources import (
+    HUB_SPLITS, SPLIT_SEED, _decode, _fill_missing, _looks_local, _split, _split_note, _subset, hub_dataset, jsonl_objects,
+)
 from mobillm.exceptions import DataError
 
 __all__ = ["LMBatcher", "LMDataset", "LMExample", "load_lm_dataset"]
@@ -71,11 +74,13 @@ def load_lm_dataset(
             raise DataError(f"data file {path} does not exist")
         train, validation, test = _split(_read_jsonl(path, *columns, notes), split_seed, stratify=False)
         notes.append(_split_note(train, validation, test, split_seed).replace(" stratified", ""))
-    else:
+    elif _looks_local(str(spec)):
         raise DataError(
-            f"{spec!r}: a causal-LM data set is a .jsonl file or a directory of train/dev/test .jsonl files "
-            f"with {prompt_column!r}/{response_column!r} (or {text_column!r}) fields"
+            f"{spec!r}: a causal-LM data set is a .jsonl file, a directory of train/dev/test .jsonl files "
+            f"with {prompt_column!r}/{response_column!r} (or {text_column!r}) fields, or a Hub data set name"
         )
+    else:
+        train, validation, test = _load_hub_lm(str(spec), prompt_column, response_column, text_column, split_seed, notes)
     data = LMDataset(path.stem, train, validation, test, notes)
     data.train = _subset(data.train, max_train_samples, seed, "train")
     data.validation = _subset(data.validation, max_eval_samples, seed, "validation")
@@ -84,6 +89,27 @@ def load_lm_dataset(
         if not getattr(data, name):
             raise DataError(f"{spec}: the {name} split is empty")
     return data
+
+
+def _load_hub_lm(spec, prompt_column, response_column, text_column, split_seed, notes) -> list[list[LMExample]]:
+    hub = hub_dataset(spec)
+    splits: dict[str, list[LMExample]] = {}
+    for split, names in HUB_SPLITS:
+        name = next((n for n in names if n in hub), None)
+        if name is None:
+            continue
+        columns = hub[name].column_names
+        if prompt_column in columns and response_column in columns:
+            splits[split] = [LMExample(p, r) for p, r in zip(hub[name][prompt_column], hub[name][response_column])]
+        elif text_column in columns:
+            splits[split] = [LMExample("", t) for t in hub[name][text_column]]
+        else:
+            raise DataError(f"{spec} ({name}): needs {prompt_column!r} and {response_column!r}, or {text_column!r}; "
+                            f"columns are {', '.join(map(repr, columns))}")
+    if "train" not in splits:
+        raise DataError(f"{spec}: no train split (splits: {', '.join(hub)})")
+    notes += _fill_missing(splits, split_seed, stratify=False)
+    return [splits["train"], splits["validation"], splits["test"]]
 
 
 def _read_jsonl(path: Path, prompt_column: str, response_column: str, text_column: str, notes: list[str]) -> list[LMExample]:

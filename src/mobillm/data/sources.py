@@ -452,8 +452,8 @@ def _split_note(train, validation, test, seed: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------- hub
-def _load_hub(spec: str, text_column, label_column, label_names, split_seed: int) -> TextDataset:
-    """A Hugging Face data set (``name`` or ``name/config``); kept small on purpose."""
+def hub_dataset(spec: str):
+    """``datasets.load_dataset`` of ``name`` or ``name/config``, with a DataError when the library or network is missing."""
     try:
         import datasets  # lazy: optional, heavy
     except ImportError:
@@ -471,9 +471,18 @@ def _load_hub(spec: str, text_column, label_column, label_names, split_seed: int
         raise DataError(
             f"{spec!r} is neither a local path nor a reachable Hugging Face Hub data set ({type(err).__name__}: {err})"
         ) from None
+    return hub
+
+
+HUB_SPLITS = (("train", ("train",)), ("validation", ("validation", "dev")), ("test", ("test",)))
+
+
+def _load_hub(spec: str, text_column, label_column, label_names, split_seed: int) -> TextDataset:
+    """A Hugging Face data set (``name`` or ``name/config``); kept small on purpose."""
+    hub = hub_dataset(spec)
     notes: list[str] = []
     raw: dict[str, list] = {}
-    for split, names in (("train", ("train",)), ("validation", ("validation", "dev")), ("test", ("test",))):
+    for split, names in HUB_SPLITS:
         name = next((n for n in names if n in hub), None)
         if name is None:
             continue
