@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+from bench_io import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
@@ -106,7 +107,7 @@ def main() -> None:
     side_dir = run_dir / "device" / "side_network"
     base, tuned = generations(side_dir, test, base=True), generations(side_dir, test, base=False)
     result = {
-        "machine": f"{platform.machine()}, cpu, {__import__('os').cpu_count()} cores",
+        "machine": machine(),
         "command": shlex.join(["mobillm", *cmd[3:]]),
         "zero_shot_test": summary["zero_shot_test"], "fine_tuned_test": summary["test"],
         "best_val_loss": summary["best_val_loss"], "eval_loss_difference": summary["eval_loss_difference"],

@@ -13,13 +13,11 @@ Writes results/codecs/{results.json,results.csv,codecs.png}.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
+
+from bench_io import machine, write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
@@ -75,15 +73,9 @@ def main() -> None:
                      "zero_shot_test": result["zero_shot_test"]["accuracy"]})
         print(f"{name:5s} test {100 * rows[-1]['test_accuracy']:.2f}%  val {100 * result['best_val_accuracy']:.2f}%  "
               f"{rows[-1]['bytes_per_sample']:,.0f} B/sample", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.machine()}, cpu, {os.cpu_count()} cores"
-    (args.out / "results.json").write_text(json.dumps({"machine": machine, "block": args.block, "rows": rows}, indent=2) + "\n")
-    with (args.out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(args.out, rows, machine=machine(), block=args.block)
     base = {r["codec"]: r for r in rows}
-    print(f"\nmachine: {machine}; block {args.block}\n")
+    print(f"\nmachine: {machine()}; block {args.block}\n")
     print("| codec | test acc | Δ vs none | best val | bytes / sample | × fp16 |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -15,13 +15,13 @@ Writes results/lm_codecs/{results.json,results.csv,lm_codecs.png}.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
+
+from bench_io import machine, write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "results" / "causal_lm" / "sst2_instructions"
@@ -72,15 +72,9 @@ def main() -> None:
         r = rows[-1]
         print(f"{codec:5s} {r['bytes_per_sample']:>10,.0f} B/sample  loss through codec {r['loss_through_codec']:.4f} "
               f"(raw {r['raw_backbone_loss']:.4f})  peak {r['peak_memory_mib']:.0f} MiB", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.machine()}, cpu, {os.cpu_count()} cores"
-    (args.out / "results.json").write_text(json.dumps({"machine": machine, "samples": args.samples, "rows": rows}, indent=2) + "\n")
-    with (args.out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(args.out, rows, machine=machine(), samples=args.samples)
     fp16 = next((r["bytes_per_sample"] for r in rows if r["codec"] == "fp16"), None)
-    print(f"\nmachine: {machine}; {args.samples} held-out SST-2 instruction samples\n")
+    print(f"\nmachine: {machine()}; {args.samples} held-out SST-2 instruction samples\n")
     print("| codec | bytes / sample | × fp16 | response loss through the codec | device peak memory |")
     print("|---|---|---|---|---|")
     for r in rows:

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from bench_io import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -140,7 +141,7 @@ def main() -> None:
     assert all(s == 2 * args.batches for s in steps), steps  # every job trained both epochs
     q = statistics.quantiles(latencies, n=100)
     result = {
-        "machine": f"{platform.machine()}, cpu, {os.cpu_count()} cores", "devices": args.devices,
+        "machine": machine(), "devices": args.devices,
         "batches_per_device": args.batches + 2, "batch_size": B, "window": args.window, "jobs_finished": len(steps),
         "wall_seconds": wall, "samples_acked_per_second": args.devices * (args.batches + 2) * B / wall,
         "training_steps_per_second": sum(steps) / wall, "ack_latency_p50_ms": 1000 * q[49],

@@ -15,14 +15,14 @@ and after the model load, which splits the peak into what the interpreter, the w
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_io import machine, write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("mobillm", "side-local", "lora", "bitfit", "full")
@@ -108,13 +108,7 @@ def main() -> None:
             r = rows[-1]
             print(f"{method:10s} B={batch:3d} T={length:3d} peak {r['peak_mib']:7.0f} MiB (imports {r['rss_after_imports_mib']:.0f}, "
                   f"+weights {r['rss_after_load_mib']:.0f})  {r['seconds_per_sample']:.4f} s/sample", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.machine()}, cpu, {os.cpu_count()} cores"
-    (args.out / "results.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
-    with (args.out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(args.out, rows, machine=machine())
     import matplotlib
 
     matplotlib.use("Agg")

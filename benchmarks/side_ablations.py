@@ -14,8 +14,6 @@ Writes results/side_ablations/{results.json,results.csv,ablations.png} and print
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import time
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from mobillm.sidenet import SideConfig
 from mobillm.training.config import TrainConfig
 from mobillm.training.local import fit_side
 from mobillm.wire.codecs import get_codec
+from bench_io import write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
@@ -123,11 +122,7 @@ def main() -> None:
                          "zero_shot": r["zero_shot_test"]["accuracy"], "side_parameters": r["side_parameters"]})
             print(f"{name:28s} test {100 * r['test']['accuracy']:.2f}  val {100 * r['best_val_accuracy']:.2f}", flush=True)
 
-    (args.out / "results.json").write_text(json.dumps({"train_samples": args.train_samples, "codec": args.codec, "rows": rows}, indent=2) + "\n")
-    with (args.out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(args.out, rows, train_samples=args.train_samples, codec=args.codec)
     plot(rows, args.out / "ablations.png")
     print("\n| configuration | shortcuts | r | epochs | lr | test acc | best val |\n|---|---|---|---|---|---|---|")
     for r in rows:

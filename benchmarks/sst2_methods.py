@@ -11,13 +11,13 @@ Writes results/sst2_methods/{results.json,results.csv,accuracy_memory.png} and p
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import platform
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+from bench_io import machine, write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
@@ -63,14 +63,9 @@ def main() -> None:
             "device_seconds_per_sample": s["device_seconds_per_sample"], "peak_memory_mib": s["peak_memory_bytes"] / 2**20,
             "bytes_per_sample": s.get("bytes_per_sample"), "command": s["command"],
         })
-    machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores"
-    (args.out / "results.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
-    with (args.out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(args.out, rows, machine=machine())
     plot(rows, args.out / "accuracy_memory.png")
-    print(f"\nmachine: {machine}\n")
+    print(f"\nmachine: {machine()}\n")
     print("| method | test acc | zero-shot | best val | device peak MiB | device s/sample |")
     print("|---|---|---|---|---|---|")
     for r in rows:
