@@ -42,6 +42,9 @@ class TappedBackbone(nn.Module):
         #: raw top-shortcut hidden states at the positions ``keep_top`` marked in the last forward, (N, H)
         self.kept_top: torch.Tensor | None = None
         self._hooks = [self.decoder.layers[s - 1].register_forward_hook(self._hook) for s in self.shortcuts]
+        # transformers 5.x names the KV cache ``cache``; older releases ``past_key_values``
+        params = inspect.signature(self.decoder.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def close(self) -> None:
         """Remove the hooks (the wrapped model keeps its truncated layer list)."""
@@ -88,10 +91,9 @@ class TappedBackbone(nn.Module):
         """
         past = 0 if cache is None else cache.get_seq_length()
         mask = torch.ones(input_ids.shape[0], past + input_ids.shape[1], dtype=torch.long)
-        # transformers 5.x names the KV cache ``cache``; older releases ``past_key_values``
-        name = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
-        out, taps = self._run(lambda h: h, encode, None, input_ids=input_ids, attention_mask=mask, use_cache=True, **{name: cache})
-        return taps, getattr(out, name)
+        out, taps = self._run(lambda h: h, encode, None, input_ids=input_ids, attention_mask=mask, use_cache=True,
+                              **{self._cache_arg: cache})
+        return taps, getattr(out, self._cache_arg)
 
     def _run(self, selector, encode, keep_top, **decoder_args):
         self._selector, self._encode = selector, encode
