@@ -19,6 +19,7 @@ class ActivationCache:
         self._memory: dict[int, bytes] = {}
         self._sizes: dict[int, int] = {}  # every entry, all on disk
         self.memory_bytes = 0
+        self.disk_bytes = 0
 
     def put(self, seq: int, data: bytes) -> None:
         if seq in self._sizes:
@@ -29,6 +30,7 @@ class ActivationCache:
         tmp.write_bytes(data)
         os.replace(tmp, path)
         self._sizes[seq] = len(data)
+        self.disk_bytes += len(data)
         if self.memory_bytes + len(data) <= self.memory_limit:
             self._memory[seq] = data
             self.memory_bytes += len(data)
@@ -46,19 +48,16 @@ class ActivationCache:
             tmp.unlink()
         for path in self.directory.glob("*.safetensors"):
             self._sizes[int(path.stem)] = path.stat().st_size
+        self.disk_bytes = sum(self._sizes.values())
         return self.seqs()
 
     def drop_from(self, seq: int) -> None:
         """Forget (and delete) every entry from ``seq`` on: what lies past a gap is resent by the device."""
         for s in [s for s in self._sizes if s >= seq]:
-            del self._sizes[s]
+            self.disk_bytes -= self._sizes.pop(s)
             if s in self._memory:
                 self.memory_bytes -= len(self._memory.pop(s))
             self._path(s).unlink(missing_ok=True)
-
-    @property
-    def disk_bytes(self) -> int:
-        return sum(self._sizes.values())
 
     @property
     def total_bytes(self) -> int:
