@@ -75,6 +75,12 @@ def tap_examples(
     return list(tap_batches(backbone, codec, batches, pivot, stats))
 
 
+def side_extras(config: SideConfig, batch: EncodedBatch) -> tuple:
+    """``(attention_mask, last_index, loss_mask)`` as the side network reads them: pivot batches need none."""
+    masks = (None, None) if config.pivot_only else (batch.attention_mask, batch.last_index)
+    return (*masks, batch.loss_mask)
+
+
 @torch.no_grad()
 def evaluate_tapped(side: SideNetwork, head: FrozenHead, codec: Codec, tapped: list[TappedBatch]) -> Evaluator:
     """Score backbone + side network over cached taps (decoded as the server decodes them)."""
@@ -82,8 +88,7 @@ def evaluate_tapped(side: SideNetwork, head: FrozenHead, codec: Codec, tapped: l
     scores = Evaluator(side.config.task, side.config.num_labels)
     for item in tapped:
         b = item.batch
-        extra = (None, None) if side.config.pivot_only else (b.attention_mask, b.last_index)
-        scores.add(*loss_logits(side, head, decode_layers(codec, item.taps), b.labels, *extra, b.loss_mask), b.sample_ids)
+        scores.add(*loss_logits(side, head, decode_layers(codec, item.taps), b.labels, *side_extras(side.config, b)), b.sample_ids)
     return scores
 
 

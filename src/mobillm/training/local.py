@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mobillm.backbone import FrozenHead
-from mobillm.exceptions import ConfigError
-from mobillm.device.inference import TappedBatch, TapStats, evaluate_tapped, tap_examples, zero_shot_tapped
+from mobillm.device.inference import TappedBatch, TapStats, evaluate_tapped, side_extras, tap_examples, zero_shot_tapped
 from mobillm.device.taps import TappedBackbone
+from mobillm.exceptions import ConfigError
 from mobillm.files import METRICS_NAME, write_summary
 from mobillm.metrics import MetricsLog, classification_scores, peak_rss_bytes
 from mobillm.sidenet import SideConfig, SideNetwork
@@ -106,15 +106,11 @@ def fit_side(
 
     Separate from the device forward so ablations can train many side networks from one set of taps.
     """
-    pivot = side_config.pivot_only
     codec = get_codec(side_config.codec)
     torch.manual_seed(config.seed)  # the server seeds the same way: same initial side network
     side = SideNetwork(side_config)
     steps_per_epoch = len(train_cache)
     trainer = SideTrainer(side, head, side_config.codec, config, steps_per_epoch * config.num_epochs)
-
-    def extra(batch):
-        return (None, None) if pivot else (batch.attention_mask, batch.last_index)
 
     def evaluate(cache) -> dict:
         return evaluate_tapped(side, head, codec, cache).scores()
@@ -131,7 +127,7 @@ def fit_side(
 
     result = fit(
         num_epochs=config.num_epochs, batches=epoch_batches, steps_per_epoch=steps_per_epoch,
-        train_on=lambda item: trainer.train_batch(item.taps, item.batch.labels, *extra(item.batch), item.batch.loss_mask),
+        train_on=lambda item: trainer.train_batch(item.taps, item.batch.labels, *side_extras(side_config, item.batch)),
         validate=lambda: evaluate(val_cache), snapshot=trainer.snapshot, restore=trainer.restore,
         evals_per_epoch=config.evals_per_epoch, patience=config.patience, initial_score=step0_val,
         desc="side", on_step=(lambda step, loss: metrics.write(step=step, loss=loss)) if metrics else None,
