@@ -298,8 +298,10 @@ def finetune(
     console.print(f"side network: {output_dir / 'device' / 'side_network'}   summary: {output_dir / 'device' / 'summary.json'}")
 
 
-def _local_model(side_network: Path, model: str, task: str):
-    """Backbone + downloaded side network on the device, for predict/evaluate/generate (no server)."""
+def _local_model(side_network: Path, model: str, task: str | None):
+    """Backbone + downloaded side network on the device, for predict/evaluate/generate (no server).
+
+    ``task``: the task the command serves (None: whichever the side network was trained for)."""
     from mobillm.backbone import FrozenHead, load_pretrained
     from mobillm.device.taps import TappedBackbone
     from mobillm.sidenet import SideNetwork
@@ -307,7 +309,7 @@ def _local_model(side_network: Path, model: str, task: str):
 
     side = SideNetwork.from_pretrained(side_network)
     cfg = side.config
-    if cfg.task != task:
+    if task is not None and cfg.task != task:
         hint = "mobillm generate" if cfg.task == "causal-lm" else "mobillm predict / evaluate"
         raise MobillmError(f"{side_network} was trained for {cfg.task}: use {hint}")
     backbone_model, tokenizer = load_pretrained(model)
@@ -354,12 +356,10 @@ def evaluate(
     from mobillm.data import load_dataset
     from mobillm.data.lm import LMBatcher, load_lm_dataset
     from mobillm.device.inference import evaluate_tapped, tap_examples
-    from mobillm.sidenet import SideConfig
 
     try:
-        task = SideConfig.from_pretrained(side_network).task
-        side, head, backbone, codec, tokenizer = _local_model(side_network, model, task)
-        if task == "causal-lm":
+        side, head, backbone, codec, tokenizer = _local_model(side_network, model, None)
+        if side.config.task == "causal-lm":
             dataset = load_lm_dataset(data, prompt_column=prompt_column, response_column=response_column,
                                       text_column=text_column, seed=seed)
             batcher = LMBatcher(tokenizer, max_length=max_length)
