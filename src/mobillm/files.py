@@ -1,12 +1,28 @@
 """File names of everything mobillm writes, in one place (PEFT-like checkpoints)."""
 
 import json
+import os
 from pathlib import Path
 
 SIDE_CONFIG_NAME = "side_config.json"
 SIDE_WEIGHTS_NAME = "side_network.safetensors"
 METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "summary.json"
+
+
+def write_atomic(path: Path, data: bytes | str, mode: int | None = None) -> None:
+    """Write ``path`` through a temporary file and a rename: a crash leaves the old file or the new, never half.
+
+    ``mode`` (e.g. 0o600) is set before the rename, so the file is never readable with looser permissions."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    if isinstance(data, str):
+        tmp.write_text(data)
+    else:
+        tmp.write_bytes(data)
+    if mode is not None:
+        os.chmod(tmp, mode)
+    os.replace(tmp, path)
 
 
 def write_summary(out: Path, summary: dict) -> None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 from pathlib import Path
 
 from mobillm.exceptions import ConfigError
+from mobillm.files import write_atomic
 
 TOKEN_FILE = "token.json"
 JOB_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")  # the Hello's job pattern: a folder name, never '..'
@@ -47,10 +47,8 @@ class TokenStore:
         token = secrets.token_urlsafe(32)
         salt = secrets.token_bytes(16)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"kdf": "scrypt", **_SCRYPT, "salt": salt.hex(), "hash": _hash(token, salt).hex()}))
-        os.chmod(tmp, 0o600)
-        tmp.replace(path)
+        record = {"kdf": "scrypt", **_SCRYPT, "salt": salt.hex(), "hash": _hash(token, salt).hex()}
+        write_atomic(path, json.dumps(record), mode=0o600)
         return token
 
     def verify(self, job: str, token: str | None) -> bool:

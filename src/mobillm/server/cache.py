@@ -8,8 +8,9 @@ copies up to a limit so that replaying epochs rarely reads the disk.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from mobillm.files import write_atomic
 
 
 class ActivationCache:
@@ -25,10 +26,7 @@ class ActivationCache:
         if seq in self._sizes:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self._path(seq)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomic(self._path(seq), data)
         self._sizes[seq] = len(data)
         self.disk_bytes += len(data)
         if self.memory_bytes + len(data) <= self.memory_limit:

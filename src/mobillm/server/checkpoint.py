@@ -9,12 +9,12 @@ JSON. Nothing is pickled.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from mobillm.files import write_atomic
 from mobillm.training.loop import FitState
 from mobillm.training.side_trainer import SideTrainer
 
@@ -42,9 +42,7 @@ def save_checkpoint(path: Path, trainer: SideTrainer, state: FitState, samples_t
         "optimizer": {"param_groups": optim["param_groups"], "scalars": optim_scalars},
         "scheduler": scheduler, "step_count": trainer.step_count, "samples_trained": samples_trained,
     }
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, tmp, metadata={_META: json.dumps(meta)})
-    os.replace(tmp, path)
+    write_atomic(path, save(tensors, metadata={_META: json.dumps(meta)}))
 
 
 def load_checkpoint(path: Path, trainer: SideTrainer) -> tuple[FitState, int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import queue
 import random
 import shutil
@@ -21,7 +20,7 @@ import torch
 
 from mobillm.backbone import FrozenHead
 from mobillm.exceptions import ConfigError, ProtocolError, WireError
-from mobillm.files import METRICS_NAME
+from mobillm.files import METRICS_NAME, write_atomic
 from mobillm.metrics import MetricsLog, peak_rss_bytes
 from mobillm.server.cache import ActivationCache
 from mobillm.server.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -36,12 +35,6 @@ from mobillm.wire.protocol import ReceiveOrder
 
 _DONE = object()
 HELLO_NAME, DONE_NAME = "hello.json", "done.json"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class Job:
@@ -102,7 +95,7 @@ class Job:
             shutil.rmtree(self.cache.directory, ignore_errors=True)
             for name in (CHECKPOINT_NAME, DONE_NAME, METRICS_NAME):  # a fresh run of the job: nothing of the last one
                 (self.directory / name).unlink(missing_ok=True)
-            _write_atomic(self.directory / HELLO_NAME, hello.model_dump_json(exclude={"token", "resume"}))
+            write_atomic(self.directory / HELLO_NAME, hello.model_dump_json(exclude={"token", "resume"}))
 
     def _restore(self) -> None:
         last = -1
@@ -159,7 +152,7 @@ class Job:
         if epoch in self._done_epochs:
             return
         self._done_epochs.add(epoch)
-        _write_atomic(self.directory / DONE_NAME, json.dumps(sorted(self._done_epochs)))
+        write_atomic(self.directory / DONE_NAME, json.dumps(sorted(self._done_epochs)))
         self._incoming.put(_DONE)
         self._start_training()  # also when no training batch came: the job then ends at once
 
