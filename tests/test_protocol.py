@@ -60,3 +60,11 @@ def test_cache_writes_every_batch_to_disk_and_keeps_copies_in_memory_up_to_its_l
     restored.drop_from(2)
     assert restored.seqs() == [0, 1] and sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
         "000000000.safetensors", "000000001.safetensors"]
+
+
+def test_a_protocol_error_survives_pickling_with_its_code():
+    """A job in another process (a Ray actor) raises it across to the front end, which answers with its code."""
+    import pickle
+
+    err = pickle.loads(pickle.dumps(ProtocolError("cache_full", "job 'a' holds 10 bytes")))
+    assert type(err) is ProtocolError and err.code == "cache_full" and str(err) == "cache_full: job 'a' holds 10 bytes"

@@ -35,9 +35,18 @@ class ProtocolError(WireError):
     """A message is valid on its own but not allowed at this point of the session."""
 
     def __init__(self, code: str, message: str):
-        self.code = code
+        self.code, self.detail = code, message
         super().__init__(f"{code}: {message}")
+
+    def __reduce__(self):
+        """Rebuild from (code, message): a job running in another process (a Ray actor) raises it across."""
+        return type(self), (self.code, self.detail)
 
 
 class PayloadTooBig(WireError):
     """A frame exceeds the configured maximum message size."""
+
+
+class JobLost(MobillmError):
+    """The process that held a job went away (a Ray actor died). The server closes the device's connection
+    without an ``Error``, so the device reconnects and resumes the job wherever it now lives."""

@@ -17,15 +17,16 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from mobillm.exceptions import PayloadTooBig, ProtocolError, WireError
+from mobillm.exceptions import JobLost, PayloadTooBig, ProtocolError, WireError
 from mobillm.server.auth import JOB_NAME, TokenStore
-from mobillm.server.manager import SessionManager
+from mobillm.server.sessions import Sessions
 from mobillm.wire.messages import CLOSE_CODES, Batch, Done, Error, GetSideNet, Hello, Welcome, decode_message, encode_message
 
 log = logging.getLogger("mobillm.server")
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 JOBS_PATH = "/jobs/"
+JOB_LOST_CLOSE = 1012  # "service restart", and no Error: the device reconnects and resumes the job
 
 
 def path_job(path: str) -> str | None:
@@ -38,7 +39,7 @@ def path_job(path: str) -> str | None:
 class Limits:
     """What one server accepts. Past each limit a session gets its own ``Error`` code and close code:
     ``too_big`` (1009), ``busy`` (1013), ``idle_timeout`` (1001); the per-job cache limit (``cache_full``) lives
-    in the :class:`SessionManager`."""
+    in the session manager."""
 
     window: int = 8  # unacked batches a device may have in flight
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -49,7 +50,7 @@ class Limits:
 class Server:
     """``tokens``: check each connection's bearer token for the job in its URL (None: no authentication)."""
 
-    def __init__(self, manager: SessionManager, limits: Limits = Limits(), tokens: TokenStore | None = None):
+    def __init__(self, manager: Sessions, limits: Limits = Limits(), tokens: TokenStore | None = None):
         self.manager = manager
         self.limits = limits
         self.tokens = tokens
@@ -77,6 +78,9 @@ class Server:
             await self._session(ws)
         except ConnectionClosed:
             pass
+        except JobLost as err:
+            log.warning("closing a session so that its device resumes: %s", err)
+            await ws.close(JOB_LOST_CLOSE, "job_lost")
         except (ProtocolError, PayloadTooBig, WireError) as err:
             code = getattr(err, "code", "too_big" if isinstance(err, PayloadTooBig) else "bad_frame")
             await self._refuse(ws, code, str(err))
@@ -114,24 +118,23 @@ class Server:
         job = await asyncio.to_thread(self.manager.open, hello)
         session = uuid.uuid4().hex[:12]
         log.info("session %s joined job %s", session, hello.job)
-        await ws.send(encode_message(Welcome(session=session, window=self.limits.window, last_seq=job.order.last_seq, step=job.trainer.step_count)))
+        await ws.send(encode_message(Welcome(session=session, window=self.limits.window, last_seq=job.last_seq, step=job.step)))
         while True:
             data = await self._recv(ws)  # ConnectionClosed ends the session
             frame = self._decode(data)
             message = frame.header
             if isinstance(message, Batch):
-                await ws.send(encode_message(job.receive(data, frame)))
+                await ws.send(encode_message(await job.receive(data, frame)))
             elif isinstance(message, Done):
-                job.device_done(message.epoch)
+                await job.device_done(message.epoch)
             elif isinstance(message, GetSideNet):
-                await asyncio.to_thread(job.wait)
-                await ws.send(await asyncio.to_thread(job.side_net_message))
+                await ws.send(await job.side_net())
             else:
                 raise ProtocolError("unexpected", f"a device does not send {message.type}")
 
 
 async def run_server(
-    manager: SessionManager, host: str, port: int, limits: Limits = Limits(), ready=None,
+    manager: Sessions, host: str, port: int, limits: Limits = Limits(), ready=None,
     tokens: TokenStore | None = None, tls: ssl.SSLContext | None = None,
 ) -> None:
     """Serve until cancelled. ``ready`` (optional callable) receives the bound port (useful with port 0)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from mobillm.backbone import FrozenHead, fingerprint, load_pretrained
 from mobillm.exceptions import ModelLoadError, ProtocolError
 from mobillm.server.job import HELLO_NAME, Job
+from mobillm.server.sessions import LocalSession
 from mobillm.wire.messages import Hello
 
 
@@ -37,7 +38,7 @@ class SessionManager:
                 self._heads[model] = (FrozenHead.from_model(backbone), fingerprint(backbone))
             return self._heads[model]
 
-    def open(self, hello: Hello) -> Job:
+    def open(self, hello: Hello) -> LocalSession:
         """Attach to a job of that name, or start it (blocking: may load a model).
 
         ``Hello.resume`` (a device reconnecting) attaches to the running job, or restores the one a previous
@@ -52,7 +53,7 @@ class SessionManager:
             if job is not None:
                 _same_config(job.hello, hello)
                 if hello.resume:
-                    return job
+                    return LocalSession(job)
                 if not job.wait(0):
                     raise ProtocolError("bad_header", f"job {hello.job!r} is running; reconnect with resume or use another name")
             stored = self.jobs_dir / hello.job / HELLO_NAME
@@ -63,7 +64,7 @@ class SessionManager:
                 hello, head, self.jobs_dir / hello.job, self.cache_memory_bytes, self.progress, self.cache_limit_bytes,
                 resume=resume,
             )
-            return job
+            return LocalSession(job)
 
 
 def _same_config(held: Hello, hello: Hello) -> None:
