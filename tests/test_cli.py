@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -42,3 +44,28 @@ def test_bad_input_gives_a_clear_error(toy_task, tmp_path):
     assert result.exit_code == 2 and "missing.tsv" in result.output
     result = runner.invoke(app, ["train", "--model", model_dir, "--data", data_dir, "--codec", "int3"])
     assert result.exit_code == 2 and "int3" in result.output and "nf4" in result.output
+
+
+def test_the_server_without_ray_never_imports_ray(tmp_path):
+    """Ray is an optional extra: the in-process server (the default) must not even import it."""
+    code = (
+        "import sys\n"
+        "from mobillm.cli import app\n"
+        "from mobillm.server.app import Server\n"
+        "from mobillm.server.manager import SessionManager\n"
+        f"Server(SessionManager({str(tmp_path)!r}))\n"
+        "app(['serve', '--help'], standalone_mode=False)\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--ray" in done.stdout
+
+
+def test_serve_with_ray_options_but_no_ray_says_what_to_do(tmp_path, monkeypatch):
+    result = runner.invoke(app, ["serve", "--jobs-dir", str(tmp_path), "--ray-actors", "2"])
+    assert result.exit_code == 2 and "give --ray too" in result.output
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    monkeypatch.delitem(sys.modules, "mobillm.server.ray_manager", raising=False)
+    result = runner.invoke(app, ["serve", "--jobs-dir", str(tmp_path), "--ray", "local"])
+    assert result.exit_code == 2 and "pip install 'mobillm[ray]'" in result.output

@@ -15,10 +15,11 @@ from test_server import ThreadServer, device_setup
 
 
 class CuttingProxy:
-    """A loopback TCP proxy that cuts each of its first ``cuts`` connections after ``after`` bytes from the device."""
+    """A loopback TCP proxy that cuts each of its first ``cuts`` connections after ``after`` bytes from the device.
+    Connections go to the ``targets`` ports in turn (a round-robin load balancer)."""
 
-    def __init__(self, target_port: int, cuts: int, after: int):
-        self.target_port, self.cuts, self.after = target_port, cuts, after
+    def __init__(self, targets: list[int], cuts: int, after: int):
+        self.targets, self.cuts, self.after = targets, cuts, after
         self.connections = 0
         self.port: int | None = None
         ready = threading.Event()
@@ -32,9 +33,9 @@ class CuttingProxy:
         await server.serve_forever()
 
     async def _handle(self, device_r, device_w) -> None:
-        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        budget = self.after if self.connections < self.cuts else None
-        self.connections += 1
+        index, self.connections = self.connections, self.connections + 1
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.targets[index % len(self.targets)])
+        budget = self.after if index < self.cuts else None
 
         async def pipe(reader, writer, budget):
             while data := await reader.read(1 << 16):
@@ -67,7 +68,7 @@ def test_a_stream_cut_three_times_trains_exactly_what_an_uninterrupted_one_does(
                                   **run, **extra))
 
     straight, straight_stats = job("straight", server.port)
-    proxy = CuttingProxy(server.port, cuts=3, after=15_000)
+    proxy = CuttingProxy([server.port], cuts=3, after=15_000)
     cut, cut_stats = job("cut", proxy.port, backoff=0.05)
 
     assert cut_stats.reconnects == 3 and proxy.connections == 4

@@ -37,9 +37,10 @@ DEVICE_SCRIPT = textwrap.dedent(
 )
 
 
-def start_server(jobs_dir) -> tuple[subprocess.Popen, int]:
+def start_server(jobs_dir, *options: str) -> tuple[subprocess.Popen, int]:
+    """``mobillm serve`` in a process of its own (``options`` appended); the process and its port."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "mobillm", "serve", "--port", "0", "--jobs-dir", str(jobs_dir), "--window", "4"],
+        [sys.executable, "-m", "mobillm", "serve", "--port", "0", "--jobs-dir", str(jobs_dir), "--window", "4", *options],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.monotonic() + 60

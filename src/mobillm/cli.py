@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mobillm.exceptions import MobillmError
@@ -48,7 +49,7 @@ SideDir = Annotated[Path, typer.Option("--side-network", help="a saved side netw
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[bold red]error:[/] {err}")
+    console.print(f"[bold red]error:[/] {escape(str(err))}")  # a message's own brackets are text, not markup
     raise typer.Exit(2)
 
 
@@ -152,6 +153,12 @@ def serve(
     auth: Annotated[bool, typer.Option("--auth/--no-auth", help="require each job's token (mobillm token create)")] = True,
     certfile: Annotated[Optional[Path], typer.Option(help="TLS certificate (PEM): serve wss://")] = None,
     keyfile: Annotated[Optional[Path], typer.Option(help="TLS private key (PEM) of --certfile")] = None,
+    ray: Annotated[Optional[str], typer.Option(
+        "--ray", metavar="ADDRESS|auto|local",
+        help="run the jobs on Ray actors: a cluster's address, 'auto' (the cluster running here) or 'local' (a private "
+             "one); --jobs-dir must then be the same shared path on every node")] = None,
+    ray_actors: Annotated[Optional[int], typer.Option(help="with --ray: job actors (default: one per GPU, at least 1)")] = None,
+    ray_namespace: Annotated[str, typer.Option(help="with --ray: front ends of one namespace share its jobs")] = "mobillm",
 ) -> None:
     """Run the server: trains side networks from the activations devices stream to it."""
     import asyncio
@@ -159,13 +166,22 @@ def serve(
 
     from mobillm.server.app import Limits, run_server
     from mobillm.server.auth import TokenStore
-    from mobillm.server.manager import SessionManager
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    manager = SessionManager(
-        jobs_dir, cache_memory_bytes=cache_memory_mb << 20,
-        cache_limit_bytes=None if max_cache_mb is None else max_cache_mb << 20,
-    )
+    cache = dict(cache_memory_bytes=cache_memory_mb << 20, cache_limit_bytes=None if max_cache_mb is None else max_cache_mb << 20)
+    if ray is None:
+        if ray_actors is not None:
+            _fail(MobillmError("--ray-actors places jobs on Ray actors: give --ray too"))
+        from mobillm.server.manager import SessionManager
+
+        manager = SessionManager(jobs_dir, **cache)
+    else:
+        try:
+            from mobillm.server.ray_manager import RayManager
+
+            manager = RayManager(ray, jobs_dir, ray_actors, namespace=ray_namespace, **cache)
+        except MobillmError as err:
+            _fail(err)
     limits = Limits(window=window, max_message_bytes=max_message_mb << 20, max_sessions=max_sessions, idle_timeout=idle_timeout)
     tls = None
     if certfile or keyfile:
