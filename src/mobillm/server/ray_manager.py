@@ -106,7 +106,8 @@ class JobActor:
 
     async def jobs(self) -> dict[str, bool]:
         """The jobs held here, each with whether its training has ended."""
-        return {name: job.wait(0) for name, job in self.manager.jobs.items()}
+        jobs = dict(self.manager.jobs)  # a copy in one step: an open on a thread may add a job meanwhile
+        return {name: job.wait(0) for name, job in jobs.items()}
 
 
 @ray.remote
