@@ -94,14 +94,9 @@ async def run(url: str, hellos, tokens, batches: int, window: int, latencies: li
     return await asyncio.gather(*(device(url, h, t, batches, window, latencies) for h, t in zip(hellos, tokens)))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--devices", type=int, default=16)
-    parser.add_argument("--batches", type=int, default=40, help="training batches per device (of 8 samples)")
-    parser.add_argument("--window", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "load")
-    args = parser.parse_args()
-
+def tiny_jobs(scratch: Path, names: list[str], batches: int) -> tuple[list, list[str]]:
+    """One Hello per job name (the tiny model saved under ``scratch``, 2 epochs of ``batches`` batches), and
+    each job's token in ``scratch/jobs``."""
     from conftest import save_tiny_model
 
     from mobillm.backbone import fingerprint, load_pretrained
@@ -110,26 +105,48 @@ def main() -> None:
     from mobillm.training.config import TrainConfig
     from mobillm.wire.messages import Hello
 
-    scratch = Path(tempfile.mkdtemp(prefix="mobillm-load-"))
-    model_dir = str(save_tiny_model(scratch / "model", hidden=H))
-    model, _ = load_pretrained(model_dir)
+    model_dir = scratch / "model"
+    if not model_dir.is_dir():
+        save_tiny_model(model_dir, hidden=H)
+    model, _ = load_pretrained(str(model_dir))
     side = SideConfig(hidden_size=H, num_backbone_layers=4, shortcuts=SHORTCUTS, width=16, block="mlp", num_labels=2,
                       label_token_ids=[5, 6])
     config = TrainConfig(method="side", epochs=2, batch_size=B)
-    jobs = scratch / "jobs"
-    hellos = [Hello(job=f"device{i:02d}", model=model_dir, fingerprint=fingerprint(model), task="classification",
+    hellos = [Hello(job=name, model=str(model_dir), fingerprint=fingerprint(model), task="classification",
                     codec="int8", shortcuts=SHORTCUTS, hidden_size=H, num_labels=2, side_config=side.model_dump(),
-                    train_config=config.model_dump(), train_samples=args.batches * B) for i in range(args.devices)]
-    tokens = [TokenStore(jobs).create(h.job) for h in hellos]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mobillm", "serve", "--port", "0", "--jobs-dir", str(jobs), "--window", str(args.window)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TQDM_DISABLE": "1"},
-    )
+                    train_config=config.model_dump(), train_samples=batches * B) for name in names]
+    return hellos, [TokenStore(scratch / "jobs").create(h.job) for h in hellos]
+
+
+def start_server(jobs_dir: Path, window: int, *options: str) -> tuple[subprocess.Popen, str]:
+    """``mobillm serve`` as a process of its own (``options`` appended), its output in ``jobs_dir/../server.log``
+    (a file, not a pipe nobody drains); the process and its ws:// URL."""
+    log = jobs_dir.parent / "server.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mobillm", "serve", "--port", "0", "--jobs-dir", str(jobs_dir), "--window", str(window),
+             *options],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"},
+        )
+    while not (lines := [line for line in log.read_text().splitlines() if "listening on" in line]):
+        if server.poll() is not None:
+            sys.exit(f"the server did not start; see {log}")
+        time.sleep(0.1)
+    return server, f"ws://127.0.0.1:{int(lines[0].rsplit(':', 1)[1])}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=16)
+    parser.add_argument("--batches", type=int, default=40, help="training batches per device (of 8 samples)")
+    parser.add_argument("--window", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "load")
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="mobillm-load-"))
+    hellos, tokens = tiny_jobs(scratch, [f"device{i:02d}" for i in range(args.devices)], args.batches)
+    server, url = start_server(scratch / "jobs", args.window)
     try:
-        while "listening on" not in (line := server.stdout.readline()):
-            if server.poll() is not None:
-                sys.exit("the server did not start")
-        url = f"ws://127.0.0.1:{int(line.rsplit(':', 1)[1])}"
         latencies: list[float] = []
         start = time.perf_counter()
         steps = asyncio.run(run(url, hellos, tokens, args.batches, args.window, latencies))
