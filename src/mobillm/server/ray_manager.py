@@ -133,7 +133,9 @@ class JobRegistry:
 
     async def _held(self, slot: int) -> dict[str, bool]:
         """What the slot's actor holds; an actor dead for good is replaced, a restarting one waited for."""
-        for _ in range(ACTOR_ATTEMPTS):
+        for attempt in range(ACTOR_ATTEMPTS):
+            if attempt:  # a replacement may find the dead actor's name not yet free: give Ray a moment
+                await asyncio.sleep(RETRY_DELAY)
             try:
                 return await asyncio.wait_for(self.actors[slot].jobs.remote(), ACTOR_TIMEOUT)
             except TimeoutError:
@@ -143,7 +145,7 @@ class JobRegistry:
                 logging.getLogger("mobillm.server").warning("actor-%d died; starting a new one", slot)
                 self.actors[slot] = self._spawn(slot)
             except ActorUnavailableError:
-                await asyncio.sleep(RETRY_DELAY)
+                pass  # restarting: ask again
         raise JobLost(f"actor-{slot} keeps failing")
 
     async def actor_for(self, job: str):
