@@ -413,3 +413,49 @@ def generate(
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+@app.command()
+def convert(
+    output_dir: Annotated[Path, typer.Argument(help="the device checkpoint folder to write")],
+    model: Model = "smollm2-135m",
+    weights: Annotated[str, typer.Option(help="frozen-backbone weight format on the device: fp32 | int8 | nf4")] = "int8",
+) -> None:
+    """Write a device checkpoint once: the backbone in fp32/int8/nf4 safetensors, loaded with no GGUF transient.
+
+    Pass the folder as --model to device, train, predict, evaluate or generate; a server holding the source
+    model accepts it (the checkpoint carries the source's fingerprint).
+    """
+    from mobillm.backbone import load_pretrained
+    from mobillm.device.weights import save_device_model, weights_nbytes
+
+    try:
+        backbone, tokenizer = load_pretrained(model)
+        save_device_model(backbone, tokenizer, output_dir, weights, source=model)
+    except MobillmError as err:
+        _fail(err)
+    console.print(f"wrote {output_dir}: {weights} weights, {weights_nbytes(backbone) / 2**20:.1f} MiB", soft_wrap=True)
+
+
+BENCHMARKS = ("memory", "codecs", "bandwidth", "convergence")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help=f"{' | '.join(BENCHMARKS)} | all")],
+    quick: Annotated[bool, typer.Option(help="reduced sizes: every table in minutes, not hours")] = False,
+) -> None:
+    """Run a benchmark (results under results/NAME); extra options go to it — `mobillm bench NAME --help`."""
+    import importlib
+
+    names = BENCHMARKS if name == "all" else (name,)
+    if name not in (*BENCHMARKS, "all"):
+        _fail(MobillmError(f"unknown benchmark {name!r}: choose {', '.join(BENCHMARKS)} or all"))
+    if name == "all" and ctx.args:
+        _fail(MobillmError(f"`bench all` takes only --quick; pass {ctx.args} to one benchmark"))
+    for each in names:
+        console.rule(f"bench {each}")
+        started = time.perf_counter()
+        importlib.import_module(f"mobillm.bench.{each}").main([*ctx.args, *(["--quick"] if quick else [])])
+        console.print(f"bench {each}: {time.perf_counter() - started:.0f} s")
