@@ -152,6 +152,11 @@ def serve(
     auth: Annotated[bool, typer.Option("--auth/--no-auth", help="require each job's token (mobillm token create)")] = True,
     certfile: Annotated[Optional[Path], typer.Option(help="TLS certificate (PEM): serve wss://")] = None,
     keyfile: Annotated[Optional[Path], typer.Option(help="TLS private key (PEM) of --certfile")] = None,
+    status: Annotated[bool, typer.Option(
+        "--status/--no-status",
+        help="also serve a status page (/status), its JSON (/status.json) and Prometheus metrics (/metrics) on this "
+             "port; with --auth they need the status token (mobillm token create --status)",
+    )] = False,
 ) -> None:
     """Run the server: trains side networks from the activations devices stream to it."""
     import asyncio
@@ -176,14 +181,23 @@ def serve(
             tls.load_cert_chain(certfile, keyfile)
         except (OSError, ssl.SSLError) as err:
             _fail(MobillmError(f"cannot load the TLS certificate/key: {err}"))
+    tokens = TokenStore(jobs_dir) if auth else None
     if not auth:
-        logging.getLogger("mobillm.server").warning("--no-auth: any peer that reaches %s:%s can open any job", host, port)
+        logging.getLogger("mobillm.server").warning(
+            "--no-auth: any peer that reaches %s:%s can open any job%s", host, port, " and read the status page" if status else "")
+    if status:
+        if tokens is not None and not tokens.has_status_token():
+            _fail(MobillmError(f"--status with --auth needs the status token: run `mobillm token create --status "
+                               f"--jobs-dir {jobs_dir}` first (or serve with --no-status)"))
+        logging.getLogger("websockets.server").setLevel(logging.WARNING)  # not a line for every page poll
 
     def ready(bound: int) -> None:
         print(f"mobillm server listening on {'wss' if tls else 'ws'}://{host}:{bound}", flush=True)
+        if status:
+            print(f"status page: {'https' if tls else 'http'}://{host}:{bound}/status", flush=True)
 
     try:
-        asyncio.run(run_server(manager, host, port, limits, ready, TokenStore(jobs_dir) if auth else None, tls))
+        asyncio.run(run_server(manager, host, port, limits, ready, tokens, tls, status))
     except KeyboardInterrupt:
         pass
 
@@ -194,15 +208,19 @@ app.add_typer(token_app, name="token")
 
 @token_app.command("create")
 def token_create(
-    job: Annotated[str, typer.Option(help="the job the token opens")],
+    job: Annotated[Optional[str], typer.Option(help="the job the token opens")] = None,
+    status: Annotated[bool, typer.Option("--status", help="instead: the token of the status page and /metrics (mobillm serve --status)")] = False,
     jobs_dir: Annotated[Path, typer.Option(help="the server's --jobs-dir")] = Path("runs/jobs"),
-    replace: Annotated[bool, typer.Option(help="revoke the job's current token")] = False,
+    replace: Annotated[bool, typer.Option(help="revoke the current token")] = False,
 ) -> None:
-    """Create a job's token; it is printed once and only its salted hash is stored."""
+    """Create a job's token (or the status page's); it is printed once and only its salted hash is stored."""
     from mobillm.server.auth import TokenStore
 
+    if (job is None) == (not status):
+        _fail(MobillmError("give either --job NAME (a job's token) or --status (the status page's token)"))
     try:
-        print(TokenStore(jobs_dir).create(job, replace=replace))
+        store = TokenStore(jobs_dir)
+        print(store.create_status(replace=replace) if status else store.create(job, replace=replace))
     except MobillmError as err:
         _fail(err)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from mobillm.backbone import FrozenHead, fingerprint, load_pretrained
 from mobillm.exceptions import ModelLoadError, ProtocolError
 from mobillm.server.job import HELLO_NAME, Job
+from mobillm.server.status import JobStatus
 from mobillm.wire.messages import Hello
 
 
@@ -64,6 +65,12 @@ class SessionManager:
                 resume=resume,
             )
             return job
+
+    def status(self) -> list[JobStatus]:
+        """Every job this process holds, by name: what the status page and /metrics show (any thread).
+
+        Another back end implements the same method where its jobs live, returning the same models."""
+        return [job.status() for _, job in sorted(self.jobs.copy().items())]
 
 
 def _same_config(held: Hello, hello: Hello) -> None:
