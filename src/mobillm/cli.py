@@ -39,6 +39,7 @@ Epochs = Annotated[Optional[int], typer.Option(help="training epochs (default pe
 BatchSize = Annotated[int, typer.Option(help="samples per batch")]
 Schedule = Annotated[str, typer.Option(help="constant | linear | cosine")]
 Patience = Annotated[int, typer.Option(help="validations without gain before early stopping")]
+EvalsPerEpoch = Annotated[int, typer.Option(help="validations per epoch")]
 MaxLength = Annotated[int, typer.Option(help="max tokens per example; longer ones are truncated (counted)")]
 MaxTrain = Annotated[Optional[int], typer.Option(help="seeded subset of the training split")]
 MaxEval = Annotated[Optional[int], typer.Option(help="cap on validation samples; test is never capped")]
@@ -119,7 +120,7 @@ def train(
     text_column: TextColumn = "sentence", label_column: LabelColumn = "label", prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
-    patience: Patience = 3, evals_per_epoch: Annotated[int, typer.Option(help="validations per epoch")] = 1,
+    patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1,
     max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000, seed: Seed = 0,
     output_dir: OutputDir = Path("runs/train"),
 ) -> None:
@@ -228,7 +229,7 @@ def token_create(
 def _device(args: dict) -> dict:
     from mobillm.device.job import DeviceOptions, run_device
 
-    config = _train_config(args, method="side")
+    config = _train_config(args, "evals_per_epoch", method="side")
     return run_device(DeviceOptions(**args), config)
 
 
@@ -243,7 +244,7 @@ def device(
     text_column: TextColumn = "sentence", label_column: LabelColumn = "label", prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
-    patience: Patience = 3, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
+    patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
     device_epochs: DeviceEpochs = 1, seed: Seed = 0, output_dir: OutputDir = Path("runs/device"),
     token: Annotated[Optional[str], typer.Option(envvar="MOBILLM_TOKEN", help="the job's token (or $MOBILLM_TOKEN)")] = None,
     cafile: Annotated[Optional[str], typer.Option(help="CA certificate(s) to verify a wss:// server")] = None,
@@ -283,7 +284,7 @@ def finetune(
     text_column: TextColumn = "sentence", label_column: LabelColumn = "label", prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
-    patience: Patience = 3, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
+    patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
     device_epochs: DeviceEpochs = 1, seed: Seed = 0, output_dir: OutputDir = Path("runs/finetune"),
 ) -> None:
     """Server and device on this machine: starts `mobillm serve` as a separate process, runs the device, stops it."""

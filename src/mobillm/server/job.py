@@ -281,7 +281,7 @@ class Job:
     def _validate(self) -> dict:
         """Score the eval batches, and log the scores (``val_*``) at the current step."""
         scores = self.evaluate()[0]
-        self.metrics.write(event="validation", step=self.trainer.step_count,
+        self.metrics.write(event="validation", step=self.trainer.step_count, time=time.time(),
                            **{f"val_{k}": v for k, v in scores.items()})
         return scores
 
