@@ -456,7 +456,7 @@ def convert(
     console.print(f"wrote {output_dir}: {weights} weights, {weights_nbytes(backbone) / 2**20:.1f} MiB", soft_wrap=True)
 
 
-BENCHMARKS = ("memory", "codecs", "bandwidth", "convergence")
+BENCHMARKS = ("memory", "codecs", "bandwidth", "convergence", "profile")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
