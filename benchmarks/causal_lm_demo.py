@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_io import machine
+from mobillm.bench.io import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from bench_io import machine
+from mobillm.bench.io import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from bench_io import machine, write_rows
+from mobillm.bench.io import machine, pyplot, write_rows
 from load import ROOT, B, run, start_server, tiny_jobs
 
 
@@ -108,12 +108,7 @@ def medians(rows: list[dict]) -> list[dict]:
 
 
 def plot(rows: list[dict], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(10, 3.6))
     table = medians(rows)
     for server in dict.fromkeys(r["server"] for r in table):
         mine = [r for r in table if r["server"] == server]

@@ -27,7 +27,7 @@ from mobillm.sidenet import SideConfig
 from mobillm.training.config import TrainConfig
 from mobillm.training.local import fit_side
 from mobillm.wire.codecs import get_codec
-from bench_io import write_rows
+from mobillm.bench.io import write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_io import machine, write_rows
+from mobillm.bench.io import machine, write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"

@@ -46,6 +46,30 @@ def test_bad_input_gives_a_clear_error(toy_task, tmp_path):
     assert result.exit_code == 2 and "int3" in result.output and "nf4" in result.output
 
 
+def test_convert_then_train_on_int8_device_weights(toy_task, tmp_path):
+    """`mobillm convert` writes a device checkpoint that every --model option takes; the side network trains on it."""
+    model_dir, data_dir = toy_task
+    result = runner.invoke(app, ["convert", str(tmp_path / "int8"), "--model", model_dir, "--weights", "int8"])
+    assert result.exit_code == 0, result.output
+    assert "int8 weights" in result.output
+    result = runner.invoke(app, [
+        "train", "--model", str(tmp_path / "int8"), "--data", data_dir, "--shortcuts", "2,4", "--width", "16",
+        "--lr", "3e-3", "--epochs", "6", "--max-eval-samples", "64", "--output-dir", str(tmp_path / "run"),
+    ])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test"]["accuracy"] > 0.8  # the toy task is learnable through the int8 backbone
+    result = runner.invoke(app, ["convert", str(tmp_path / "x"), "--model", model_dir, "--weights", "int4"])
+    assert result.exit_code == 2 and "int4" in result.output
+
+
+def test_bench_rejects_unknown_names():
+    result = runner.invoke(app, ["bench", "speed"])
+    assert result.exit_code == 2 and "unknown benchmark 'speed'" in result.output
+    result = runner.invoke(app, ["bench", "all", "--model", "opt-1.3b"])
+    assert result.exit_code == 2 and "only --quick" in result.output
+
+
 def test_the_server_without_ray_never_imports_ray(tmp_path):
     """Ray is an optional extra: the in-process server (the default) must not even import it."""
     code = (

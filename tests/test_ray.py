@@ -118,6 +118,9 @@ def test_jobs_on_two_actors_behind_two_front_ends_equal_the_in_process_ones(name
     held = [ray.get(ray.get_actor(f"actor-{slot}", namespace=namespace).jobs.remote()) for slot in range(2)]
     assert sorted(len(jobs) for jobs in held) == [2, 2]  # least-loaded placement: two jobs per actor
     assert all(all(finished.values()) for finished in held)
+    # Any front end's status page sees every job of the namespace, on whichever actor.
+    status = RayManager("auto", jobs_dir, actors=2, namespace=namespace).status()
+    assert [(j.job, j.state, j.step) for j in status] == [(f"job{i}", "finished", EPOCHS * BATCHES) for i in range(JOBS)]
 
 
 @pytest.mark.parametrize("restart", [False, True], ids=["replaced", "restarted"])

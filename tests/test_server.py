@@ -100,7 +100,7 @@ def test_server_and_device_in_two_processes(toy_task, tmp_path):
 class ThreadServer:
     """The server's asyncio loop on a background thread of this process (for tests that instrument it)."""
 
-    def __init__(self, manager: SessionManager, window: int = 8, tokens=None, tls=None, limits=None):
+    def __init__(self, manager: SessionManager, window: int = 8, tokens=None, tls=None, limits=None, status=False):
         self.port: int | None = None
         ready = threading.Event()
 
@@ -109,7 +109,8 @@ class ThreadServer:
             ready.set()
 
         self.thread = threading.Thread(
-            target=asyncio.run, args=(run_server(manager, "127.0.0.1", 0, limits or Limits(window=window), on_ready, tokens, tls),),
+            target=asyncio.run,
+            args=(run_server(manager, "127.0.0.1", 0, limits or Limits(window=window), on_ready, tokens, tls, status),),
             daemon=True,
         )
         self.thread.start()

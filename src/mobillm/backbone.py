@@ -65,11 +65,16 @@ def resolve_model(spec: str) -> ModelSource:
 
 
 def load_pretrained(spec: str, dtype: torch.dtype = torch.float32):
-    """Load ``(model, tokenizer)`` frozen and in eval mode. GGUF weights are dequantised by transformers."""
+    """Load ``(model, tokenizer)`` frozen and in eval mode. GGUF weights are dequantised by transformers; a
+    device checkpoint (``mobillm convert``) keeps its stored weight format."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from mobillm.device.weights import is_device_checkpoint, load_device_model
+
     source = resolve_model(spec)
+    if source.gguf_file is None and is_device_checkpoint(Path(source.path)):
+        return load_device_model(source.path)
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -185,8 +190,12 @@ class FrozenHead(nn.Module):
 
 
 def fingerprint(model: nn.Module) -> str:
-    """Identity of a backbone for the session handshake: its config shape plus a hash of the head weights."""
+    """Identity of a backbone for the session handshake: its config shape plus a hash of the head weights.
+
+    A device checkpoint carries its source's fingerprint: its head is quantized, its identity is not."""
     cfg = model.config
+    if getattr(cfg, "mobillm_fingerprint", None):
+        return cfg.mobillm_fingerprint
     digest = hashlib.sha256()
     digest.update(f"{cfg.model_type}:{cfg.hidden_size}:{cfg.num_hidden_layers}:{cfg.vocab_size}".encode())
     for tensor in FrozenHead.from_model(model).state_dict().values():

@@ -40,6 +40,7 @@ Epochs = Annotated[Optional[int], typer.Option(help="training epochs (default pe
 BatchSize = Annotated[int, typer.Option(help="samples per batch")]
 Schedule = Annotated[str, typer.Option(help="constant | linear | cosine")]
 Patience = Annotated[int, typer.Option(help="validations without gain before early stopping")]
+EvalsPerEpoch = Annotated[int, typer.Option(help="validations per epoch")]
 MaxLength = Annotated[int, typer.Option(help="max tokens per example; longer ones are truncated (counted)")]
 MaxTrain = Annotated[Optional[int], typer.Option(help="seeded subset of the training split")]
 MaxEval = Annotated[Optional[int], typer.Option(help="cap on validation samples; test is never capped")]
@@ -120,7 +121,7 @@ def train(
     text_column: TextColumn = "sentence", label_column: LabelColumn = "label", prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
-    patience: Patience = 3, evals_per_epoch: Annotated[int, typer.Option(help="validations per epoch")] = 1,
+    patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1,
     max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000, seed: Seed = 0,
     output_dir: OutputDir = Path("runs/train"),
 ) -> None:
@@ -153,6 +154,11 @@ def serve(
     auth: Annotated[bool, typer.Option("--auth/--no-auth", help="require each job's token (mobillm token create)")] = True,
     certfile: Annotated[Optional[Path], typer.Option(help="TLS certificate (PEM): serve wss://")] = None,
     keyfile: Annotated[Optional[Path], typer.Option(help="TLS private key (PEM) of --certfile")] = None,
+    status: Annotated[bool, typer.Option(
+        "--status/--no-status",
+        help="also serve a status page (/status), its JSON (/status.json) and Prometheus metrics (/metrics) on this "
+             "port; with --auth they need the status token (mobillm token create --status)",
+    )] = False,
     ray: Annotated[Optional[str], typer.Option(
         "--ray", metavar="ADDRESS|auto|local",
         help="run the jobs on Ray actors: a cluster's address, 'auto' (the cluster running here) or 'local' (a private "
@@ -192,14 +198,23 @@ def serve(
             tls.load_cert_chain(certfile, keyfile)
         except (OSError, ssl.SSLError) as err:
             _fail(MobillmError(f"cannot load the TLS certificate/key: {err}"))
+    tokens = TokenStore(jobs_dir) if auth else None
     if not auth:
-        logging.getLogger("mobillm.server").warning("--no-auth: any peer that reaches %s:%s can open any job", host, port)
+        logging.getLogger("mobillm.server").warning(
+            "--no-auth: any peer that reaches %s:%s can open any job%s", host, port, " and read the status page" if status else "")
+    if status:
+        if tokens is not None and not tokens.has_status_token():
+            _fail(MobillmError(f"--status with --auth needs the status token: run `mobillm token create --status "
+                               f"--jobs-dir {jobs_dir}` first (or serve with --no-status)"))
+        logging.getLogger("websockets.server").setLevel(logging.WARNING)  # not a line for every page poll
 
     def ready(bound: int) -> None:
         print(f"mobillm server listening on {'wss' if tls else 'ws'}://{host}:{bound}", flush=True)
+        if status:
+            print(f"status page: {'https' if tls else 'http'}://{host}:{bound}/status", flush=True)
 
     try:
-        asyncio.run(run_server(manager, host, port, limits, ready, TokenStore(jobs_dir) if auth else None, tls))
+        asyncio.run(run_server(manager, host, port, limits, ready, tokens, tls, status))
     except KeyboardInterrupt:
         pass
 
@@ -210,15 +225,19 @@ app.add_typer(token_app, name="token")
 
 @token_app.command("create")
 def token_create(
-    job: Annotated[str, typer.Option(help="the job the token opens")],
+    job: Annotated[Optional[str], typer.Option(help="the job the token opens")] = None,
+    status: Annotated[bool, typer.Option("--status", help="instead: the token of the status page and /metrics (mobillm serve --status)")] = False,
     jobs_dir: Annotated[Path, typer.Option(help="the server's --jobs-dir")] = Path("runs/jobs"),
-    replace: Annotated[bool, typer.Option(help="revoke the job's current token")] = False,
+    replace: Annotated[bool, typer.Option(help="revoke the current token")] = False,
 ) -> None:
-    """Create a job's token; it is printed once and only its salted hash is stored."""
+    """Create a job's token (or the status page's); it is printed once and only its salted hash is stored."""
     from mobillm.server.auth import TokenStore
 
+    if (job is None) == (not status):
+        _fail(MobillmError("give either --job NAME (a job's token) or --status (the status page's token)"))
     try:
-        print(TokenStore(jobs_dir).create(job, replace=replace))
+        store = TokenStore(jobs_dir)
+        print(store.create_status(replace=replace) if status else store.create(job, replace=replace))
     except MobillmError as err:
         _fail(err)
 
@@ -226,7 +245,7 @@ def token_create(
 def _device(args: dict) -> dict:
     from mobillm.device.job import DeviceOptions, run_device
 
-    config = _train_config(args, method="side")
+    config = _train_config(args, "evals_per_epoch", method="side")
     return run_device(DeviceOptions(**args), config)
 
 
@@ -241,7 +260,7 @@ def device(
     text_column: TextColumn = "sentence", label_column: LabelColumn = "label", prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
-    patience: Patience = 3, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
+    patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
     device_epochs: DeviceEpochs = 1, seed: Seed = 0, output_dir: OutputDir = Path("runs/device"),
     token: Annotated[Optional[str], typer.Option(envvar="MOBILLM_TOKEN", help="the job's token (or $MOBILLM_TOKEN)")] = None,
     cafile: Annotated[Optional[str], typer.Option(help="CA certificate(s) to verify a wss:// server")] = None,
@@ -281,7 +300,7 @@ def finetune(
     text_column: TextColumn = "sentence", label_column: LabelColumn = "label", prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
-    patience: Patience = 3, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
+    patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
     device_epochs: DeviceEpochs = 1, seed: Seed = 0, output_dir: OutputDir = Path("runs/finetune"),
 ) -> None:
     """Server and device on this machine: starts `mobillm serve` as a separate process, runs the device, stops it."""
@@ -429,3 +448,49 @@ def generate(
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+@app.command()
+def convert(
+    output_dir: Annotated[Path, typer.Argument(help="the device checkpoint folder to write")],
+    model: Model = "smollm2-135m",
+    weights: Annotated[str, typer.Option(help="frozen-backbone weight format on the device: fp32 | int8 | nf4")] = "int8",
+) -> None:
+    """Write a device checkpoint once: the backbone in fp32/int8/nf4 safetensors, loaded with no GGUF transient.
+
+    Pass the folder as --model to device, train, predict, evaluate or generate; a server holding the source
+    model accepts it (the checkpoint carries the source's fingerprint).
+    """
+    from mobillm.backbone import load_pretrained
+    from mobillm.device.weights import save_device_model, weights_nbytes
+
+    try:
+        backbone, tokenizer = load_pretrained(model)
+        save_device_model(backbone, tokenizer, output_dir, weights, source=model)
+    except MobillmError as err:
+        _fail(err)
+    console.print(f"wrote {output_dir}: {weights} weights, {weights_nbytes(backbone) / 2**20:.1f} MiB", soft_wrap=True)
+
+
+BENCHMARKS = ("memory", "codecs", "bandwidth", "convergence", "profile")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help=f"{' | '.join(BENCHMARKS)} | all")],
+    quick: Annotated[bool, typer.Option(help="reduced sizes: every table in minutes, not hours")] = False,
+) -> None:
+    """Run a benchmark (results under results/NAME); extra options go to it — `mobillm bench NAME --help`."""
+    import importlib
+
+    names = BENCHMARKS if name == "all" else (name,)
+    if name not in (*BENCHMARKS, "all"):
+        _fail(MobillmError(f"unknown benchmark {name!r}: choose {', '.join(BENCHMARKS)} or all"))
+    if name == "all" and ctx.args:
+        _fail(MobillmError(f"`bench all` takes only --quick; pass {ctx.args} to one benchmark"))
+    for each in names:
+        console.rule(f"bench {each}")
+        started = time.perf_counter()
+        importlib.import_module(f"mobillm.bench.{each}").main([*ctx.args, *(["--quick"] if quick else [])])
+        console.print(f"bench {each}: {time.perf_counter() - started:.0f} s")

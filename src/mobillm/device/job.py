@@ -68,7 +68,7 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
             bar.update(samples)
             elapsed = time.perf_counter() - started
             metrics.write(
-                batches_sent=stats.batches_sent, bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
+                time=time.time(), batches_sent=stats.batches_sent, bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
                 forward_seconds=stats.forward.seconds, samples_per_s=stats.forward.samples / elapsed,
                 server_step=stats.acked_steps[-1] if stats.acked_steps else 0,
                 server_loss=stats.losses[-1] if stats.losses else None, device_peak_memory_bytes=peak_rss_bytes(),

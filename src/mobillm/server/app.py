@@ -1,7 +1,8 @@
 """The WebSocket front end: a thin adapter that moves bytes between connections and jobs.
 
 Every inbound failure becomes an ``Error`` message and a close code for that one connection; nothing a
-device sends can stop the server or touch another job.
+device sends can stop the server or touch another job. With ``status`` the same port also answers the status
+page, its JSON and Prometheus' ``/metrics`` (:mod:`mobillm.server.status`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -17,9 +20,12 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from mobillm import __version__
 from mobillm.exceptions import JobLost, PayloadTooBig, ProtocolError, WireError
 from mobillm.server.auth import JOB_NAME, TokenStore
-from mobillm.server.sessions import Sessions
+from mobillm.server.prometheus import ServerMetrics
+from mobillm.server.sessions import JobSession, Sessions
+from mobillm.server.status import ServerStatus, SessionError, StatusEndpoints
 from mobillm.wire.messages import CLOSE_CODES, Batch, Done, Error, GetSideNet, Hello, Welcome, decode_message, encode_message
 
 log = logging.getLogger("mobillm.server")
@@ -48,13 +54,38 @@ class Limits:
 
 
 class Server:
-    """``tokens``: check each connection's bearer token for the job in its URL (None: no authentication)."""
+    """``tokens``: check each connection's bearer token for the job in its URL (None: no authentication).
+    ``status``: also serve the status page, ``/status.json`` and ``/metrics`` (with ``tokens``: to the holder of
+    the status token only)."""
 
-    def __init__(self, manager: Sessions, limits: Limits = Limits(), tokens: TokenStore | None = None):
+    def __init__(self, manager: Sessions, limits: Limits = Limits(), tokens: TokenStore | None = None,
+                 status: bool = False):
         self.manager = manager
         self.limits = limits
         self.tokens = tokens
         self.sessions = 0
+        self.job_sessions: Counter[str] = Counter()  # open sessions attached to each job
+        self.job_errors: dict[str, SessionError] = {}  # the last error of a session attached to each job
+        self.last_error: SessionError | None = None
+        self.started = time.monotonic()
+        self.metrics = ServerMetrics(lambda: self.sessions, manager.status)
+        self.endpoints = StatusEndpoints(self.status, self.metrics.exposition, tokens) if status else None
+
+    async def status(self) -> ServerStatus:
+        """The back end's jobs with what only the front end sees: open sessions and errors."""
+        jobs = await asyncio.to_thread(self.manager.status)
+        return ServerStatus(
+            version=__version__, uptime_s=time.monotonic() - self.started, sessions=self.sessions,
+            max_sessions=self.limits.max_sessions, last_error=self.last_error,
+            jobs=[j.model_copy(update={"sessions": self.job_sessions[j.job], "last_error": self.job_errors.get(j.job)})
+                  for j in jobs],
+        )
+
+    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """The handshake hook: a plain request for a status path gets its page; anything else :meth:`authorize`."""
+        if self.endpoints is not None and self.endpoints.serves(request):
+            return await self.endpoints.respond(request)
+        return await self.authorize(connection, request)
 
     async def authorize(self, connection: ServerConnection, request: Request) -> Response | None:
         """The handshake check: 401 unless the URL is ``/jobs/NAME`` and the bearer token is that job's."""
@@ -63,34 +94,55 @@ class Server:
         job = path_job(request.path)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if job is None or scheme.lower() != "bearer":
-            return connection.respond(HTTPStatus.UNAUTHORIZED, "connect to /jobs/NAME with 'Authorization: Bearer TOKEN'\n")
+            return self._unauthorized(connection, "connect to /jobs/NAME with 'Authorization: Bearer TOKEN'")
         if not await asyncio.to_thread(self.tokens.verify, job, token.strip()):
             log.warning("refused a connection to job %s: invalid token", job)
-            return connection.respond(HTTPStatus.UNAUTHORIZED, f"invalid token for job {job}\n")
+            return self._unauthorized(connection, f"invalid token for job {job}")
         return None
+
+    def _unauthorized(self, connection: ServerConnection, message: str) -> Response:
+        self._record("auth", message, None)  # not the job's error: the peer is not known to be its device
+        return connection.respond(HTTPStatus.UNAUTHORIZED, message + "\n")
 
     async def handle(self, ws: ServerConnection) -> None:
         if self.sessions >= self.limits.max_sessions:
             await self._refuse(ws, "busy", f"busy: {self.sessions} sessions open (limit {self.limits.max_sessions})")
             return
         self.sessions += 1
+        job: str | None = None  # once the session is attached to it
         try:
-            await self._session(ws)
+            hello, attached = await self._attach(ws)
+            job = hello.job
+            self.job_sessions[job] += 1
+            await self._session(ws, attached)
         except ConnectionClosed:
             pass
         except JobLost as err:
             log.warning("closing a session so that its device resumes: %s", err)
+            self._record("job_lost", str(err), job)
             await ws.close(JOB_LOST_CLOSE, "job_lost")
         except (ProtocolError, PayloadTooBig, WireError) as err:
             code = getattr(err, "code", "too_big" if isinstance(err, PayloadTooBig) else "bad_frame")
-            await self._refuse(ws, code, str(err))
+            await self._refuse(ws, code, str(err), job)
         except Exception as err:  # noqa: BLE001 - one broken session must not take the server down
             log.exception("session failed")
-            await self._refuse(ws, "internal", f"internal error: {type(err).__name__}")
+            await self._refuse(ws, "internal", f"internal error: {type(err).__name__}", job)
         finally:
             self.sessions -= 1
+            if job is not None:
+                self.job_sessions[job] -= 1
+                if not self.job_sessions[job]:
+                    del self.job_sessions[job]
 
-    async def _refuse(self, ws: ServerConnection, code: str, message: str) -> None:
+    def _record(self, code: str, message: str, job: str | None) -> None:
+        """Count an error and keep it as the last one (the job's too, for a session attached to a job)."""
+        self.metrics.errors.labels(code).inc()
+        self.last_error = SessionError(code=code, message=message, job=job, time=time.time())
+        if job is not None:
+            self.job_errors[job] = self.last_error
+
+    async def _refuse(self, ws: ServerConnection, code: str, message: str, job: str | None = None) -> None:
+        self._record(code, message, job)
         try:
             await ws.send(encode_message(Error(code=code, message=message)))
             await ws.close(CLOSE_CODES.get(code, 1008), code)
@@ -100,6 +152,7 @@ class Server:
     def _decode(self, data):
         if isinstance(data, str):
             raise ProtocolError("bad_frame", "text frames are not part of the protocol; send binary safetensors")
+        self.metrics.received_bytes.inc(len(data))
         return decode_message(data, max_bytes=self.limits.max_message_bytes)
 
     async def _recv(self, ws: ServerConnection):
@@ -108,7 +161,8 @@ class Server:
         except TimeoutError:
             raise ProtocolError("idle_timeout", f"no message for {self.limits.idle_timeout:g} s") from None
 
-    async def _session(self, ws: ServerConnection) -> None:
+    async def _attach(self, ws: ServerConnection) -> tuple[Hello, JobSession]:
+        """Read the Hello, open its job and welcome the device."""
         hello = self._decode(await self._recv(ws)).header
         if not isinstance(hello, Hello):
             raise ProtocolError("bad_header", f"the first message must be hello, got {hello.type}")
@@ -119,12 +173,18 @@ class Server:
         session = uuid.uuid4().hex[:12]
         log.info("session %s joined job %s", session, hello.job)
         await ws.send(encode_message(Welcome(session=session, window=self.limits.window, last_seq=job.last_seq, step=job.step)))
+        return hello, job
+
+    async def _session(self, ws: ServerConnection, job: JobSession) -> None:
         while True:
             data = await self._recv(ws)  # ConnectionClosed ends the session
+            received = time.perf_counter()
             frame = self._decode(data)
             message = frame.header
             if isinstance(message, Batch):
+                self.metrics.batches_received.labels(message.split).inc()
                 await ws.send(encode_message(await job.receive(data, frame)))
+                self.metrics.ack_seconds.observe(time.perf_counter() - received)
             elif isinstance(message, Done):
                 await job.device_done(message.epoch)
             elif isinstance(message, GetSideNet):
@@ -135,13 +195,13 @@ class Server:
 
 async def run_server(
     manager: Sessions, host: str, port: int, limits: Limits = Limits(), ready=None,
-    tokens: TokenStore | None = None, tls: ssl.SSLContext | None = None,
+    tokens: TokenStore | None = None, tls: ssl.SSLContext | None = None, status: bool = False,
 ) -> None:
     """Serve until cancelled. ``ready`` (optional callable) receives the bound port (useful with port 0)."""
-    server = Server(manager, limits, tokens)
+    server = Server(manager, limits, tokens, status)
     async with serve(
         server.handle, host, port, max_size=limits.max_message_bytes, compression=None, ping_timeout=None,
-        process_request=server.authorize, ssl=tls,
+        process_request=server.process_request, ssl=tls,
     ) as ws_server:
         bound = ws_server.sockets[0].getsockname()[1]
         if ready:

@@ -24,6 +24,7 @@ from mobillm.files import METRICS_NAME, write_atomic
 from mobillm.metrics import MetricsLog, peak_rss_bytes
 from mobillm.server.cache import ActivationCache
 from mobillm.server.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from mobillm.server.status import CURVES, Durations, JobState, JobStatus
 from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.training.config import TrainConfig
 from mobillm.training.evaluation import Evaluator, best_fields, loss_logits, selection_score
@@ -71,13 +72,20 @@ class Job:
             SideNetwork(self.side_config), head, hello.codec, self.config, self.steps_per_epoch * self.config.num_epochs
         )
         self.cache = ActivationCache(self.directory / "cache", cache_memory_bytes)
+        if not resume:
+            shutil.rmtree(self.cache.directory, ignore_errors=True)
+            for name in (CHECKPOINT_NAME, DONE_NAME, METRICS_NAME):  # a fresh run of the job: nothing of the last one
+                (self.directory / name).unlink(missing_ok=True)
+            write_atomic(self.directory / HELLO_NAME, hello.model_dump_json(exclude={"token", "resume"}))
         self.cache_limit_bytes = cache_limit_bytes
         self.order = ReceiveOrder()
         self.train_seqs: list[list[int]] = [[] for _ in range(hello.device_epochs)]
         self.eval_seqs: list[int] = []
-        self.metrics = MetricsLog(self.directory / METRICS_NAME)
+        self.metrics = MetricsLog(self.directory / METRICS_NAME, curves=CURVES)  # resumed: its curves so far
         self.bytes_received = 0
+        self.samples_received = {"train": 0, "eval": 0}
         self.samples_trained = 0
+        self.step_seconds = Durations()
         self.progress = progress
         self.last_loss: float | None = None
         self.error: BaseException | None = None
@@ -86,16 +94,12 @@ class Job:
         self._done_epochs: set[int] = set()
         self._finished = threading.Event()
         self._started = time.perf_counter()
+        self._ended: float | None = None
         # Started by the first training batch: the eval batches precede it, so step 0 can be validated.
         self._thread = threading.Thread(target=self._run, name=f"train-{hello.job}", daemon=True)
         self._start_state: FitState | None = None
         if resume:
             self._restore()
-        else:
-            shutil.rmtree(self.cache.directory, ignore_errors=True)
-            for name in (CHECKPOINT_NAME, DONE_NAME, METRICS_NAME):  # a fresh run of the job: nothing of the last one
-                (self.directory / name).unlink(missing_ok=True)
-            write_atomic(self.directory / HELLO_NAME, hello.model_dump_json(exclude={"token", "resume"}))
 
     def _restore(self) -> None:
         last = -1
@@ -106,9 +110,11 @@ class Job:
         self.cache.drop_from(last + 1)  # past a gap: the device resends it
         for seq in range(last + 1):
             data = self.cache.get(seq)
-            batch = decode_message(data).header
+            frame = decode_message(data)
+            batch = frame.header
             (self.eval_seqs if batch.split == "eval" else self.train_seqs[batch.epoch]).append(seq)
             self.bytes_received += len(data)
+            self.samples_received[batch.split] += len(frame.tensors["sample_ids"])
         self.order = ReceiveOrder(last)
         done = self.directory / DONE_NAME
         self._done_epochs = set(json.loads(done.read_text())) if done.is_file() else set()
@@ -139,6 +145,7 @@ class Job:
         if self.order.accept(batch.seq):
             self.cache.put(batch.seq, data)
             self.bytes_received += len(data)
+            self.samples_received[batch.split] += len(frame.tensors["sample_ids"])
             if batch.split == "eval":
                 self.eval_seqs.append(batch.seq)
             else:
@@ -162,6 +169,30 @@ class Job:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._finished.wait(timeout)
+
+    @property
+    def state(self) -> JobState:
+        if self._finished.is_set():
+            return "failed" if self.error is not None else "finished"
+        return "training" if self._thread.is_alive() else "waiting"
+
+    def elapsed(self) -> float:
+        """Seconds since the job started, until it ended."""
+        return (self._ended or time.perf_counter()) - self._started
+
+    def status(self) -> JobStatus:
+        """A snapshot for the status page and /metrics; safe from any thread while training goes on."""
+        return JobStatus(
+            job=self.hello.job, state=self.state, task=self.hello.task, model=self.hello.model, codec=self.hello.codec,
+            batches_received=len(self.cache), samples_received=dict(self.samples_received),
+            train_samples=self.hello.train_samples, samples_trained=self.samples_trained, step=self.trainer.step_count,
+            steps_per_epoch=self.steps_per_epoch, epochs=self.config.num_epochs, bytes_received=self.bytes_received,
+            cache_memory_bytes=self.cache.memory_bytes, cache_disk_bytes=self.cache.disk_bytes,
+            elapsed_s=self.elapsed(), last_loss=self.last_loss,
+            curves={name: list(curve.points) for name, curve in self.metrics.curves.items()},
+            train_step_seconds=self.step_seconds.model_copy(deep=True),
+            failure=None if self.error is None else repr(self.error),
+        )
 
     def side_net_message(self) -> bytes:
         if self.error is not None:
@@ -229,8 +260,10 @@ class Job:
         return iter(seqs)
 
     def _train_on(self, seq: int) -> float:
+        started = time.perf_counter()
         groups, t, extra = self._load(seq)
         loss = self.trainer.train_batch(groups, t["labels"], *extra)
+        self.step_seconds.observe(time.perf_counter() - started)  # the whole step: cache read, decode, train
         self.last_loss = loss
         self.samples_trained += len(t["labels"])
         return loss
@@ -245,20 +278,27 @@ class Job:
             scores.add(*loss_logits(side, self.trainer.head, self.trainer.activations(groups), t["labels"], *extra), t["sample_ids"])
         return scores.scores(), scores.sample_ids, scores.predictions
 
+    def _validate(self) -> dict:
+        """Score the eval batches, and log the scores (``val_*``) at the current step."""
+        scores = self.evaluate()[0]
+        self.metrics.write(event="validation", step=self.trainer.step_count, time=time.time(),
+                           **{f"val_{k}": v for k, v in scores.items()})
+        return scores
+
     def _on_step(self, step: int, loss: float) -> None:
-        elapsed = time.perf_counter() - self._started
         self.metrics.write(
-            step=step, loss=loss, samples_trained=self.samples_trained, samples_per_s=self.samples_trained / elapsed,
+            step=step, loss=loss, samples_trained=self.samples_trained,
+            samples_per_s=self.samples_trained / self.elapsed(),
             bytes_received=self.bytes_received, cache_memory_bytes=self.cache.memory_bytes,
             cache_disk_bytes=self.cache.disk_bytes, server_peak_memory_bytes=peak_rss_bytes(),
         )
 
     def _run(self) -> None:
         try:
-            step0 = selection_score(self.evaluate()[0]) if self.eval_seqs and not self._start_state else -math.inf
+            step0 = selection_score(self._validate()) if self.eval_seqs and not self._start_state else -math.inf
             result = fit(
                 num_epochs=self.config.num_epochs, batches=self._batches, steps_per_epoch=self.steps_per_epoch,
-                train_on=self._train_on, validate=lambda: self.evaluate()[0],
+                train_on=self._train_on, validate=self._validate,
                 snapshot=self.trainer.snapshot, restore=self.trainer.restore,
                 evals_per_epoch=self.config.evals_per_epoch, patience=self.config.patience,
                 initial_score=step0 if not math.isnan(step0) else -math.inf,
@@ -279,4 +319,5 @@ class Job:
             self.error = err
             self.metrics.write(event="failed", error=repr(err))
         finally:
+            self._ended = time.perf_counter()
             self._finished.set()

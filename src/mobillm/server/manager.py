@@ -9,6 +9,7 @@ from mobillm.backbone import FrozenHead, fingerprint, load_pretrained
 from mobillm.exceptions import ModelLoadError, ProtocolError
 from mobillm.server.job import HELLO_NAME, Job
 from mobillm.server.sessions import LocalSession
+from mobillm.server.status import JobStatus
 from mobillm.wire.messages import Hello
 
 
@@ -65,6 +66,12 @@ class SessionManager:
                 resume=resume,
             )
             return LocalSession(job)
+
+    def status(self) -> list[JobStatus]:
+        """Every job this process holds, by name: what the status page and /metrics show (any thread).
+
+        Another back end implements the same method where its jobs live, returning the same models."""
+        return [job.status() for _, job in sorted(self.jobs.copy().items())]
 
 
 def _same_config(held: Hello, hello: Hello) -> None:

@@ -33,11 +33,12 @@ from pathlib import Path
 from mobillm.exceptions import ConfigError, JobLost
 from mobillm.server.manager import SessionManager
 from mobillm.server.sessions import LocalSession
+from mobillm.server.status import JobStatus
 from mobillm.wire.messages import Ack, Frame, Hello, decode_message
 
 try:
     import ray
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 except ImportError as err:  # the CLI reports it; without --ray this module is never imported
     raise ConfigError("--ray needs Ray, an optional extra: pip install 'mobillm[ray]'") from err
 
@@ -46,6 +47,7 @@ REGISTRY_NAME = "registry"
 RETRY_DELAY = 0.5  # seconds between tries while an actor restarts
 ACTOR_ATTEMPTS = 120  # tries before an actor that keeps failing is given up
 ACTOR_TIMEOUT = 60.0  # seconds for an actor to answer, starting included (it imports torch, loads a model head)
+STATUS_TIMEOUT = 5.0  # seconds an actor has to report its jobs to the status page
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,9 @@ class JobActor:
     async def side_net(self, job: str) -> bytes:
         return await self._session(job).side_net()
 
+    async def status(self) -> list[JobStatus]:
+        return self.manager.status()
+
     async def jobs(self) -> dict[str, bool]:
         """The jobs held here, each with whether its training has ended."""
         jobs = dict(self.manager.jobs)  # a copy in one step: an open on a thread may add a job meanwhile
@@ -130,6 +135,9 @@ class JobRegistry:
 
     async def cluster_settings(self) -> ClusterSettings:
         return self.settings
+
+    async def all_actors(self) -> list:
+        return self.actors
 
     async def _held(self, slot: int) -> dict[str, bool]:
         """What the slot's actor holds; an actor dead for good is replaced, a restarting one waited for."""
@@ -245,3 +253,14 @@ class RayManager:
                     raise
                 time.sleep(RETRY_DELAY)
                 self._join()  # the registry itself may be the one that died
+
+    def status(self) -> list[JobStatus]:
+        """Every job on the namespace's actors, whichever front end opened it; an actor that is down or slow
+        to answer is left out of this snapshot."""
+        jobs: list[JobStatus] = []
+        for ref in [actor.status.remote() for actor in ray.get(self.registry.all_actors.remote())]:
+            try:
+                jobs += ray.get(ref, timeout=STATUS_TIMEOUT)
+            except (RayActorError, GetTimeoutError):
+                continue
+        return sorted(jobs, key=lambda job: job.job)

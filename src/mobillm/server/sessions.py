@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Protocol
 
+from mobillm.server.status import JobStatus
 from mobillm.wire.messages import Ack, Frame, Hello
 
 if TYPE_CHECKING:
@@ -41,9 +42,12 @@ class JobSession(Protocol):
 
 class Sessions(Protocol):
     """Where jobs live. ``open`` may block (it may load a model or restore a job from disk): the front end
-    calls it from a thread. It raises ``ProtocolError`` for a Hello it refuses."""
+    calls it from a thread. It raises ``ProtocolError`` for a Hello it refuses. ``status`` (any thread): every
+    job, by name, for the status page and /metrics."""
 
     def open(self, hello: Hello) -> JobSession: ...
+
+    def status(self) -> list[JobStatus]: ...
 
 
 class LocalSession:

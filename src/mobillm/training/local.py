@@ -191,7 +191,7 @@ def _train_baseline(task: Task, config: TrainConfig, metrics: MetricsLog, out: P
         batches=lambda epoch: batcher.batches(train_set, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch),
         steps_per_epoch=steps_per_epoch, train_on=train_on, validate=lambda: evaluate(task.data.validation),
         snapshot=snapshot, restore=restore, evals_per_epoch=config.evals_per_epoch, patience=config.patience,
-        desc=config.method, on_step=lambda step, loss: metrics.write(step=step, loss=loss),
+        desc=config.method, on_step=lambda step, loss: metrics.write(step=step, loss=loss, train_seconds=device_seconds),
     )
     final = evaluate(task.data.test)
     (scratch / "best.safetensors").unlink(missing_ok=True)

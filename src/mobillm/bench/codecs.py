@@ -1,0 +1,130 @@
+"""SST-2 accuracy and bytes on the wire per training sample for every activation codec (the paper's Table 4),
+and the accuracy cost of quantizing the device's backbone weights (int8/nf4: the side network is trained on
+what the quantized backbone produces).
+
+One device pass taps the raw (fp32) activations of the same 2,000 training / 1,000 validation / 872 test
+samples; each codec then encodes and decodes those taps exactly as the device and the server would (the codecs
+work token by token, so this equals tapping with the codec) and a side network is trained on them with the
+same ``fit_side`` as ``mobillm train --method side``. Same samples, seed and side network for every codec.
+Each ``--weights`` format other than fp32 taps again through that device checkpoint (``mobillm convert``)
+and trains with the ``nf4`` codec.
+
+    mobillm bench codecs [--quick] [--train-samples 2000] [--codecs none,fp16,…] [--weights fp32,int8,nf4]
+    python benchmarks/codecs.py ...                                                # the same
+
+``--quick``: 400 training / 200 validation samples (test stays whole). Writes results/codecs/{results.json,
+results.csv,codecs.png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from mobillm.bench.io import machine, pyplot, require_sst2, results_dir, write_rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mobillm bench codecs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--train-samples", type=int, default=2000)
+    parser.add_argument("--eval-samples", type=int, default=1000)
+    parser.add_argument("--codecs", default="none,fp16,bf16,fp8,int8,fp4,nf4")
+    parser.add_argument("--weights", default="fp32,int8,nf4", help="device backbone weight formats (nf4 codec)")
+    parser.add_argument("--block", default="attention")
+    parser.add_argument("--out", type=Path, default=results_dir("codecs"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.train_samples, args.eval_samples = 400, 200
+    sst2 = require_sst2()
+
+    from mobillm.backbone import FrozenHead, load_pretrained
+    from mobillm.bench.models import device_checkpoint
+    from mobillm.device.inference import TappedBatch, tap_examples
+    from mobillm.device.taps import TappedBackbone
+    from mobillm.task import TaskOptions, prepare_task
+    from mobillm.training.config import TrainConfig
+    from mobillm.training.local import fit_side
+    from mobillm.wire.codecs import encoded_nbytes, expected_nbytes, get_codec
+
+    options = TaskOptions(data=str(sst2), codec="none", block=args.block, max_train_samples=args.train_samples,
+                          max_eval_samples=args.eval_samples)
+    task = prepare_task(options, seed=0)
+    raw, config = get_codec("none"), TrainConfig(method="side")
+
+    def tap(model) -> dict:
+        backbone, pivot = TappedBackbone(model, task.side_config.shortcuts), task.side_config.pivot_only
+        started = time.perf_counter()
+        splits = {
+            "train": tap_examples(backbone, raw, task.batcher, task.data.train, 16, pivot, "taps (train)", shuffle=True, seed=0),
+            "validation": tap_examples(backbone, raw, task.batcher, task.data.validation, 16, pivot, "taps (validation)"),
+            "test": tap_examples(backbone, raw, task.batcher, task.data.test, 16, pivot, "taps (test)"),
+        }
+        print(f"device pass: {time.perf_counter() - started:.0f} s", flush=True)
+        return splits
+
+    def train(splits: dict, name: str, head) -> dict:
+        codec = get_codec(name)
+
+        def recode(items):
+            return [TappedBatch([codec.encode(raw.decode(t)) for t in item.taps], item.batch, item.top) for item in items]
+
+        train, val, test = (recode(splits[s]) for s in ("train", "validation", "test"))
+        n = sum(len(item.batch) for item in train)
+        nbytes = sum(sum(encoded_nbytes(t) for t in item.taps) + item.batch.labels.nbytes for item in train)
+        # the same batches sent as the pivot token only: one (B, H) tensor per shortcut layer
+        hidden, layers = task.side_config.hidden_size, len(task.side_config.shortcuts)
+        pivot = sum(layers * expected_nbytes(name, (len(item.batch), hidden)) + item.batch.labels.nbytes for item in train)
+        length = sum(item.batch.input_ids.shape[1] * len(item.batch) for item in train) / n
+        result = fit_side(task.side_config.model_copy(update={"codec": name}), head, config, train, val, test)
+        row = {"codec": name, "test_accuracy": result["test"]["accuracy"], "best_val_accuracy": result["best_val_accuracy"],
+               "best_epoch": result["best_epoch"], "bytes_per_sample": nbytes / n, "pivot_bytes_per_sample": pivot / n,
+               "mean_padded_length": length, "zero_shot_test": result["zero_shot_test"]["accuracy"]}
+        print(f"{name:5s} test {100 * row['test_accuracy']:.2f}%  val {100 * row['best_val_accuracy']:.2f}%  "
+              f"{row['bytes_per_sample']:,.0f} B/sample", flush=True)
+        return row
+
+    weights = args.weights.split(",")
+    rows = []
+    if "fp32" in weights:
+        splits = tap(task.model)
+        rows += [{"weights": "fp32", **train(splits, name, FrozenHead.from_model(task.model))} for name in args.codecs.split(",")]
+    for fmt in (w for w in weights if w != "fp32"):
+        model, _ = load_pretrained(str(device_checkpoint("smollm2-135m", fmt)))
+        rows.append({"weights": fmt, **train(tap(model), "nf4", FrozenHead.from_model(model))})
+    write_rows(args.out, rows, machine=machine(), block=args.block, train_samples=args.train_samples)
+    _table(rows, args.block)
+    _plot(rows, args.out / "codecs.png")
+
+
+def _table(rows: list[dict], block: str) -> None:
+    base = {r["codec"]: r for r in rows if r["weights"] == "fp32"}
+    print(f"\nmachine: {machine()}; block {block}\n")
+    print("| weights | codec | test acc | Δ vs none | best val | bytes / sample | × fp16 | pivot-only ÷ all positions × T |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        delta = f"{100 * (r['test_accuracy'] - base['none']['test_accuracy']):+.2f}" if "none" in base else "—"
+        ratio = f"{r['bytes_per_sample'] / base['fp16']['bytes_per_sample']:.2f}" if "fp16" in base else "—"
+        pivot = r["pivot_bytes_per_sample"] / r["bytes_per_sample"] * r["mean_padded_length"]
+        print(f"| {r['weights']} | {r['codec']} | {100 * r['test_accuracy']:.2f}% | {delta} | {100 * r['best_val_accuracy']:.2f}% | "
+              f"{r['bytes_per_sample']:,.0f} | {ratio} | {pivot:.2f} |")
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.scatter([r["bytes_per_sample"] / 1000 for r in rows], [100 * r["test_accuracy"] for r in rows])
+    for r in rows:
+        label = r["codec"] if r["weights"] == "fp32" else f"{r['codec']}, {r['weights']} weights"
+        ax.annotate(label, (r["bytes_per_sample"] / 1000, 100 * r["test_accuracy"]), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("kB per training sample on the wire")
+    ax.set_ylabel("SST-2 test accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Device peak memory and seconds per training sample, one fresh process per (model, method, batch, length).
+
+Methods: ``mobillm`` (the device: frozen backbone forward under inference_mode, taps encoded with nf4 inside
+the hooks — what `mobillm device` runs per batch) with fp32, ``int8`` or ``nf4`` backbone weights
+(``mobillm-int8``…), ``mobillm-gguf`` (the same, loading the GGUF file directly: its dequantisation transient
+counts), ``side-local`` (LST-style side tuning done on the device: the same forward plus the side network's
+training), and the PEFT baselines ``lora``, ``bitfit``, ``full`` (forward + backward + AdamW on the device).
+Every method except ``mobillm-gguf`` loads a device checkpoint (``mobillm convert``, made once beforehand in a
+process of its own). Random token ids of the given length. VmHWM counts the whole process, loading included.
+
+    mobillm bench memory [--quick] [--model smollm2-135m|opt-1.3b]
+    python benchmarks/memory.py ...                                 # the same
+
+``--quick``: batch 16, length 128 only. ``opt-1.3b`` (random weights, memory only): one step per
+configuration, length 64, no ``full`` (fp32 weights + gradients + two AdamW moments = 20.8 GB before any
+activation, more than the 24 GB machine can hold with them). Writes results/memory[-MODEL]/{results.json,
+results.csv,memory.png}; the process also reports VmRSS after the imports and after the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mobillm.bench.io import machine, pyplot, results_dir, write_rows
+
+METHODS = ("mobillm-gguf", "mobillm", "mobillm-int8", "mobillm-nf4", "side-local", "lora", "bitfit", "full")
+
+
+def _status(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _weights(method: str) -> str:
+    return method.rpartition("-")[2] if method.startswith("mobillm-") and method != "mobillm-gguf" else "fp32"
+
+
+def measure(model_name: str, method: str, batch: int, length: int, steps: int, source: str) -> dict:
+    import torch
+
+    from mobillm.backbone import FrozenHead, default_shortcuts, load_pretrained
+    from mobillm.device.taps import TappedBackbone
+    from mobillm.sidenet import SideConfig, SideNetwork
+    from mobillm.training.baselines import baseline_logits, prepare_baseline
+    from mobillm.training.config import TrainConfig
+    from mobillm.training.side_trainer import SideTrainer
+    from mobillm.wire.codecs import get_codec
+
+    after_imports = _status("VmRSS")
+    model, _ = load_pretrained(source)
+    after_load = _status("VmRSS")
+    torch.manual_seed(0)
+    ids = torch.randint(10, model.config.vocab_size, (batch, length))
+    mask = torch.ones_like(ids)
+    last = torch.full((batch,), length - 1)
+    labels = torch.randint(0, 2, (batch,))
+    label_ids = torch.tensor([31, 32])
+    if method.startswith("mobillm") or method == "side-local":
+        L, H = model.config.num_hidden_layers, model.config.hidden_size
+        config = SideConfig(hidden_size=H, num_backbone_layers=L, shortcuts=default_shortcuts(L), num_labels=2,
+                            label_token_ids=label_ids.tolist(), codec="nf4")
+        trainer = None
+        if method == "side-local":
+            trainer = SideTrainer(SideNetwork(config), FrozenHead.from_model(model), "nf4", TrainConfig(method="side"), 100)
+        backbone = TappedBackbone(model, config.shortcuts)
+        codec = get_codec("nf4")
+
+        def step():
+            taps = backbone(ids, mask, None, codec.encode)
+            if trainer is not None:
+                trainer.train_batch(taps, labels, mask, last)
+    else:
+        model, params = prepare_baseline(model, TrainConfig(method=method))
+        optimizer = torch.optim.AdamW(params, lr=1e-5)
+
+        def step():
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(baseline_logits(model, ids, mask, last, label_ids), labels)
+            loss.backward()
+            optimizer.step()
+
+    if steps > 1:
+        step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = (time.perf_counter() - start) / (steps * batch)
+    return {"model": model_name, "method": method, "weights": _weights(method), "batch": batch, "length": length,
+            "peak_mib": _status("VmHWM"), "rss_after_imports_mib": after_imports, "rss_after_load_mib": after_load,
+            "seconds_per_sample": seconds, "timed_steps": steps}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mobillm bench memory", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--model", default="smollm2-135m", choices=("smollm2-135m", "opt-1.3b"))
+    parser.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
+    parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 8,16,32)")
+    parser.add_argument("--lengths", default=None, help="comma-separated lengths (default 64,128,256; opt-1.3b: 64)")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--one", nargs=6, help=argparse.SUPPRESS)  # internal: model method batch length steps source
+    args = parser.parse_args(argv)
+    if args.one:
+        model, method, batch, length, steps, source = args.one
+        print(json.dumps(measure(model, method, int(batch), int(length), int(steps), source)))
+        return
+    from mobillm.bench.models import device_checkpoint
+
+    big = args.model == "opt-1.3b"
+    default_methods = [m for m in METHODS if m != "mobillm-nf4" and not (big and m in ("full", "mobillm-gguf"))]
+    methods = args.methods.split(",") if args.methods else default_methods
+    if args.quick:
+        batches, lengths = [16], [128]
+    else:
+        batches = [int(b) for b in (args.batches or "8,16,32").split(",")]
+        lengths = [int(t) for t in (args.lengths or ("64" if big else "64,128,256")).split(",")]
+    out = args.out or results_dir("memory" if not big else f"memory-{args.model}")
+    steps = 1 if big else 3
+    sources = {m: "smollm2-135m" if m == "mobillm-gguf" else str(device_checkpoint(args.model, _weights(m))) for m in methods}
+    rows = []
+    for length in lengths:
+        for batch in batches:
+            for method in methods:
+                cmd = [sys.executable, "-m", "mobillm.bench.memory", "--one", args.model, method, str(batch), str(length),
+                       str(steps), sources[method]]
+                done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+                if done.returncode:
+                    raise SystemExit(f"{method} B={batch} T={length} failed:\n{done.stderr[-3000:]}")
+                rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                r = rows[-1]
+                print(f"{method:13s} B={batch:3d} T={length:3d} peak {r['peak_mib']:7.0f} MiB (imports "
+                      f"{r['rss_after_imports_mib']:.0f}, after load {r['rss_after_load_mib']:.0f})  "
+                      f"{r['seconds_per_sample']:.4f} s/sample", flush=True)
+    write_rows(out, rows, machine=machine(), model=args.model)
+    _table(rows)
+    _plot(rows, methods, out / "memory.png", args.model)
+
+
+def _table(rows: list[dict]) -> None:
+    """Markdown: peak and s/sample per method, and the ratio to LoRA in the same (batch, length)."""
+    lora = {(r["batch"], r["length"]): r for r in rows if r["method"] == "lora"}
+    print("\n| method | B | T | peak MiB | ÷ LoRA peak | s/sample | ÷ LoRA s/sample |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        base = lora.get((r["batch"], r["length"]))
+        peak = f"{r['peak_mib'] / base['peak_mib']:.3f}" if base else "—"
+        speed = f"{r['seconds_per_sample'] / base['seconds_per_sample']:.2f}" if base else "—"
+        print(f"| {r['method']} | {r['batch']} | {r['length']} | {r['peak_mib']:.0f} | {peak} | "
+              f"{r['seconds_per_sample']:.4f} | {speed} |")
+
+
+def _plot(rows: list[dict], methods: list[str], path: Path, model: str) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    length = 128 if any(r["length"] == 128 for r in rows) else rows[0]["length"]
+    for method in methods:
+        pts = [(r["batch"], r["peak_mib"]) for r in rows if r["method"] == method and r["length"] == length]
+        ax.plot(*zip(*pts), marker="o", label=method)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("device peak memory (MiB)")
+    ax.set_yscale("log")
+    ax.set_title(f"{model}, sequence length {length}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""The backbones the benchmarks load: device checkpoints made once per (model, weight format), in a process
+of their own so that the conversion's memory never counts against the process being measured."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from mobillm.bench.io import results_dir
+
+#: Benchmark model names -> what ``mobillm convert --model`` reads; ``opt-1.3b`` is built here, random.
+MODELS = {"smollm2-135m": "smollm2-135m", "opt-1.3b": None}
+
+
+def opt_1_3b():
+    """OPT-1.3B's shape with random weights (memory only: no accuracy is read from it)."""
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    config = OPTConfig(hidden_size=2048, num_hidden_layers=24, ffn_dim=8192, num_attention_heads=32, vocab_size=50272,
+                       max_position_embeddings=2048, word_embed_proj_dim=2048, dropout=0.0, attention_dropout=0.0)
+    return OPTForCausalLM(config).eval().requires_grad_(False)
+
+
+def device_checkpoint(model: str, weights: str) -> Path:
+    """``results/checkpoints/MODEL-WEIGHTS``, converted on first use."""
+    if model not in MODELS:
+        raise SystemExit(f"unknown benchmark model {model!r}: choose {', '.join(MODELS)}")
+    path = results_dir("checkpoints") / f"{model}-{weights}"
+    if not (path / "device_weights.json").is_file():
+        print(f"converting {model} to {weights} device weights in {path} …", flush=True)
+        subprocess.run([sys.executable, "-m", "mobillm.bench.models", model, weights, str(path)], check=True)
+    return path
+
+
+def _convert(model: str, weights: str, path: str) -> None:
+    from mobillm.backbone import load_pretrained
+    from mobillm.device.weights import save_device_model
+
+    backbone, tokenizer = load_pretrained(MODELS[model]) if MODELS[model] else (opt_1_3b(), None)
+    save_device_model(backbone, tokenizer, path, weights, source=model)
+
+
+if __name__ == "__main__":
+    _convert(*sys.argv[1:4])

@@ -1,0 +1,73 @@
+"""The benchmarks' own machinery: the shaped link's rate, and one memory measurement on a tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+from conftest import save_tiny_model
+
+from mobillm.bench.link import CHUNK, TokenBucket, serve_link
+
+
+def test_token_bucket_paces_to_its_rate():
+    bucket = TokenBucket(rate=1000.0, burst=100)
+    assert bucket.delay(100, now=0.0) == 0.0  # the burst is there at once
+    assert bucket.delay(500, now=0.0) == pytest.approx(0.5)  # then 500 bytes take 0.5 s
+    assert bucket.delay(100, now=10.0) == 0.0  # refilled, but never beyond the burst
+    assert bucket.delay(150, now=10.0) == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="positive"):
+        TokenBucket(0)
+
+
+def test_shaped_link_forwards_everything_at_the_set_rate():
+    """1 MB through a 40 Mbps (5 MB/s) link arrives whole and takes at least (1 MB - burst) / rate."""
+    payload = bytes(range(256)) * 4096
+    received = bytearray()
+
+    async def scenario() -> float:
+        async def sink(reader, writer):
+            while data := await reader.read(1 << 16):
+                received.extend(data)
+            writer.close()
+
+        target = await asyncio.start_server(sink, "127.0.0.1", 0)
+        target_port = target.sockets[0].getsockname()[1]
+        ready = asyncio.Event()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            link_port = s.getsockname()[1]
+        link = asyncio.create_task(serve_link(link_port, target_port, 40, ready=ready.set))
+        await ready.wait()
+        _, writer = await asyncio.open_connection("127.0.0.1", link_port)
+        started = time.perf_counter()
+        writer.write(payload)
+        await writer.drain()
+        writer.close()
+        while len(received) < len(payload):
+            await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        link.cancel()
+        target.close()
+        return elapsed
+
+    elapsed = asyncio.run(scenario())
+    assert bytes(received) == payload
+    assert elapsed >= (len(payload) - CHUNK) / 5e6 * 0.95
+    assert elapsed < 5.0  # and not absurdly slower than the rate
+
+
+def test_memory_measurement_of_an_int8_device(tmp_path):
+    from mobillm.backbone import load_pretrained
+    from mobillm.bench.memory import measure
+    from mobillm.device.weights import save_device_model
+
+    model, tokenizer = load_pretrained(str(save_tiny_model(tmp_path / "tiny")))
+    save_device_model(model, tokenizer, tmp_path / "int8", "int8", source="tiny")
+    row = measure("tiny", "mobillm-int8", batch=2, length=8, steps=1, source=str(tmp_path / "int8"))
+    assert row["weights"] == "int8" and row["batch"] == 2
+    assert row["peak_mib"] >= row["rss_after_load_mib"] >= row["rss_after_imports_mib"] > 0
+    assert row["seconds_per_sample"] > 0
+
