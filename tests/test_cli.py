@@ -70,6 +70,14 @@ def test_bench_rejects_unknown_names():
     assert result.exit_code == 2 and "only --quick" in result.output
 
 
+def test_bench_help_reaches_the_benchmark(capsys):
+    """`mobillm bench NAME --help` shows that benchmark's own options (argparse), `bench --help` the command's."""
+    result = runner.invoke(app, ["bench", "memory", "--help"])
+    assert result.exit_code == 0 and "--batches" in capsys.readouterr().out + result.output
+    result = runner.invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0 and "--quick" in result.output and "--batches" not in result.output
+
+
 def test_the_server_without_ray_never_imports_ray(tmp_path):
     """Ray is an optional extra: the in-process server (the default) must not even import it."""
     code = (

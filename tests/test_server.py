@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import subprocess
 import sys
@@ -182,6 +183,35 @@ def test_device_epochs_resends_every_epoch_and_the_cache_replays_otherwise(toy_t
                                           batch_size=8, seed=0, pivot=True, device_epochs=device_epochs))
         assert frame.header.step == 2 * batches  # two epochs trained either way
         assert stats.forward.samples == 64 * device_epochs  # ... but the device computed them once with the cache
+
+
+def test_idle_replays_spend_the_servers_waits_on_batches_it_holds(toy_task, tmp_path, monkeypatch):
+    """A slow device leaves the server waiting; with idle_replays=2 it trains again on batches already received,
+    each at most twice and only after its own live step, and the step count still follows the device's batches."""
+    from mobillm.server.job import Job
+
+    forward, train_on, trained = TappedBackbone.forward, Job._train_on, []
+
+    def slow_forward(self, *args, **kwargs):
+        time.sleep(0.05)
+        return forward(self, *args, **kwargs)
+
+    def recorded(self, seq, replay=False):
+        trained.append((seq, replay))
+        return train_on(self, seq, replay)
+
+    monkeypatch.setattr(TappedBackbone, "forward", slow_forward)
+    monkeypatch.setattr(Job, "_train_on", recorded)
+    server = ThreadServer(SessionManager(tmp_path / "jobs"), window=4)
+    hello, backbone, codec, batcher, data = device_setup(*toy_task, max_train=64)
+    config = TrainConfig(method="side", epochs=1, batch_size=8, idle_replays=2)
+    frame, _ = asyncio.run(stream(f"ws://127.0.0.1:{server.port}", hello.model_copy(update={"train_config": config.model_dump()}),
+                                  backbone, codec, batcher, data.train, data.validation, batch_size=8, seed=0, pivot=True))
+    live = [seq for seq, replay in trained if not replay]
+    replays = collections.Counter(seq for seq, replay in trained if replay)
+    assert len(live) == 64 // 8 and frame.header.step == 64 // 8  # replays are not steps of the schedule
+    assert replays and max(replays.values()) <= 2
+    assert all(trained.index((seq, False)) < trained.index((seq, True)) for seq in replays)
 
 
 def test_server_refuses_an_unknown_codec_in_the_hello(toy_task, tmp_path):

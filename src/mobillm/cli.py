@@ -41,6 +41,8 @@ BatchSize = Annotated[int, typer.Option(help="samples per batch")]
 Schedule = Annotated[str, typer.Option(help="constant | linear | cosine")]
 Patience = Annotated[int, typer.Option(help="validations without gain before early stopping")]
 EvalsPerEpoch = Annotated[int, typer.Option(help="validations per epoch")]
+IdleReplays = Annotated[int, typer.Option(
+    help="the server trains again on received batches, each up to N times, while it waits for the device's next one")]
 MaxLength = Annotated[int, typer.Option(help="max tokens per example; longer ones are truncated (counted)")]
 MaxTrain = Annotated[Optional[int], typer.Option(help="seeded subset of the training split")]
 MaxEval = Annotated[Optional[int], typer.Option(help="cap on validation samples; test is never capped")]
@@ -245,7 +247,7 @@ def token_create(
 def _device(args: dict) -> dict:
     from mobillm.device.job import DeviceOptions, run_device
 
-    config = _train_config(args, "evals_per_epoch", method="side")
+    config = _train_config(args, "evals_per_epoch", "idle_replays", method="side")
     return run_device(DeviceOptions(**args), config)
 
 
@@ -261,7 +263,7 @@ def device(
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
-    device_epochs: DeviceEpochs = 1, seed: Seed = 0, output_dir: OutputDir = Path("runs/device"),
+    device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, output_dir: OutputDir = Path("runs/device"),
     token: Annotated[Optional[str], typer.Option(envvar="MOBILLM_TOKEN", help="the job's token (or $MOBILLM_TOKEN)")] = None,
     cafile: Annotated[Optional[str], typer.Option(help="CA certificate(s) to verify a wss:// server")] = None,
 ) -> None:
@@ -301,7 +303,7 @@ def finetune(
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
-    device_epochs: DeviceEpochs = 1, seed: Seed = 0, output_dir: OutputDir = Path("runs/finetune"),
+    device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, output_dir: OutputDir = Path("runs/finetune"),
 ) -> None:
     """Server and device on this machine: starts `mobillm serve` as a separate process, runs the device, stops it."""
     args = dict(locals())
@@ -475,7 +477,8 @@ def convert(
 BENCHMARKS = ("memory", "codecs", "bandwidth", "convergence", "profile")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+# --help goes through to the benchmark (its own argparse help); `mobillm bench --help` prints this command's.
+@app.command(add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help=f"{' | '.join(BENCHMARKS)} | all")],
@@ -484,6 +487,9 @@ def bench(
     """Run a benchmark (results under results/NAME); extra options go to it — `mobillm bench NAME --help`."""
     import importlib
 
+    if name in ("--help", "-h") or (name == "all" and {"--help", "-h"} & set(ctx.args)):
+        console.print(ctx.get_help())
+        return
     names = BENCHMARKS if name == "all" else (name,)
     if name not in (*BENCHMARKS, "all"):
         _fail(MobillmError(f"unknown benchmark {name!r}: choose {', '.join(BENCHMARKS)} or all"))

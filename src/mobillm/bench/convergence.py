@@ -6,12 +6,14 @@ paper's convergence figure), SST-2 test accuracy, 4,000 training samples.
 - mobillm: ``mobillm serve`` and a 60 Mbps shaped link on one core, ``mobillm device`` on the other, one thread
   each (``mobillm.bench.split``); the time axis is the server's wall clock from the first training batch's
   arrival. ``cache``: the device sends one epoch and the server replays the rest; ``no cache``: the device
-  re-sends every epoch (``--device-epochs`` = epochs, the paper's MobiLLM).
+  re-sends every epoch (``--device-epochs`` = epochs, the paper's MobiLLM); ``replay``: the cache, and the
+  server spends its waits for the device's next batch training again on the batches it holds, each up to
+  ``--idle-replays`` times (``mobillm device --idle-replays``).
 
 Every run validates on all 872 SST-2 test sentences, ``--evals-per-epoch`` times an epoch. Two targets:
 (a) the lower of the two methods' best accuracies minus 1 point, (b) LoRA's best minus 1 point.
 
-    mobillm bench convergence [--quick] [--train-samples 4000] [--mbps 60]
+    mobillm bench convergence [--quick] [--train-samples 4000] [--mbps 60] [--methods lora,cache,replay]
 
 Writes results/convergence/{results.json,results.csv,convergence.png}.
 """
@@ -25,6 +27,9 @@ from mobillm.bench.io import machine, pyplot, require_sst2, results_dir, write_r
 from mobillm.bench.split import run_lora, run_split, sst2_as
 
 TEST_SAMPLES = 872
+#: --methods name -> (curve label, device epochs: None = all of them, idle replays: None = --idle-replays)
+SPLIT_METHODS = {"cache": ("mobillm, cache", 1, 0), "no-cache": ("mobillm, no cache", None, 0),
+                 "replay": ("mobillm, cache + idle replays", 1, None)}
 
 
 def _first(curve: list[tuple[float, float]], target: float) -> float | None:
@@ -40,8 +45,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--side-epochs", type=int, default=3)
     parser.add_argument("--lora-epochs", type=int, default=1)
     parser.add_argument("--evals-per-epoch", type=int, default=4)
+    parser.add_argument("--idle-replays", type=int, default=4, help="for the replay method (default 4)")
+    parser.add_argument("--methods", default="lora," + ",".join(SPLIT_METHODS),
+                        help=f"comma-separated: lora (always run: the targets are LoRA's) and any of {','.join(SPLIT_METHODS)}")
     parser.add_argument("--out", type=Path, default=results_dir("convergence"))
     args = parser.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m and m != "lora"]
+    if unknown := set(methods) - set(SPLIT_METHODS):
+        parser.error(f"unknown methods {sorted(unknown)}: choose from lora,{','.join(SPLIT_METHODS)}")
     if args.quick:
         args.train_samples, args.evals_per_epoch = 300, 1
     data = sst2_as(args.out / "data", require_sst2(), validation="test", test_rows=16)
@@ -53,9 +64,11 @@ def main(argv: list[str] | None = None) -> None:
     curves["LoRA (device)"] = [(seconds[h["step"]], h["val_accuracy"]) for h in summary["history"]]
     summaries["LoRA (device)"] = summary
     print(f"LoRA: best {100 * max(a for _, a in curves['LoRA (device)']):.2f}% after {max(seconds.values()):.0f} s of training", flush=True)
-    for name, device_epochs in (("mobillm, cache", 1), ("mobillm, no cache", args.side_epochs)):
-        run = run_split(args.out / name.replace(", ", "-").replace(" ", "_"), data, args.mbps, epochs=args.side_epochs,
-                        device_epochs=device_epochs, evals_per_epoch=args.evals_per_epoch, **common)
+    for method in methods:
+        name, device_epochs, replays = SPLIT_METHODS[method]
+        run = run_split(args.out / method, data, args.mbps, epochs=args.side_epochs,
+                        device_epochs=device_epochs or args.side_epochs, evals_per_epoch=args.evals_per_epoch,
+                        extra=("--idle-replays", str(args.idle_replays if replays is None else replays)), **common)
         curves[name] = [(v["seconds"], v["val_accuracy"]) for v in run.validations()]
         summaries[name] = run.device_summary
         print(f"{name}: best {100 * max(a for _, a in curves[name]):.2f}% in {curves[name][-1][0]:.0f} s", flush=True)

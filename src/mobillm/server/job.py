@@ -2,11 +2,13 @@
 
 Batches arrive on the event loop and are acked as soon as they are validated and cached; training runs on a
 thread of its own, so the device never waits for a training step (design §1). Epochs after the device's
-last one replay from the cache.
+last one replay from the cache; with ``idle_replays`` the training thread also spends the waits between the
+device's batches on the batches already received.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import queue
@@ -85,6 +87,8 @@ class Job:
         self.bytes_received = 0
         self.samples_received = {"train": 0, "eval": 0}
         self.samples_trained = 0
+        self.replay_steps = 0
+        self._replayable: collections.deque[tuple[int, int]] = collections.deque()  # (seq, times replayed)
         self.step_seconds = Durations()
         self.progress = progress
         self.last_loss: float | None = None
@@ -249,8 +253,23 @@ class Job:
 
     def _live(self):
         """Batches of a device epoch as they arrive, until the device says that epoch is done."""
-        while (seq := self._incoming.get()) is not _DONE:
+        self._replayable.clear()
+        while (seq := self._next_live()) is not _DONE:
+            if self.config.idle_replays:
+                self._replayable.append((seq, 0))
             yield seq
+
+    def _next_live(self):
+        """The next queued batch; while none is queued, replay received ones (round robin, oldest first)."""
+        while self._replayable:
+            try:
+                return self._incoming.get_nowait()
+            except queue.Empty:
+                seq, times = self._replayable.popleft()
+                self._train_on(seq, replay=True)
+                if times + 1 < self.config.idle_replays:
+                    self._replayable.append((seq, times + 1))
+        return self._incoming.get()
 
     def _batches(self, epoch: int):
         if epoch < len(self.train_seqs):
@@ -259,13 +278,16 @@ class Job:
         random.Random(self.config.seed * 1000 + epoch).shuffle(seqs)
         return iter(seqs)
 
-    def _train_on(self, seq: int) -> float:
+    def _train_on(self, seq: int, replay: bool = False) -> float:
         started = time.perf_counter()
         groups, t, extra = self._load(seq)
-        loss = self.trainer.train_batch(groups, t["labels"], *extra)
+        loss = self.trainer.train_batch(groups, t["labels"], *extra, replay=replay)
         self.step_seconds.observe(time.perf_counter() - started)  # the whole step: cache read, decode, train
-        self.last_loss = loss
-        self.samples_trained += len(t["labels"])
+        if replay:
+            self.replay_steps += 1
+        else:
+            self.last_loss = loss
+            self.samples_trained += len(t["labels"])
         return loss
 
     @torch.no_grad()
@@ -287,7 +309,7 @@ class Job:
 
     def _on_step(self, step: int, loss: float) -> None:
         self.metrics.write(
-            step=step, loss=loss, samples_trained=self.samples_trained,
+            step=step, loss=loss, samples_trained=self.samples_trained, replay_steps=self.replay_steps,
             samples_per_s=self.samples_trained / self.elapsed(),
             bytes_received=self.bytes_received, cache_memory_bytes=self.cache.memory_bytes,
             cache_disk_bytes=self.cache.disk_bytes, server_peak_memory_bytes=peak_rss_bytes(),

@@ -32,6 +32,9 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0)
     patience: int = Field(3, ge=1, description="evaluations without a validation gain before stopping")
     evals_per_epoch: int = Field(1, ge=1)
+    idle_replays: int = Field(
+        0, ge=0, description="server: while it waits for the device's next batch, train again on the batches of the "
+        "live epoch received so far, each up to this many times (0: never; depends on timing, so not reproducible)")
     seed: int = 0
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)

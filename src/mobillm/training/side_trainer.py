@@ -39,17 +39,21 @@ class SideTrainer:
         attention_mask: torch.Tensor | None = None,
         last_index: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
+        replay: bool = False,
     ) -> float:
+        """One optimizer step. A ``replay`` step (a batch trained on again while the server waits) leaves the
+        learning-rate schedule and the step count where they are: those follow the device's batches."""
         acts = self.activations(taps)
         self.side.train()
         loss = train_step(
             lambda: side_loss(self.side, self.head, acts, labels, attention_mask, last_index, loss_mask),
             self.params,
             self.optimizer,
-            self.scheduler,
+            None if replay else self.scheduler,
             self.config.max_grad_norm,
         )
-        self.step_count += 1
+        if not replay:
+            self.step_count += 1
         return loss
 
     def snapshot(self) -> dict[str, torch.Tensor]:

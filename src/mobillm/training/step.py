@@ -31,13 +31,14 @@ def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float, t
 
 
 def train_step(loss_fn: Callable[[], torch.Tensor], params: list[nn.Parameter], optimizer, scheduler, max_grad_norm: float) -> float:
-    """Forward via ``loss_fn``, backward, clip, step. Returns the loss."""
+    """Forward via ``loss_fn``, backward, clip, step (the schedule too, unless ``scheduler`` is None). Returns the loss."""
     optimizer.zero_grad(set_to_none=True)
     loss = loss_fn()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
-    scheduler.step()
+    if scheduler is not None:
+        scheduler.step()
     return float(loss.detach())
 
 
