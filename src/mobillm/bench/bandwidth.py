@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mobillm.bench.io import machine, pyplot, require_sst2, results_dir, write_rows
+from mobillm.bench.io import machine, plot_lines, require_sst2, results_dir, write_rows
 from mobillm.bench.split import run_split, sst2_as
 
 
@@ -82,16 +82,9 @@ def main(argv: list[str] | None = None) -> None:
         to_target = f"{r['seconds_to_target']:.1f}" if r["seconds_to_target"] is not None else "not reached"
         print(f"| {r['batch']} | {r['mbps']:g} | {r['epoch_seconds']:.1f} | {100 * r['device_idle_fraction']:.1f}% | "
               f"{r['link_seconds_per_sample']:.4f} | {r['device_seconds_per_sample']:.4f} | {to_target} | {100 * r['best_val_accuracy']:.2f}% |")
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for (batch, mbps), points in curves.items():
-        ax.plot(*zip(*points), marker=".", label=f"B={batch}, {mbps:g} Mbps")
-    ax.axhline(target, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("seconds since the first training batch reached the server")
-    ax.set_ylabel("validation accuracy")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(args.out / "bandwidth.png", dpi=120)
+    plot_lines(args.out / "bandwidth.png", {f"B={b}, {mbps:g} Mbps": points for (b, mbps), points in curves.items()},
+               "seconds since the first training batch reached the server", "validation accuracy", hline=target,
+               legend_size=7)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mobillm.bench.io import machine, pyplot, require_sst2, results_dir, write_rows
+from mobillm.bench.io import machine, plot_lines, require_sst2, results_dir, write_rows
 from mobillm.bench.split import run_lora, run_split, sst2_as
 
 TEST_SAMPLES = 872
@@ -101,15 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {r['method']} | {100 * r['best_test_accuracy']:.2f}% | {100 * r['target_a']:.2f}% | {fmt(r['seconds_to_a'])} | "
               f"{fmt(r['lora_seconds_to_a'])} | {fmt(r['speedup_a'], '{:.2f}×')} | {100 * r['target_b']:.2f}% | "
               f"{fmt(r['seconds_to_b'])} | {fmt(r['speedup_b'], '{:.2f}×')} |")
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for name, curve in curves.items():
-        ax.plot(*zip(*curve), marker=".", label=name)
-    ax.set_xlabel("seconds (LoRA: its training steps; mobillm: server wall clock)")
-    ax.set_ylabel("SST-2 test accuracy")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(args.out / "convergence.png", dpi=120)
+    plot_lines(args.out / "convergence.png", curves, "seconds (LoRA: its training steps; mobillm: server wall clock)",
+               "SST-2 test accuracy")
 
 
 if __name__ == "__main__":

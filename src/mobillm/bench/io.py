@@ -58,3 +58,24 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def plot_lines(path: Path, lines: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, *,
+               hline: float | None = None, log_y: bool = False, title: str | None = None, legend_size: int = 8) -> None:
+    """One PNG of labelled (x, y) series: the benchmarks' curves, all drawn alike."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for label, points in lines.items():
+        ax.plot(*zip(*points), marker=".", label=label)
+    if hline is not None:
+        ax.axhline(hline, color="grey", linestyle=":", linewidth=1)
+    if log_y:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from mobillm.bench.io import machine, pyplot, results_dir, write_rows
+from mobillm.bench.io import machine, plot_lines, results_dir, write_rows
 
 METHODS = ("mobillm-gguf", "mobillm", "mobillm-int8", "mobillm-nf4", "side-local", "lora", "bitfit", "full")
 
@@ -159,19 +159,10 @@ def _table(rows: list[dict]) -> None:
 
 
 def _plot(rows: list[dict], methods: list[str], path: Path, model: str) -> None:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
     length = 128 if any(r["length"] == 128 for r in rows) else rows[0]["length"]
-    for method in methods:
-        pts = [(r["batch"], r["peak_mib"]) for r in rows if r["method"] == method and r["length"] == length]
-        ax.plot(*zip(*pts), marker="o", label=method)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("device peak memory (MiB)")
-    ax.set_yscale("log")
-    ax.set_title(f"{model}, sequence length {length}")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    lines = {m: [(r["batch"], r["peak_mib"]) for r in rows if r["method"] == m and r["length"] == length] for m in methods}
+    plot_lines(path, lines, "batch size", "device peak memory (MiB)", log_y=True, title=f"{model}, sequence length {length}",
+               legend_size=7)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from mobillm.ports import free_port, wait_listening
 
 DEVICE_CORE, SERVER_CORE = 0, 1
 
@@ -29,25 +29,6 @@ def _env() -> dict:
 def _pinned(core: int):
     cores = sorted(os.sched_getaffinity(0))
     return lambda: os.sched_setaffinity(0, {cores[core % len(cores)]})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[:4]} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout:.0f} s")
 
 
 def jsonl(path: Path) -> list[dict]:
@@ -86,7 +67,7 @@ def run_split(out: Path, data: Path, mbps: float, *, train_samples: int, eval_sa
     """``mobillm serve`` (core 1) ← shaped link at ``mbps`` (core 1) ← ``mobillm device`` (core 0)."""
     shutil.rmtree(out, ignore_errors=True)  # metrics files append: a previous run's lines must not mix in
     out.mkdir(parents=True)
-    server_port, link_port = _free_port(), _free_port()
+    server_port, link_port = free_port(), free_port()
     py = [sys.executable, "-m"]
     with (out / "server.log").open("w") as log:
         server = subprocess.Popen([*py, "mobillm", "serve", "--no-auth", "--port", str(server_port), "--jobs-dir",
@@ -95,8 +76,8 @@ def run_split(out: Path, data: Path, mbps: float, *, train_samples: int, eval_sa
         link = subprocess.Popen([*py, "mobillm.bench.link", str(link_port), str(server_port), str(mbps)],
                                 stdout=subprocess.DEVNULL, env=_env(), preexec_fn=_pinned(SERVER_CORE))
         try:
-            _wait_port(server_port, server)
-            _wait_port(link_port, link)
+            wait_listening(server_port, server)
+            wait_listening(link_port, link)
             cmd = [*py, "mobillm", "device", "--server", f"ws://127.0.0.1:{link_port}", "--job", "bench", "--data", str(data),
                    "--max-train-samples", str(train_samples), "--max-eval-samples", str(eval_samples),
                    "--batch-size", str(batch_size), "--epochs", str(epochs), "--device-epochs", str(device_epochs),
