@@ -10,8 +10,9 @@ paper's convergence figure), SST-2 test accuracy, 4,000 training samples.
   server spends its waits for the device's next batch training again on the batches it holds, each up to
   ``--idle-replays`` times (``mobillm device --idle-replays``).
 
-Every run validates on all 872 SST-2 test sentences, ``--evals-per-epoch`` times an epoch. Two targets:
-(a) the lower of the two methods' best accuracies minus 1 point, (b) LoRA's best minus 1 point.
+Every run validates on the SST-2 test sentences (all 872; ``--test-samples``), ``--evals-per-epoch`` times an
+epoch. Two targets: (a) the lower of the two methods' best accuracies minus 1 point, (b) LoRA's best minus 1
+point.
 
     mobillm bench convergence [--quick] [--train-samples 4000] [--mbps 60] [--methods lora,cache,replay]
 
@@ -39,12 +40,13 @@ def _first(curve: list[tuple[float, float]], target: float) -> float | None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mobillm bench convergence", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="300 samples, one validation per epoch")
+    parser.add_argument("--quick", action="store_true", help="300 training and 300 test sentences, one validation per epoch")
     parser.add_argument("--train-samples", type=int, default=4000)
     parser.add_argument("--mbps", type=float, default=60)
     parser.add_argument("--side-epochs", type=int, default=3)
     parser.add_argument("--lora-epochs", type=int, default=1)
     parser.add_argument("--evals-per-epoch", type=int, default=4)
+    parser.add_argument("--test-samples", type=int, default=TEST_SAMPLES, help="test sentences each validation scores (all 872)")
     parser.add_argument("--idle-replays", type=int, default=4, help="for the replay method (default 4)")
     parser.add_argument("--methods", default="lora," + ",".join(SPLIT_METHODS),
                         help=f"comma-separated: lora (always run: the targets are LoRA's) and any of {','.join(SPLIT_METHODS)}")
@@ -54,9 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown := set(methods) - set(SPLIT_METHODS):
         parser.error(f"unknown methods {sorted(unknown)}: choose from lora,{','.join(SPLIT_METHODS)}")
     if args.quick:
-        args.train_samples, args.evals_per_epoch = 300, 1
+        args.train_samples, args.evals_per_epoch, args.test_samples = 300, 1, 300
     data = sst2_as(args.out / "data", require_sst2(), validation="test", test_rows=16)
-    common = dict(train_samples=args.train_samples, eval_samples=TEST_SAMPLES, batch_size=16)
+    common = dict(train_samples=args.train_samples, eval_samples=args.test_samples, batch_size=16)
     curves, summaries = {}, {}
 
     summary, metrics = run_lora(args.out / "lora", data, epochs=args.lora_epochs, evals_per_epoch=args.evals_per_epoch, **common)
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
             r[f"speedup_{key}"] = lora / mine if mine and lora else None
     write_rows(args.out, rows, machine=machine(), train_samples=args.train_samples, mbps=args.mbps,
                curves={k: v for k, v in curves.items()})
-    print(f"\nmachine: {machine()}; {args.train_samples} training samples, {args.mbps:g} Mbps, SST-2 test ({TEST_SAMPLES})\n")
+    print(f"\nmachine: {machine()}; {args.train_samples} training samples, {args.mbps:g} Mbps, SST-2 test ({args.test_samples})\n")
     print("| method | best test acc | target (a) | s to (a) | LoRA s to (a) | speed-up (a) | target (b) | s to (b) | speed-up (b) |")
     print("|---|---|---|---|---|---|---|---|---|")
     fmt = lambda x, f="{:.0f}": "not reached" if x is None else f.format(x)  # noqa: E731
