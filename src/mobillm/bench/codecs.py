@@ -12,7 +12,7 @@ and trains with the ``nf4`` codec.
     mobillm bench codecs [--quick] [--train-samples 2000] [--codecs none,fp16,…] [--weights fp32,int8,nf4]
     python benchmarks/codecs.py ...                                                # the same
 
-``--quick``: 400 training / 200 validation samples (test stays whole). Writes results/codecs/{results.json,
+``--quick``: 400 training / 200 validation / the first 300 test samples. Writes results/codecs/{results.json,
 results.csv,codecs.png}.
 """
 
@@ -31,13 +31,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--train-samples", type=int, default=2000)
     parser.add_argument("--eval-samples", type=int, default=1000)
+    parser.add_argument("--test-samples", type=int, default=None, help="the first N test sentences (default: all 872)")
     parser.add_argument("--codecs", default="none,fp16,bf16,fp8,int8,fp4,nf4")
     parser.add_argument("--weights", default="fp32,int8,nf4", help="device backbone weight formats (nf4 codec)")
     parser.add_argument("--block", default="attention")
     parser.add_argument("--out", type=Path, default=results_dir("codecs"))
     args = parser.parse_args(argv)
     if args.quick:
-        args.train_samples, args.eval_samples = 400, 200
+        args.train_samples, args.eval_samples, args.test_samples = 400, 200, 300
     sst2 = require_sst2()
 
     from mobillm.backbone import FrozenHead, load_pretrained
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     options = TaskOptions(data=str(sst2), codec="none", block=args.block, max_train_samples=args.train_samples,
                           max_eval_samples=args.eval_samples)
     task = prepare_task(options, seed=0)
+    task.data.test = task.data.test[: args.test_samples]
     raw, config = get_codec("none"), TrainConfig(method="side")
 
     def tap(model) -> dict:
