@@ -31,7 +31,7 @@ from mobillm.bench.split import run_split, sst2_as
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mobillm bench bandwidth", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="300 samples, batch 20 only")
+    parser.add_argument("--quick", action="store_true", help="200 samples, batch 20, 10 and 100 Mbps")
     parser.add_argument("--train-samples", type=int, default=1000)
     parser.add_argument("--eval-samples", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=2)
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=results_dir("bandwidth"))
     args = parser.parse_args(argv)
     if args.quick:
-        args.train_samples, args.batches = 300, "20"
+        args.train_samples, args.batches, args.mbps = 200, "20", "10,100"
     data = sst2_as(args.out / "data", require_sst2(), validation="dev", test_rows=16)
     rows, curves = [], {}
     for batch in (int(b) for b in args.batches.split(",")):

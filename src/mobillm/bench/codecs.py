@@ -12,7 +12,7 @@ and trains with the ``nf4`` codec.
     mobillm bench codecs [--quick] [--train-samples 2000] [--codecs none,fp16,…] [--weights fp32,int8,nf4]
     python benchmarks/codecs.py ...                                                # the same
 
-``--quick``: 400 training / 200 validation / the first 300 test samples. Writes results/codecs/{results.json,
+``--quick``: 400 training / 200 validation / the first 300 test samples, fp32 and int8 weights. Writes results/codecs/{results.json,
 results.csv,codecs.png}.
 """
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=results_dir("codecs"))
     args = parser.parse_args(argv)
     if args.quick:
-        args.train_samples, args.eval_samples, args.test_samples = 400, 200, 300
+        args.train_samples, args.eval_samples, args.test_samples, args.weights = 400, 200, 300, "fp32,int8"
     sst2 = require_sst2()
 
     from mobillm.backbone import FrozenHead, load_pretrained

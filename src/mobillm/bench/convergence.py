@@ -40,7 +40,7 @@ def _first(curve: list[tuple[float, float]], target: float) -> float | None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mobillm bench convergence", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="300 training and 300 test sentences, one validation per epoch")
+    parser.add_argument("--quick", action="store_true", help="200 training and 200 test sentences, one validation per epoch")
     parser.add_argument("--train-samples", type=int, default=4000)
     parser.add_argument("--mbps", type=float, default=60)
     parser.add_argument("--side-epochs", type=int, default=3)
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown := set(methods) - set(SPLIT_METHODS):
         parser.error(f"unknown methods {sorted(unknown)}: choose from lora,{','.join(SPLIT_METHODS)}")
     if args.quick:
-        args.train_samples, args.evals_per_epoch, args.test_samples = 300, 1, 300
+        args.train_samples, args.evals_per_epoch, args.test_samples = 200, 1, 200
     data = sst2_as(args.out / "data", require_sst2(), validation="test", test_rows=16)
     common = dict(train_samples=args.train_samples, eval_samples=args.test_samples, batch_size=16)
     curves, summaries = {}, {}
