@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import pytest
 from conftest import save_tiny_model
 
 from mobillm.bench.link import CHUNK, TokenBucket, serve_link
+from mobillm.ports import free_port
 
 
 def test_token_bucket_paces_to_its_rate():
@@ -36,9 +36,7 @@ def test_shaped_link_forwards_everything_at_the_set_rate():
         target = await asyncio.start_server(sink, "127.0.0.1", 0)
         target_port = target.sockets[0].getsockname()[1]
         ready = asyncio.Event()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            link_port = s.getsockname()[1]
+        link_port = free_port()
         link = asyncio.create_task(serve_link(link_port, target_port, 40, ready=ready.set))
         await ready.wait()
         _, writer = await asyncio.open_connection("127.0.0.1", link_port)

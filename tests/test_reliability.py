@@ -9,6 +9,7 @@ import threading
 import torch
 
 from mobillm.device.client import stream
+from mobillm.ports import free_port
 from mobillm.server.manager import SessionManager
 from mobillm.training.config import TrainConfig
 from test_server import ThreadServer, device_setup
@@ -99,7 +100,6 @@ def _serve(jobs_dir, port: int):
 def test_a_server_killed_mid_training_resumes_from_its_checkpoint(toy_task, tmp_path):
     import json
     import signal
-    import socket
     import time
 
     from mobillm.server.auth import TokenStore
@@ -116,9 +116,7 @@ def test_a_server_killed_mid_training_resumes_from_its_checkpoint(toy_task, tmp_
             pivot=True, token=tokens.create(job), reconnects=120, backoff=0.25,
         ))
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     jobs = tmp_path / "jobs"
     tokens = TokenStore(jobs)
     server = _serve(jobs, port)

@@ -12,8 +12,8 @@ and trains with the ``nf4`` codec.
     mobillm bench codecs [--quick] [--train-samples 2000] [--codecs none,fp16,…] [--weights fp32,int8,nf4]
     python benchmarks/codecs.py ...                                                # the same
 
-``--quick``: 400 training / 200 validation / the first 300 test samples, fp32 and int8 weights. Writes results/codecs/{results.json,
-results.csv,codecs.png}.
+``--quick``: 400 training / 200 validation / the first 300 test samples, fp32 and int8 weights. Writes
+results/codecs/{results.json,results.csv,codecs.png}.
 """
 
 from __future__ import annotations
