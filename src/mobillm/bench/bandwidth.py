@@ -25,6 +25,7 @@ import argparse
 from pathlib import Path
 
 from mobillm.bench.io import machine, plot_lines, require_sst2, results_dir, write_rows
+from mobillm.bench.models import device_checkpoint
 from mobillm.bench.split import run_split, sst2_as
 
 
@@ -43,10 +44,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.train_samples, args.batches, args.mbps = 200, "20", "10,100"
     data = sst2_as(args.out / "data", require_sst2(), validation="dev", test_rows=16)
+    model = str(device_checkpoint("smollm2-135m", "fp32"))
     rows, curves = [], {}
     for batch in (int(b) for b in args.batches.split(",")):
         for mbps in (float(m) for m in args.mbps.split(",")):
-            run = run_split(args.out / f"b{batch}-{mbps:g}mbps", data, mbps, train_samples=args.train_samples,
+            run = run_split(args.out / f"b{batch}-{mbps:g}mbps", data, model, mbps, train_samples=args.train_samples,
                             eval_samples=args.eval_samples, batch_size=batch, epochs=args.epochs, device_epochs=1,
                             evals_per_epoch=2)
             sent = [r for r in run.device_metrics if "forward_seconds" in r and "time" in r]

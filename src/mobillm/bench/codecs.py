@@ -2,17 +2,18 @@
 and the accuracy cost of quantizing the device's backbone weights (int8/nf4: the side network is trained on
 what the quantized backbone produces).
 
-One device pass taps the raw (fp32) activations of the same 2,000 training / 1,000 validation / 872 test
-samples; each codec then encodes and decodes those taps exactly as the device and the server would (the codecs
-work token by token, so this equals tapping with the codec) and a side network is trained on them with the
-same ``fit_side`` as ``mobillm train --method side``. Same samples, seed and side network for every codec.
-Each ``--weights`` format other than fp32 taps again through that device checkpoint (``mobillm convert``)
+One device pass through the fp32 device checkpoint (the GGUF file's weights dequantised once, ``mobillm
+convert --weights fp32``) taps the raw (fp32) activations of the same 2,000 training / 1,000 validation / 872
+test samples; each codec then encodes and decodes those taps exactly as the device and the server would (the
+codecs work token by token, so this equals tapping with the codec) and a side network is trained on them with
+the same ``fit_side`` as ``mobillm train --method side``. Same samples, seed and side network for every codec.
+Each ``--weights`` format other than fp32 taps again through its own device checkpoint (``mobillm convert``)
 and trains with the ``nf4`` codec.
 
     mobillm bench codecs [--quick] [--train-samples 2000] [--codecs none,fp16,…] [--weights fp32,int8,nf4]
     python benchmarks/codecs.py ...                                                # the same
 
-``--quick``: 400 training / 200 validation / the first 300 test samples, fp32 and int8 weights. Writes
+``--quick``: 300 training / 100 validation / the first 200 test samples, fp32 and int8 weights. Writes
 results/codecs/{results.json,results.csv,codecs.png}.
 """
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=results_dir("codecs"))
     args = parser.parse_args(argv)
     if args.quick:
-        args.train_samples, args.eval_samples, args.test_samples, args.weights = 400, 200, 300, "fp32,int8"
+        args.train_samples, args.eval_samples, args.test_samples, args.weights = 300, 100, 200, "fp32,int8"
     sst2 = require_sst2()
 
     from mobillm.backbone import FrozenHead, load_pretrained
@@ -50,8 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     from mobillm.training.local import fit_side
     from mobillm.wire.codecs import encoded_nbytes, expected_nbytes, get_codec
 
-    options = TaskOptions(data=str(sst2), codec="none", block=args.block, max_train_samples=args.train_samples,
-                          max_eval_samples=args.eval_samples)
+    options = TaskOptions(model=str(device_checkpoint("smollm2-135m", "fp32")), data=str(sst2), codec="none",
+                          block=args.block, max_train_samples=args.train_samples, max_eval_samples=args.eval_samples)
     task = prepare_task(options, seed=0)
     task.data.test = task.data.test[: args.test_samples]
     raw, config = get_codec("none"), TrainConfig(method="side")

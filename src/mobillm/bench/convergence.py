@@ -25,6 +25,7 @@ import argparse
 from pathlib import Path
 
 from mobillm.bench.io import machine, plot_lines, require_sst2, results_dir, write_rows
+from mobillm.bench.models import device_checkpoint
 from mobillm.bench.split import run_lora, run_split, sst2_as
 
 TEST_SAMPLES = 872
@@ -40,7 +41,8 @@ def _first(curve: list[tuple[float, float]], target: float) -> float | None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mobillm bench convergence", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="200 training and 200 test sentences, one validation per epoch")
+    parser.add_argument("--quick", action="store_true",
+                        help="200 training and 100 test sentences, one validation per epoch, methods lora,cache,no-cache")
     parser.add_argument("--train-samples", type=int, default=4000)
     parser.add_argument("--mbps", type=float, default=60)
     parser.add_argument("--side-epochs", type=int, default=3)
@@ -48,27 +50,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--evals-per-epoch", type=int, default=4)
     parser.add_argument("--test-samples", type=int, default=TEST_SAMPLES, help="test sentences each validation scores (all 872)")
     parser.add_argument("--idle-replays", type=int, default=4, help="for the replay method (default 4)")
-    parser.add_argument("--methods", default="lora," + ",".join(SPLIT_METHODS),
-                        help=f"comma-separated: lora (always run: the targets are LoRA's) and any of {','.join(SPLIT_METHODS)}")
+    parser.add_argument("--methods", default=None,
+                        help=f"comma-separated: lora (always run: the targets are LoRA's) and any of {','.join(SPLIT_METHODS)} "
+                             "(default: all)")
     parser.add_argument("--out", type=Path, default=results_dir("convergence"))
     args = parser.parse_args(argv)
-    methods = [m for m in args.methods.split(",") if m and m != "lora"]
+    if args.quick:
+        args.train_samples, args.evals_per_epoch, args.test_samples = 200, 1, 100
+        args.methods = args.methods or "lora,cache,no-cache"  # the targets' rows; replay is a fourth split run
+    methods = [m for m in (args.methods or ",".join(SPLIT_METHODS)).split(",") if m and m != "lora"]
     if unknown := set(methods) - set(SPLIT_METHODS):
         parser.error(f"unknown methods {sorted(unknown)}: choose from lora,{','.join(SPLIT_METHODS)}")
-    if args.quick:
-        args.train_samples, args.evals_per_epoch, args.test_samples = 200, 1, 200
     data = sst2_as(args.out / "data", require_sst2(), validation="test", test_rows=16)
+    model = str(device_checkpoint("smollm2-135m", "fp32"))
     common = dict(train_samples=args.train_samples, eval_samples=args.test_samples, batch_size=16)
     curves, summaries = {}, {}
 
-    summary, metrics = run_lora(args.out / "lora", data, epochs=args.lora_epochs, evals_per_epoch=args.evals_per_epoch, **common)
+    summary, metrics = run_lora(args.out / "lora", data, model, epochs=args.lora_epochs, evals_per_epoch=args.evals_per_epoch, **common)
     seconds = {r["step"]: r["train_seconds"] for r in metrics if "train_seconds" in r}
     curves["LoRA (device)"] = [(seconds[h["step"]], h["val_accuracy"]) for h in summary["history"]]
     summaries["LoRA (device)"] = summary
     print(f"LoRA: best {100 * max(a for _, a in curves['LoRA (device)']):.2f}% after {max(seconds.values()):.0f} s of training", flush=True)
     for method in methods:
         name, device_epochs, replays = SPLIT_METHODS[method]
-        run = run_split(args.out / method, data, args.mbps, epochs=args.side_epochs,
+        run = run_split(args.out / method, data, model, args.mbps, epochs=args.side_epochs,
                         device_epochs=device_epochs or args.side_epochs, evals_per_epoch=args.evals_per_epoch,
                         extra=("--idle-replays", str(args.idle_replays if replays is None else replays)), **common)
         curves[name] = [(v["seconds"], v["val_accuracy"]) for v in run.validations()]

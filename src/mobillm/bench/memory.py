@@ -11,10 +11,11 @@ process of its own). Random token ids of the given length. VmHWM counts the whol
     mobillm bench memory [--quick] [--model smollm2-135m|opt-1.3b]
     python benchmarks/memory.py ...                                 # the same
 
-``--quick``: batch 16, length 128 only. ``opt-1.3b`` (random weights, memory only): one step per
-configuration, length 64, no ``full`` (fp32 weights + gradients + two AdamW moments = 20.8 GB before any
-activation, more than the 24 GB machine can hold with them). Writes results/memory[-MODEL]/{results.json,
-results.csv,memory.png}; the process also reports VmRSS after the imports and after the load.
+``--quick``: batch 16, length 128 only, one timed step after the warm-up step (full: three). ``opt-1.3b``
+(random weights, memory only): one step per configuration, no warm-up, length 64, no ``full`` (fp32 weights +
+gradients + two AdamW moments = 20.8 GB before any activation, more than the 24 GB machine can hold with
+them). Writes results/memory[-MODEL]/{results.json,results.csv,memory.png}; the process also reports VmRSS
+after the imports and after the load.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _weights(method: str) -> str:
     return method.rpartition("-")[2] if method.startswith("mobillm-") and method != "mobillm-gguf" else "fp32"
 
 
-def measure(model_name: str, method: str, batch: int, length: int, steps: int, source: str) -> dict:
+def measure(model_name: str, method: str, batch: int, length: int, warmup: bool, steps: int, source: str) -> dict:
     import torch
 
     from mobillm.backbone import FrozenHead, default_shortcuts, load_pretrained
@@ -88,8 +89,8 @@ def measure(model_name: str, method: str, batch: int, length: int, steps: int, s
             loss.backward()
             optimizer.step()
 
-    if steps > 1:
-        step()  # warm-up
+    if warmup:
+        step()
     start = time.perf_counter()
     for _ in range(steps):
         step()
@@ -108,11 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 8,16,32)")
     parser.add_argument("--lengths", default=None, help="comma-separated lengths (default 64,128,256; opt-1.3b: 64)")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--one", nargs=6, help=argparse.SUPPRESS)  # internal: model method batch length steps source
+    parser.add_argument("--one", nargs=7, help=argparse.SUPPRESS)  # internal: model method batch length warmup steps source
     args = parser.parse_args(argv)
     if args.one:
-        model, method, batch, length, steps, source = args.one
-        print(json.dumps(measure(model, method, int(batch), int(length), int(steps), source)))
+        model, method, batch, length, warmup, steps, source = args.one
+        print(json.dumps(measure(model, method, int(batch), int(length), warmup == "1", int(steps), source)))
         return
     from mobillm.bench.models import device_checkpoint
 
@@ -125,14 +126,14 @@ def main(argv: list[str] | None = None) -> None:
         batches = [int(b) for b in (args.batches or "8,16,32").split(",")]
         lengths = [int(t) for t in (args.lengths or ("64" if big else "64,128,256")).split(",")]
     out = args.out or results_dir("memory" if not big else f"memory-{args.model}")
-    steps = 1 if big else 3
+    warmup, steps = not big, 1 if big or args.quick else 3  # timed steps, after one untimed warm-up step
     sources = {m: "smollm2-135m" if m == "mobillm-gguf" else str(device_checkpoint(args.model, _weights(m))) for m in methods}
     rows = []
     for length in lengths:
         for batch in batches:
             for method in methods:
                 cmd = [sys.executable, "-m", "mobillm.bench.memory", "--one", args.model, method, str(batch), str(length),
-                       str(steps), sources[method]]
+                       str(int(warmup)), str(steps), sources[method]]
                 done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
                 if done.returncode:
                     raise SystemExit(f"{method} B={batch} T={length} failed:\n{done.stderr[-3000:]}")

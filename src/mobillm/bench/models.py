@@ -3,6 +3,7 @@ of their own so that the conversion's memory never counts against the process be
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,8 @@ def device_checkpoint(model: str, weights: str) -> Path:
     path = results_dir("checkpoints") / f"{model}-{weights}"
     if not (path / "device_weights.json").is_file():
         print(f"converting {model} to {weights} device weights in {path} …", flush=True)
-        subprocess.run([sys.executable, "-m", "mobillm.bench.models", model, weights, str(path)], check=True)
+        subprocess.run([sys.executable, "-m", "mobillm.bench.models", model, weights, str(path)], check=True,
+                       env={**os.environ, "TQDM_DISABLE": "1"})  # transformers' GGUF bar, in every log
     return path
 
 

@@ -3,8 +3,11 @@ and the LoRA baseline on the device, each process pinned to its own core with on
 
 Pinning (``os.sched_setaffinity``) keeps the device and the server from taking each other's core, which is
 what a phone and a GPU box would not do; on a 2-core machine the device gets core 0, the server and the link
-core 1. Time axes come from the runs' own ``metrics.jsonl`` (wall-clock ``time`` of each validation on the
-server; the baseline's summed training-step seconds), never from this process.
+core 1. Every process loads ``model``; the benchmarks pass SmolLM2's fp32 device checkpoint
+(``mobillm.bench.models.device_checkpoint``: the GGUF file's weights de-quantised once), so that no run spends
+the ~20 s transformers' GGUF loader takes to parse the file before training starts. Time axes come from the
+runs' own ``metrics.jsonl`` (wall-clock ``time`` of each validation on the server; the baseline's summed
+training-step seconds), never from this process.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ class SplitRun:
         return [{**r, "seconds": r["time"] - vals[0]["time"]} for r in vals]
 
 
-def run_split(out: Path, data: Path, mbps: float, *, train_samples: int, eval_samples: int, batch_size: int,
+def run_split(out: Path, data: Path, model: str, mbps: float, *, train_samples: int, eval_samples: int, batch_size: int,
               epochs: int, device_epochs: int, evals_per_epoch: int, extra: tuple[str, ...] = ()) -> SplitRun:
     """``mobillm serve`` (core 1) ← shaped link at ``mbps`` (core 1) ← ``mobillm device`` (core 0)."""
     shutil.rmtree(out, ignore_errors=True)  # metrics files append: a previous run's lines must not mix in
@@ -78,7 +81,7 @@ def run_split(out: Path, data: Path, mbps: float, *, train_samples: int, eval_sa
         try:
             wait_listening(server_port, server)
             wait_listening(link_port, link)
-            cmd = [*py, "mobillm", "device", "--server", f"ws://127.0.0.1:{link_port}", "--job", "bench", "--data", str(data),
+            cmd = [*py, "mobillm", "device", "--server", f"ws://127.0.0.1:{link_port}", "--job", "bench", "--model", model, "--data", str(data),
                    "--max-train-samples", str(train_samples), "--max-eval-samples", str(eval_samples),
                    "--batch-size", str(batch_size), "--epochs", str(epochs), "--device-epochs", str(device_epochs),
                    "--evals-per-epoch", str(evals_per_epoch), "--patience", "1000", "--output-dir", str(out / "device"), *extra]
@@ -93,11 +96,11 @@ def run_split(out: Path, data: Path, mbps: float, *, train_samples: int, eval_sa
                     jsonl(out / "jobs" / "bench" / "metrics.jsonl"))
 
 
-def run_lora(out: Path, data: Path, *, train_samples: int, eval_samples: int, batch_size: int, epochs: int,
+def run_lora(out: Path, data: Path, model: str, *, train_samples: int, eval_samples: int, batch_size: int, epochs: int,
              evals_per_epoch: int) -> tuple[dict, list[dict]]:
     """``mobillm train --method lora`` on the device's core; returns (summary, metrics lines)."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "mobillm", "train", "--method", "lora", "--data", str(data), "--max-train-samples",
+    cmd = [sys.executable, "-m", "mobillm", "train", "--method", "lora", "--model", model, "--data", str(data), "--max-train-samples",
            str(train_samples), "--max-eval-samples", str(eval_samples), "--batch-size", str(batch_size),
            "--epochs", str(epochs), "--evals-per-epoch", str(evals_per_epoch), "--patience", "1000", "--output-dir", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), preexec_fn=_pinned(DEVICE_CORE))
