@@ -64,7 +64,7 @@ def test_memory_measurement_of_an_int8_device(tmp_path):
 
     model, tokenizer = load_pretrained(str(save_tiny_model(tmp_path / "tiny")))
     save_device_model(model, tokenizer, tmp_path / "int8", "int8", source="tiny")
-    row = measure("tiny", "mobillm-int8", batch=2, length=8, steps=1, source=str(tmp_path / "int8"))
+    row = measure("tiny", "mobillm-int8", batch=2, length=8, warmup=True, steps=1, source=str(tmp_path / "int8"))
     assert row["weights"] == "int8" and row["batch"] == 2
     assert row["peak_mib"] >= row["rss_after_load_mib"] >= row["rss_after_imports_mib"] > 0
     assert row["seconds_per_sample"] > 0
