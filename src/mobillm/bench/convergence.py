@@ -14,7 +14,7 @@ Every run validates on the SST-2 test sentences (all 872; ``--test-samples``), `
 epoch. Two targets: (a) the lower of the two methods' best accuracies minus 1 point, (b) LoRA's best minus 1
 point.
 
-    mobillm bench convergence [--quick] [--train-samples 4000] [--mbps 60] [--methods lora,cache,replay]
+    mobillm bench convergence [--quick] [--train-samples 4000] [--mbps 60] [--methods lora,cache,no-cache,replay]
 
 Writes results/convergence/{results.json,results.csv,convergence.png}.
 """
