@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         batches = [int(b) for b in (args.batches or "8,16,32").split(",")]
         lengths = [int(t) for t in (args.lengths or ("64" if big else "64,128,256")).split(",")]
     out = args.out or results_dir("memory" if not big else f"memory-{args.model}")
-    warmup, steps = not big, 1 if big or args.quick else 3  # timed steps, after one untimed warm-up step
+    warmup, steps = not big, 1 if big or args.quick else 3  # untimed warm-up step (not for opt-1.3b), timed steps
     sources = {m: "smollm2-135m" if m == "mobillm-gguf" else str(device_checkpoint(args.model, _weights(m))) for m in methods}
     rows = []
     for length in lengths:
