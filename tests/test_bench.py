@@ -1,4 +1,4 @@
-"""The benchmarks' own machinery: the shaped link's rate, and one memory measurement on a tiny model."""
+"""The benchmarks' own machinery: the shaped link's rate, one memory measurement on a tiny model, the codecs table."""
 
 from __future__ import annotations
 
@@ -69,3 +69,23 @@ def test_memory_measurement_of_an_int8_device(tmp_path):
     assert row["peak_mib"] >= row["rss_after_load_mib"] >= row["rss_after_imports_mib"] > 0
     assert row["seconds_per_sample"] > 0
 
+
+
+def test_codecs_table_compares_each_seed_with_its_own_none_and_summarises_over_seeds(tmp_path, capsys):
+    from mobillm.bench.codecs import _plot, _table
+
+    def row(codec, seed, acc):
+        return {"weights": "fp32", "codec": codec, "seed": seed, "test_accuracy": acc, "best_val_accuracy": acc,
+                "bytes_per_sample": {"none": 400.0, "fp16": 200.0, "nf4": 56.0}[codec], "pivot_bytes_per_sample": 5.6,
+                "mean_padded_length": 10.0}
+
+    rows = [row("none", 0, 0.80), row("fp16", 0, 0.81), row("nf4", 0, 0.78),
+            row("none", 1, 0.84), row("fp16", 1, 0.83), row("nf4", 1, 0.84)]
+    _table(rows, "attention")
+    out = capsys.readouterr().out
+    assert "| fp32 | nf4 | 0 | 78.00% | -2.00 |" in out  # against seed 0's none, not seed 1's
+    assert "| fp32 | nf4 | 1 | 84.00% | +0.00 |" in out
+    assert "| fp32 | nf4 | 2 | 81.00% | 78.00–84.00% | -1.00 |" in out  # mean 81 against none's mean 82
+    assert "| 0.28 |" in out  # nf4 bytes ÷ fp16 bytes
+    _plot(rows, tmp_path / "codecs.png")
+    assert (tmp_path / "codecs.png").stat().st_size > 1000

@@ -6,11 +6,14 @@ One device pass through the fp32 device checkpoint (the GGUF file's weights dequ
 convert --weights fp32``) taps the raw (fp32) activations of the same 2,000 training / 1,000 validation / 872
 test samples; each codec then encodes and decodes those taps exactly as the device and the server would (the
 codecs work token by token, so this equals tapping with the codec) and a side network is trained on them with
-the same ``fit_side`` as ``mobillm train --method side``. Same samples, seed and side network for every codec.
+the same ``fit_side`` as ``mobillm train --method side``. Same samples, seeds and side network for every codec;
+``--seeds 0,1,2`` trains each codec once per seed and reports the mean and spread, since one seed's noise on
+872 test sentences is as large as the differences between codecs.
 Each ``--weights`` format other than fp32 taps again through its own device checkpoint (``mobillm convert``)
 and trains with the ``nf4`` codec.
 
     mobillm bench codecs [--quick] [--train-samples 2000] [--codecs none,fp16,…] [--weights fp32,int8,nf4]
+                         [--seeds 0]
     python benchmarks/codecs.py ...                                                # the same
 
 ``--quick``: 300 training / 100 validation / the first 200 test samples, fp32 and int8 weights. Writes
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from statistics import mean
 
 from mobillm.bench.io import machine, pyplot, require_sst2, results_dir, write_rows
 
@@ -36,6 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--codecs", default="none,fp16,bf16,fp8,int8,fp4,nf4")
     parser.add_argument("--weights", default="fp32,int8,nf4", help="device backbone weight formats (nf4 codec)")
     parser.add_argument("--block", default="attention")
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated side-network seeds (initialisation and epoch order); the same taps for each, "
+                             "and with more than one the table adds each codec's mean and spread: one seed's noise is "
+                             "the size of the differences between codecs")
     parser.add_argument("--out", type=Path, default=results_dir("codecs"))
     args = parser.parse_args(argv)
     if args.quick:
@@ -55,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
                           block=args.block, max_train_samples=args.train_samples, max_eval_samples=args.eval_samples)
     task = prepare_task(options, seed=0)
     task.data.test = task.data.test[: args.test_samples]
-    raw, config = get_codec("none"), TrainConfig(method="side")
+    raw = get_codec("none")
+    seeds = [int(x) for x in args.seeds.split(",")]
 
     def tap(model) -> dict:
         backbone, pivot = TappedBackbone(model, task.side_config.shortcuts), task.side_config.pivot_only
@@ -68,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"device pass: {time.perf_counter() - started:.0f} s", flush=True)
         return splits
 
-    def train(splits: dict, name: str, head) -> dict:
+    def train(splits: dict, name: str, head, seed: int) -> dict:
         codec = get_codec(name)
 
         def recode(items):
@@ -81,11 +90,12 @@ def main(argv: list[str] | None = None) -> None:
         hidden, layers = task.side_config.hidden_size, len(task.side_config.shortcuts)
         pivot = sum(layers * expected_nbytes(name, (len(item.batch), hidden)) + item.batch.labels.nbytes for item in train)
         length = sum(item.batch.input_ids.shape[1] * len(item.batch) for item in train) / n
+        config = TrainConfig(method="side", seed=seed)
         result = fit_side(task.side_config.model_copy(update={"codec": name}), head, config, train, val, test)
-        row = {"codec": name, "test_accuracy": result["test"]["accuracy"], "best_val_accuracy": result["best_val_accuracy"],
+        row = {"codec": name, "seed": seed, "test_accuracy": result["test"]["accuracy"], "best_val_accuracy": result["best_val_accuracy"],
                "best_epoch": result["best_epoch"], "bytes_per_sample": nbytes / n, "pivot_bytes_per_sample": pivot / n,
                "mean_padded_length": length, "zero_shot_test": result["zero_shot_test"]["accuracy"]}
-        print(f"{name:5s} test {100 * row['test_accuracy']:.2f}%  val {100 * row['best_val_accuracy']:.2f}%  "
+        print(f"{name:5s} seed {seed}  test {100 * row['test_accuracy']:.2f}%  val {100 * row['best_val_accuracy']:.2f}%  "
               f"{row['bytes_per_sample']:,.0f} B/sample", flush=True)
         return row
 
@@ -93,38 +103,58 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     if "fp32" in weights:
         splits = tap(task.model)
-        rows += [{"weights": "fp32", **train(splits, name, FrozenHead.from_model(task.model))} for name in args.codecs.split(",")]
+        head = FrozenHead.from_model(task.model)
+        rows += [{"weights": "fp32", **train(splits, name, head, seed)} for seed in seeds for name in args.codecs.split(",")]
     for fmt in (w for w in weights if w != "fp32"):
         model, _ = load_pretrained(str(device_checkpoint("smollm2-135m", fmt)))
-        rows.append({"weights": fmt, **train(tap(model), "nf4", FrozenHead.from_model(model))})
+        splits, head = tap(model), FrozenHead.from_model(model)
+        rows += [{"weights": fmt, **train(splits, "nf4", head, seed)} for seed in seeds]
     write_rows(args.out, rows, machine=machine(), block=args.block, train_samples=args.train_samples)
     _table(rows, args.block)
     _plot(rows, args.out / "codecs.png")
 
 
 def _table(rows: list[dict], block: str) -> None:
-    base = {r["codec"]: r for r in rows if r["weights"] == "fp32"}
+    base = {(r["codec"], r["seed"]): r for r in rows if r["weights"] == "fp32"}
+    fp16 = next((r["bytes_per_sample"] for r in rows if r["codec"] == "fp16" and r["weights"] == "fp32"), None)
     print(f"\nmachine: {machine()}; block {block}\n")
-    print("| weights | codec | test acc | Δ vs none | best val | bytes / sample | × fp16 | pivot-only ÷ all positions × T |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| weights | codec | seed | test acc | Δ vs none | best val | bytes / sample | × fp16 | pivot-only ÷ all positions × T |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        delta = f"{100 * (r['test_accuracy'] - base['none']['test_accuracy']):+.2f}" if "none" in base else "—"
-        ratio = f"{r['bytes_per_sample'] / base['fp16']['bytes_per_sample']:.2f}" if "fp16" in base else "—"
+        none = base.get(("none", r["seed"]))
+        delta = f"{100 * (r['test_accuracy'] - none['test_accuracy']):+.2f}" if none else "—"
+        ratio = f"{r['bytes_per_sample'] / fp16:.2f}" if fp16 else "—"
         pivot = r["pivot_bytes_per_sample"] / r["bytes_per_sample"] * r["mean_padded_length"]
-        print(f"| {r['weights']} | {r['codec']} | {100 * r['test_accuracy']:.2f}% | {delta} | {100 * r['best_val_accuracy']:.2f}% | "
-              f"{r['bytes_per_sample']:,.0f} | {ratio} | {pivot:.2f} |")
+        print(f"| {r['weights']} | {r['codec']} | {r['seed']} | {100 * r['test_accuracy']:.2f}% | {delta} | "
+              f"{100 * r['best_val_accuracy']:.2f}% | {r['bytes_per_sample']:,.0f} | {ratio} | {pivot:.2f} |")
+    groups = _by_codec(rows)
+    if any(len(accs) > 1 for accs in groups.values()):
+        none = groups.get(("fp32", "none"))
+        print("\n| weights | codec | seeds | mean test acc | min–max | Δ mean vs none |\n|---|---|---|---|---|---|")
+        for (weights, codec), accs in groups.items():
+            delta = f"{100 * (mean(accs) - mean(none)):+.2f}" if none else "—"
+            print(f"| {weights} | {codec} | {len(accs)} | {100 * mean(accs):.2f}% | {100 * min(accs):.2f}–{100 * max(accs):.2f}% | {delta} |")
+
+
+def _by_codec(rows: list[dict]) -> dict[tuple[str, str], list[float]]:
+    """Test accuracies per (weights, codec), over the seeds."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["weights"], r["codec"]), []).append(r["test_accuracy"])
+    return groups
 
 
 def _plot(rows: list[dict], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    ax.scatter([r["bytes_per_sample"] / 1000 for r in rows], [100 * r["test_accuracy"] for r in rows])
-    for r in rows:
-        label = r["codec"] if r["weights"] == "fp32" else f"{r['codec']}, {r['weights']} weights"
-        ax.annotate(label, (r["bytes_per_sample"] / 1000, 100 * r["test_accuracy"]), fontsize=8)
+    nbytes = {(r["weights"], r["codec"]): r["bytes_per_sample"] / 1000 for r in rows}
+    for (weights, codec), accs in _by_codec(rows).items():
+        x, y = nbytes[weights, codec], 100 * mean(accs)
+        ax.errorbar([x], [y], yerr=[[y - 100 * min(accs)], [100 * max(accs) - y]], fmt="o", color="C0", capsize=3)
+        ax.annotate(codec if weights == "fp32" else f"{codec}, {weights} weights", (x, y), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("kB per training sample on the wire")
-    ax.set_ylabel("SST-2 test accuracy (%)")
+    ax.set_ylabel("SST-2 test accuracy (%; mean, min–max over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
