@@ -148,13 +148,16 @@ def _plot(rows: list[dict], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     nbytes = {(r["weights"], r["codec"]): r["bytes_per_sample"] / 1000 for r in rows}
-    for (weights, codec), accs in _by_codec(rows).items():
+    groups = _by_codec(rows)
+    if (seeds := max(len(accs) for accs in groups.values())) > 1:
+        ax.set_title(f"mean and min–max over {seeds} side-network seeds", fontsize=9)
+    for (weights, codec), accs in groups.items():
         x, y = nbytes[weights, codec], 100 * mean(accs)
         ax.errorbar([x], [y], yerr=[[y - 100 * min(accs)], [100 * max(accs) - y]], fmt="o", color="C0", capsize=3)
         ax.annotate(codec if weights == "fp32" else f"{codec}, {weights} weights", (x, y), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("kB per training sample on the wire")
-    ax.set_ylabel("SST-2 test accuracy (%; mean, min–max over seeds)")
+    ax.set_ylabel("SST-2 test accuracy (%)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
