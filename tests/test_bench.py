@@ -89,3 +89,11 @@ def test_codecs_table_compares_each_seed_with_its_own_none_and_summarises_over_s
     assert "| 0.28 |" in out  # nf4 bytes ÷ fp16 bytes
     _plot(rows, tmp_path / "codecs.png")
     assert (tmp_path / "codecs.png").stat().st_size > 1000
+
+
+def test_codecs_rejects_seeds_that_are_not_integers(capsys):
+    from mobillm.bench.codecs import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--seeds", "0,one"])
+    assert exc.value.code == 2 and "--seeds takes comma-separated integers" in capsys.readouterr().err

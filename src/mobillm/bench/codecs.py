@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> None:
                              "the size of the differences between codecs")
     parser.add_argument("--out", type=Path, default=results_dir("codecs"))
     args = parser.parse_args(argv)
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers such as 0,1,2, not {args.seeds!r}")
     if args.quick:
         args.train_samples, args.eval_samples, args.test_samples, args.weights = 300, 100, 200, "fp32,int8"
     sst2 = require_sst2()
@@ -64,7 +68,6 @@ def main(argv: list[str] | None = None) -> None:
     task = prepare_task(options, seed=0)
     task.data.test = task.data.test[: args.test_samples]
     raw = get_codec("none")
-    seeds = [int(x) for x in args.seeds.split(",")]
 
     def tap(model) -> dict:
         backbone, pivot = TappedBackbone(model, task.side_config.shortcuts), task.side_config.pivot_only
