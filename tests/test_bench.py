@@ -70,7 +70,6 @@ def test_memory_measurement_of_an_int8_device(tmp_path):
     assert row["seconds_per_sample"] > 0
 
 
-
 def test_codecs_table_compares_each_seed_with_its_own_none_and_summarises_over_seeds(tmp_path, capsys):
     from mobillm.bench.codecs import _plot, _table
 
@@ -96,4 +95,19 @@ def test_codecs_rejects_seeds_that_are_not_integers(capsys):
 
     with pytest.raises(SystemExit) as exc:
         main(["--seeds", "0,one"])
-    assert exc.value.code == 2 and "--seeds takes comma-separated integers" in capsys.readouterr().err
+    assert exc.value.code == 2 and "argument --seeds: takes comma-separated integers" in capsys.readouterr().err
+
+
+def test_number_list_parses_and_rejects_comma_separated_numbers():
+    import argparse
+
+    from mobillm.bench.io import number_list
+
+    assert number_list(int)("8,16,32") == [8, 16, 32]
+    assert number_list(float)("10,60.5") == [10.0, 60.5]
+    with pytest.raises(argparse.ArgumentTypeError, match="comma-separated integers"):
+        number_list(int)("8,x")
+    with pytest.raises(SystemExit):  # a usage error of the benchmark's CLI, before any work
+        from mobillm.bench.memory import main
+
+        main(["--batches", "8,sixteen"])

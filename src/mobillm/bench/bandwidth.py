@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mobillm.bench.io import machine, plot_lines, require_sst2, results_dir, write_rows
+from mobillm.bench.io import machine, number_list, plot_lines, require_sst2, results_dir, write_rows
 from mobillm.bench.models import device_checkpoint
 from mobillm.bench.split import run_split, sst2_as
 
@@ -36,18 +36,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-samples", type=int, default=1000)
     parser.add_argument("--eval-samples", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--mbps", default="10,60,100")
-    parser.add_argument("--batches", default="12,20,30")
+    parser.add_argument("--mbps", default="10,60,100", type=number_list(float))
+    parser.add_argument("--batches", default="12,20,30", type=number_list(int))
     parser.add_argument("--target", type=float, default=None, help="validation accuracy to reach (default: see above)")
     parser.add_argument("--out", type=Path, default=results_dir("bandwidth"))
     args = parser.parse_args(argv)
     if args.quick:
-        args.train_samples, args.batches, args.mbps = 200, "20", "10,100"
+        args.train_samples, args.batches, args.mbps = 200, [20], [10.0, 100.0]
     data = sst2_as(args.out / "data", require_sst2(), validation="dev", test_rows=16)
     model = str(device_checkpoint("smollm2-135m", "fp32"))
     rows, curves = [], {}
-    for batch in (int(b) for b in args.batches.split(",")):
-        for mbps in (float(m) for m in args.mbps.split(",")):
+    for batch in args.batches:
+        for mbps in args.mbps:
             run = run_split(args.out / f"b{batch}-{mbps:g}mbps", data, model, mbps, train_samples=args.train_samples,
                             eval_samples=args.eval_samples, batch_size=batch, epochs=args.epochs, device_epochs=1,
                             evals_per_epoch=2)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from statistics import mean
 
-from mobillm.bench.io import machine, pyplot, require_sst2, results_dir, write_rows
+from mobillm.bench.io import machine, number_list, pyplot, require_sst2, results_dir, write_rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,16 +40,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--codecs", default="none,fp16,bf16,fp8,int8,fp4,nf4")
     parser.add_argument("--weights", default="fp32,int8,nf4", help="device backbone weight formats (nf4 codec)")
     parser.add_argument("--block", default="attention")
-    parser.add_argument("--seeds", default="0",
+    parser.add_argument("--seeds", default="0", type=number_list(int),
                         help="comma-separated side-network seeds (initialisation and epoch order); the same taps for each, "
                              "and with more than one the table adds each codec's mean and spread: one seed's noise is "
                              "the size of the differences between codecs")
     parser.add_argument("--out", type=Path, default=results_dir("codecs"))
     args = parser.parse_args(argv)
-    try:
-        seeds = [int(x) for x in args.seeds.split(",")]
-    except ValueError:
-        parser.error(f"--seeds takes comma-separated integers such as 0,1,2, not {args.seeds!r}")
     if args.quick:
         args.train_samples, args.eval_samples, args.test_samples, args.weights = 300, 100, 200, "fp32,int8"
     sst2 = require_sst2()
@@ -107,11 +103,11 @@ def main(argv: list[str] | None = None) -> None:
     if "fp32" in weights:
         splits = tap(task.model)
         head = FrozenHead.from_model(task.model)
-        rows += [{"weights": "fp32", **train(splits, name, head, seed)} for seed in seeds for name in args.codecs.split(",")]
+        rows += [{"weights": "fp32", **train(splits, name, head, seed)} for seed in args.seeds for name in args.codecs.split(",")]
     for fmt in (w for w in weights if w != "fp32"):
         model, _ = load_pretrained(str(device_checkpoint("smollm2-135m", fmt)))
         splits, head = tap(model), FrozenHead.from_model(model)
-        rows += [{"weights": fmt, **train(splits, "nf4", head, seed)} for seed in seeds]
+        rows += [{"weights": fmt, **train(splits, "nf4", head, seed)} for seed in args.seeds]
     write_rows(args.out, rows, machine=machine(), block=args.block, train_samples=args.train_samples)
     _table(rows, args.block)
     _plot(rows, args.out / "codecs.png")

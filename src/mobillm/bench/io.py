@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 #: The repository root when mobillm runs from a checkout (src/mobillm/bench/io.py -> four levels up).
 _CHECKOUT = Path(__file__).resolve().parents[3]
+
+
+def number_list(kind: type[int] | type[float]) -> Callable[[str], list]:
+    """An argparse ``type=`` for comma-separated numbers ("8,16,32"): a bad value is a usage error, not a traceback."""
+    noun = "integers" if kind is int else "numbers"
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes comma-separated {noun} such as 1,2,3, not {text!r}") from None
+
+    return parse
 
 
 def sst2_dir() -> Path:

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from mobillm.bench.io import machine, plot_lines, results_dir, write_rows
+from mobillm.bench.io import machine, number_list, plot_lines, results_dir, write_rows
 
 METHODS = ("mobillm-gguf", "mobillm", "mobillm-int8", "mobillm-nf4", "side-local", "lora", "bitfit", "full")
 
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--model", default="smollm2-135m", choices=("smollm2-135m", "opt-1.3b"))
     parser.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
-    parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 8,16,32)")
-    parser.add_argument("--lengths", default=None, help="comma-separated lengths (default 64,128,256; opt-1.3b: 64)")
+    parser.add_argument("--batches", default=None, type=number_list(int), help="comma-separated batch sizes (default 8,16,32)")
+    parser.add_argument("--lengths", default=None, type=number_list(int), help="comma-separated lengths (default 64,128,256; opt-1.3b: 64)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--one", nargs=7, help=argparse.SUPPRESS)  # internal: model method batch length warmup steps source
     args = parser.parse_args(argv)
@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         batches, lengths = [16], [128]
     else:
-        batches = [int(b) for b in (args.batches or "8,16,32").split(",")]
-        lengths = [int(t) for t in (args.lengths or ("64" if big else "64,128,256")).split(",")]
+        batches = args.batches or [8, 16, 32]
+        lengths = args.lengths or ([64] if big else [64, 128, 256])
     out = args.out or results_dir("memory" if not big else f"memory-{args.model}")
     warmup, steps = not big, 1 if big or args.quick else 3  # untimed warm-up step (not for opt-1.3b), timed steps
     sources = {m: "smollm2-135m" if m == "mobillm-gguf" else str(device_checkpoint(args.model, _weights(m))) for m in methods}
