@@ -43,7 +43,7 @@ def main() -> None:
     from mobillm.backbone import FrozenHead
     from mobillm.server.job import Job
     from mobillm.sidenet import SideConfig
-    from mobillm.training.config import TrainConfig
+    from mobillm.train_config import TrainConfig
     from mobillm.wire.messages import Hello
 
     side = SideConfig(hidden_size=H, num_backbone_layers=4, shortcuts=[2, 4], width=8, block="mlp", num_labels=LABELS,

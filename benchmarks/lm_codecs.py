@@ -34,7 +34,7 @@ def measure(codec: str, samples: int) -> dict:
     from mobillm.device.taps import TappedBackbone
     from mobillm.metrics import peak_rss_bytes
     from mobillm.sidenet import SideNetwork
-    from mobillm.task import TaskOptions, prepare_task
+    from mobillm.recipes.task import TaskOptions, prepare_task
     from mobillm.wire.codecs import get_codec
 
     task = prepare_task(TaskOptions(task="causal-lm", data=str(DATA), codec=codec, max_train_samples=1), seed=0)

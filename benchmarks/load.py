@@ -102,7 +102,7 @@ def tiny_jobs(scratch: Path, names: list[str], batches: int) -> tuple[list, list
     from mobillm.backbone import fingerprint, load_pretrained
     from mobillm.server.auth import TokenStore
     from mobillm.sidenet import SideConfig
-    from mobillm.training.config import TrainConfig
+    from mobillm.train_config import TrainConfig
     from mobillm.wire.messages import Hello
 
     model_dir = scratch / "model"

@@ -24,8 +24,8 @@ from mobillm.data import Batcher, default_template, load_dataset
 from mobillm.device.inference import TappedBatch, tap_examples
 from mobillm.device.taps import TappedBackbone
 from mobillm.sidenet import SideConfig
-from mobillm.training.config import TrainConfig
-from mobillm.training.local import fit_side
+from mobillm.train_config import TrainConfig
+from mobillm.recipes.local import fit_side
 from mobillm.wire.codecs import get_codec
 from mobillm.bench.io import write_rows
 

@@ -8,7 +8,6 @@ import torch
 from conftest import random_batch, tiny_model
 from mobillm.backbone import (
     FrozenHead,
-    ModelLoadError,
     decoder_layers,
     default_shortcuts,
     fingerprint,
@@ -17,7 +16,7 @@ from mobillm.backbone import (
     uniform_shortcuts,
 )
 from mobillm.device.taps import TappedBackbone, stack_taps
-from mobillm.exceptions import ConfigError
+from mobillm.exceptions import ConfigError, ModelLoadError
 
 
 def test_default_shortcuts_are_finer_towards_the_top():

@@ -60,7 +60,7 @@ def test_shaped_link_forwards_everything_at_the_set_rate():
 def test_memory_measurement_of_an_int8_device(tmp_path):
     from mobillm.backbone import load_pretrained
     from mobillm.bench.memory import measure
-    from mobillm.device.weights import save_device_model
+    from mobillm.backbone.weights import save_device_model
 
     model, tokenizer = load_pretrained(str(save_tiny_model(tmp_path / "tiny")))
     save_device_model(model, tokenizer, tmp_path / "int8", "int8", source="tiny")

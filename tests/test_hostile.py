@@ -19,7 +19,7 @@ from mobillm.backbone import FrozenHead
 from mobillm.exceptions import ProtocolError, WireError
 from mobillm.server.job import Job
 from mobillm.sidenet import SideConfig
-from mobillm.training.config import TrainConfig
+from mobillm.train_config import TrainConfig
 from mobillm.wire.codecs import get_codec
 from mobillm.wire.messages import Batch, Hello, decode_message, encode_message
 

@@ -19,7 +19,7 @@ import mobillm  # noqa: E402
 from mobillm.device.client import stream  # noqa: E402
 from mobillm.server.manager import SessionManager  # noqa: E402
 from mobillm.server.ray_manager import RayManager  # noqa: E402
-from mobillm.training.config import TrainConfig  # noqa: E402
+from mobillm.train_config import TrainConfig  # noqa: E402
 from test_reliability import CuttingProxy  # noqa: E402
 from test_server import ThreadServer, device_setup, start_server  # noqa: E402
 

@@ -11,7 +11,7 @@ import torch
 from mobillm.device.client import stream
 from mobillm.ports import free_port
 from mobillm.server.manager import SessionManager
-from mobillm.training.config import TrainConfig
+from mobillm.train_config import TrainConfig
 from test_server import ThreadServer, device_setup
 
 

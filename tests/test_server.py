@@ -21,7 +21,7 @@ from mobillm.server.app import Limits, run_server
 from mobillm.server.auth import TokenStore
 from mobillm.server.manager import SessionManager
 from mobillm.sidenet import SideConfig
-from mobillm.training.config import TrainConfig
+from mobillm.train_config import TrainConfig
 from mobillm.wire.codecs import get_codec
 from mobillm.wire.messages import Hello
 
@@ -86,7 +86,7 @@ def test_server_and_device_in_two_processes(toy_task, tmp_path):
     assert (tmp_path / "jobs" / "toy" / "side_network" / "side_network.safetensors").is_file()
 
     # The split run is the single-process run cut in two: same data order, seed and steps, same loss curve.
-    from mobillm.training.local import RunOptions, train
+    from mobillm.recipes.local import RunOptions, train
 
     local = train(
         RunOptions(model=model_dir, data=data_dir, codec="nf4", shortcuts="2,4", width=16, max_eval_samples=64, output_dir=tmp_path / "local"),

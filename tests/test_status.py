@@ -24,7 +24,7 @@ from mobillm.metrics import Curve
 from mobillm.server.auth import TokenStore
 from mobillm.server.manager import SessionManager
 from mobillm.server.status import STATUS_PATHS
-from mobillm.training.config import TrainConfig
+from mobillm.train_config import TrainConfig
 from mobillm.wire.messages import Batch, Done, GetSideNet, encode_message
 from test_security import _hello_then
 from test_server import ThreadServer, device_setup

@@ -9,7 +9,7 @@ import torch
 from conftest import random_batch, save_tiny_model, tiny_model
 
 from mobillm.backbone import fingerprint, load_pretrained
-from mobillm.device.weights import (
+from mobillm.backbone.weights import (
     META_NAME,
     Int8Embedding,
     Int8Linear,

@@ -107,7 +107,7 @@ TRAIN_OPTIONS = ("lr", "epochs", "batch_size", "schedule", "patience", "seed")
 
 def _train_config(args: dict, *extra: str, **fixed):
     """Move the training hyper-parameters out of a command's arguments into a TrainConfig."""
-    from mobillm.training.config import TrainConfig
+    from mobillm.train_config import TrainConfig
 
     return TrainConfig.parse({**{k: args.pop(k) for k in (*TRAIN_OPTIONS, *extra)}, **fixed})
 
@@ -129,8 +129,8 @@ def train(
 ) -> None:
     """Fine-tune in one process: side tuning (forward-only backbone) or an on-device PEFT baseline."""
     args = dict(locals())  # first: only the command's options
-    from mobillm.training.local import RunOptions
-    from mobillm.training.local import train as run_train
+    from mobillm.recipes.local import RunOptions
+    from mobillm.recipes.local import train as run_train
 
     _setup_logging()
     try:
@@ -245,7 +245,7 @@ def token_create(
 
 
 def _device(args: dict) -> dict:
-    from mobillm.device.job import DeviceOptions, run_device
+    from mobillm.recipes.device import DeviceOptions, run_device
 
     config = _train_config(args, "evals_per_epoch", "idle_replays", method="side")
     return run_device(DeviceOptions(**args), config)
@@ -445,7 +445,7 @@ def convert(
     model accepts it (the checkpoint carries the source's fingerprint).
     """
     from mobillm.backbone import load_pretrained
-    from mobillm.device.weights import save_device_model, weights_nbytes
+    from mobillm.backbone.weights import save_device_model, weights_nbytes
 
     try:
         backbone, tokenizer = load_pretrained(model)

@@ -39,7 +39,7 @@ def device_checkpoint(model: str, weights: str) -> Path:
 
 def _convert(model: str, weights: str, path: str) -> None:
     from mobillm.backbone import load_pretrained
-    from mobillm.device.weights import save_device_model
+    from mobillm.backbone.weights import save_device_model
 
     backbone, tokenizer = load_pretrained(MODELS[model]) if MODELS[model] else (opt_1_3b(), None)
     save_device_model(backbone, tokenizer, path, weights, source=model)

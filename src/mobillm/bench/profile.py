@@ -63,7 +63,7 @@ def profile_steps(batch: int, length: int, sources: dict[str, str]) -> tuple[lis
     from mobillm.backbone import default_shortcuts, load_pretrained
     from mobillm.device.taps import TappedBackbone
     from mobillm.training.baselines import baseline_logits, prepare_baseline
-    from mobillm.training.config import TrainConfig
+    from mobillm.train_config import TrainConfig
     from mobillm.wire.codecs import get_codec
 
     torch.manual_seed(0)

@@ -18,7 +18,7 @@ from mobillm.data import EncodedBatch
 from mobillm.data.batching import BaseBatcher
 from mobillm.device.taps import TappedBackbone
 from mobillm.sidenet import SideConfig, SideNetwork
-from mobillm.training.evaluation import Evaluator, loss_logits
+from mobillm.scoring import Evaluator, loss_logits
 from mobillm.wire.codecs import Codec, decode_layers, encoded_nbytes
 
 

@@ -28,8 +28,8 @@ from mobillm.server.cache import ActivationCache
 from mobillm.server.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from mobillm.server.status import CURVES, Durations, JobState, JobStatus
 from mobillm.sidenet import SideConfig, SideNetwork
-from mobillm.training.config import TrainConfig
-from mobillm.training.evaluation import Evaluator, best_fields, loss_logits, selection_score
+from mobillm.train_config import TrainConfig
+from mobillm.scoring import Evaluator, best_fields, loss_logits, selection_score
 from mobillm.training.loop import FitState, fit
 from mobillm.training.side_trainer import SideTrainer
 from mobillm.wire.codecs import CODECS

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobillm.backbone import decoder_layers
-from mobillm.training.config import TrainConfig
+from mobillm.train_config import TrainConfig
 
 
 def prepare_baseline(model: nn.Module, config: TrainConfig) -> tuple[nn.Module, list[nn.Parameter]]:

@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 
 from tqdm.auto import tqdm
 
-from mobillm.training.evaluation import selection_score
+from mobillm.scoring import selection_score
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch
 
 from mobillm.backbone import FrozenHead
 from mobillm.sidenet.model import SideNetwork
-from mobillm.training.config import TrainConfig
+from mobillm.train_config import TrainConfig
 from mobillm.training.step import make_optimizer, side_loss, train_step
 from mobillm.wire.codecs import decode_layers, get_codec
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from mobillm.backbone import FrozenHead
 from mobillm.sidenet.model import SideNetwork
-from mobillm.training.evaluation import loss_logits
+from mobillm.scoring import loss_logits
 
 
 def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float, total_steps: int, warmup_ratio: float, schedule: str):

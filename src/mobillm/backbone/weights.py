@@ -162,7 +162,7 @@ def save_device_model(model: nn.Module, tokenizer, directory: str | Path, fmt: s
     """Quantize ``model`` (in place) and write it as a device checkpoint; returns the folder."""
     from safetensors.torch import save_file
 
-    from mobillm.backbone import fingerprint
+    from mobillm.backbone.head import fingerprint
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,8 @@ from mobillm.device.taps import TappedBackbone
 from mobillm.files import METRICS_NAME, write_summary
 from mobillm.metrics import MetricsLog, peak_rss_bytes
 from mobillm.sidenet import SideConfig, SideNetwork
-from mobillm.task import TaskOptions, prepare_task
-from mobillm.training.config import TrainConfig
+from mobillm.recipes.task import TaskOptions, prepare_task
+from mobillm.train_config import TrainConfig
 from mobillm.wire.codecs import get_codec
 from mobillm.wire.messages import Hello
 

@@ -22,10 +22,10 @@ from mobillm.exceptions import ConfigError
 from mobillm.files import METRICS_NAME, write_summary
 from mobillm.metrics import MetricsLog, classification_scores, peak_rss_bytes
 from mobillm.sidenet import SideConfig, SideNetwork
-from mobillm.task import Task, TaskOptions, prepare_task
+from mobillm.recipes.task import Task, TaskOptions, prepare_task
 from mobillm.training.baselines import baseline_logits, prepare_baseline
-from mobillm.training.config import TrainConfig
-from mobillm.training.evaluation import best_fields, selection_score
+from mobillm.train_config import TrainConfig
+from mobillm.scoring import best_fields, selection_score
 from mobillm.training.loop import fit
 from mobillm.training.side_trainer import SideTrainer
 from mobillm.training.step import make_optimizer, train_step

@@ -1,0 +1,1 @@
+"""`mobillm bench`: the paper's measurements (memory, codecs, bandwidth, convergence, profile)."""

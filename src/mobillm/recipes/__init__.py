@@ -1,0 +1,1 @@
+"""Recipes above the library: what `mobillm train` and `mobillm device` run end to end."""

@@ -1,0 +1,93 @@
+"""The import rule: layers only point down. Every import in src/mobillm (lazy ones inside functions too) is read
+with ast and each edge between two areas must be in ALLOWED; a new area must be added to the table."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "mobillm"
+
+# area -> the areas it may import. An area is a subpackage or a top-level module of mobillm.
+BASE = {"mobillm", "exceptions", "files"}
+ALLOWED: dict[str, set[str]] = {
+    "mobillm": set(),
+    "exceptions": set(),
+    "files": set(),
+    "ports": BASE,
+    "metrics": BASE,
+    "wire": BASE,
+    "data": BASE,
+    "backbone": BASE | {"wire"},
+    "sidenet": BASE | {"backbone", "wire"},
+    "train_config": BASE | {"sidenet"},
+    "scoring": BASE | {"backbone", "sidenet", "metrics"},
+    "device": BASE | {"backbone", "data", "metrics", "scoring", "sidenet", "wire"},
+    "training": BASE | {"backbone", "metrics", "scoring", "sidenet", "train_config", "wire"},
+    "server": BASE | {"backbone", "metrics", "scoring", "sidenet", "train_config", "training", "wire"},
+    "recipes": BASE | {"backbone", "data", "device", "metrics", "ports", "scoring", "sidenet", "train_config",
+                       "training", "wire"},
+    "bench": BASE | {"backbone", "data", "device", "metrics", "ports", "recipes", "scoring", "sidenet",
+                     "train_config", "training", "wire", "server"},
+    "cli": BASE | {"backbone", "bench", "data", "device", "metrics", "ports", "recipes", "scoring", "server",
+                   "sidenet", "train_config", "training", "wire"},
+    "__main__": {"cli"},
+}
+
+
+def _area(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def import_edges(src: Path = SRC) -> list[tuple[str, str, str]]:
+    """(importing module, imported module, where) for every import of a mobillm module, lazy ones included."""
+    root = src.parent
+    edges = []
+    for path in sorted(src.rglob("*.py")):
+        module = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                targets = [base]
+            else:
+                continue
+            edges += [(module, t, f"{path.relative_to(root)}:{node.lineno}") for t in targets if t.startswith("mobillm")]
+    return edges
+
+
+def test_every_import_points_down_the_table():
+    bad, unknown = [], set()
+    for module, target, where in import_edges():
+        a, b = _area(module), _area(target)
+        if a not in ALLOWED:
+            unknown.add(a)
+        elif a != b and b not in ALLOWED[a]:
+            bad.append(f"{where}: {a} -> {b} ({module} imports {target})")
+    assert not unknown, f"areas missing from ALLOWED in tests/test_layers.py: {sorted(unknown)}"
+    assert not bad, "imports that point the wrong way:\n" + "\n".join(bad)
+
+
+def test_the_rule_catches_a_bad_edge(tmp_path):
+    """The walker sees a lazy import inside a function: device importing server is reported."""
+    pkg = tmp_path / "mobillm"
+    (pkg / "device").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "device" / "__init__.py").write_text("")
+    (pkg / "device" / "x.py").write_text("def f():\n    from mobillm.server.job import Job\n    from ..training import step\n")
+    edges = {(m, t) for m, t, _ in import_edges(pkg)}
+    assert ("mobillm.device.x", "mobillm.server.job") in edges
+    assert ("mobillm.device.x", "mobillm.training") in edges
+    assert "server" not in ALLOWED["device"] and "training" not in ALLOWED["device"]
+
+
+def test_every_package_is_a_regular_package():
+    missing = [str(d.relative_to(SRC)) for d in SRC.rglob("*") if d.is_dir() and d.name != "__pycache__"
+               and any(d.glob("*.py")) and not (d / "__init__.py").is_file()]
+    assert not missing, f"packages without __init__.py: {missing}"
