@@ -27,17 +27,12 @@ from pathlib import Path
 import torch
 
 from mobillm.bench.io import machine
+from mobillm.procfs import status_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 H, B, SHORTCUTS = 64, 8, [2, 4]
 
-
-def vmhwm_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def device(url: str, hello, token: str, batches: int, window: int, latencies: list[float]) -> int:
@@ -151,7 +146,7 @@ def main() -> None:
         start = time.perf_counter()
         steps = asyncio.run(run(url, hellos, tokens, args.batches, args.window, latencies))
         wall = time.perf_counter() - start
-        server_peak = vmhwm_mib(server.pid)
+        server_peak = status_mib("VmHWM", server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -9,11 +9,12 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "mobillm"
 
 # area -> the areas it may import. An area is a subpackage or a top-level module of mobillm.
-BASE = {"mobillm", "exceptions", "files"}
+BASE = {"mobillm", "exceptions", "files", "procfs"}
 ALLOWED: dict[str, set[str]] = {
     "mobillm": set(),
     "exceptions": set(),
     "files": set(),
+    "procfs": set(),
     "ports": BASE,
     "metrics": BASE,
     "wire": BASE,

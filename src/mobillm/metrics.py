@@ -9,20 +9,7 @@ from pathlib import Path
 
 import torch
 
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (``VmHWM``), the figure the benchmarks compare."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource  # not Linux: ru_maxrss is the nearest equivalent (bytes on macOS, KiB elsewhere)
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
+from mobillm.procfs import peak_rss_bytes  # noqa: F401 - re-exported: metrics lines carry it
 
 
 class Curve:

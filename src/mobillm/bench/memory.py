@@ -29,15 +29,10 @@ import time
 from pathlib import Path
 
 from mobillm.bench.io import machine, number_list, plot_lines, results_dir, write_rows
+from mobillm.procfs import status_mib
 
 METHODS = ("mobillm-gguf", "mobillm", "mobillm-int8", "mobillm-nf4", "side-local", "lora", "bitfit", "full")
 
-
-def _status(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _weights(method: str) -> str:
@@ -55,9 +50,9 @@ def measure(model_name: str, method: str, batch: int, length: int, warmup: bool,
     from mobillm.training.side_trainer import SideTrainer
     from mobillm.wire.codecs import get_codec
 
-    after_imports = _status("VmRSS")
+    after_imports = status_mib("VmRSS")
     model, _ = load_pretrained(source)
-    after_load = _status("VmRSS")
+    after_load = status_mib("VmRSS")
     torch.manual_seed(0)
     ids = torch.randint(10, model.config.vocab_size, (batch, length))
     mask = torch.ones_like(ids)
@@ -96,7 +91,7 @@ def measure(model_name: str, method: str, batch: int, length: int, warmup: bool,
         step()
     seconds = (time.perf_counter() - start) / (steps * batch)
     return {"model": model_name, "method": method, "weights": _weights(method), "batch": batch, "length": length,
-            "peak_mib": _status("VmHWM"), "rss_after_imports_mib": after_imports, "rss_after_load_mib": after_load,
+            "peak_mib": status_mib("VmHWM"), "rss_after_imports_mib": after_imports, "rss_after_load_mib": after_load,
             "seconds_per_sample": seconds, "timed_steps": steps}
 
 

@@ -21,23 +21,18 @@ import sys
 from pathlib import Path
 
 from mobillm.bench.io import machine, pyplot, results_dir, write_rows
+from mobillm.procfs import status_mib
 
-
-def _rss() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def stages(source: str, batch: int, length: int) -> dict:
     """VmRSS (MiB) after each stage of a device's start, in this (fresh) process."""
-    out = {"python": _rss()}
+    out = {"python": status_mib("VmRSS")}
     import torch
 
-    out["import torch"] = _rss()
+    out["import torch"] = status_mib("VmRSS")
     importlib.import_module("transformers")
-    out["import transformers"] = _rss()
+    out["import transformers"] = status_mib("VmRSS")
     from transformers import AutoTokenizer
 
     from mobillm.backbone import default_shortcuts, load_pretrained, resolve_model
@@ -46,13 +41,13 @@ def stages(source: str, batch: int, length: int) -> dict:
 
     found = resolve_model(source)
     AutoTokenizer.from_pretrained(found.path, **({"gguf_file": found.gguf_file} if found.gguf_file else {}))
-    out["tokenizer"] = _rss()
+    out["tokenizer"] = status_mib("VmRSS")
     model, _ = load_pretrained(source)
-    out["model loaded"] = _rss()
+    out["model loaded"] = status_mib("VmRSS")
     backbone = TappedBackbone(model, default_shortcuts(model.config.num_hidden_layers))
     ids = torch.randint(10, model.config.vocab_size, (batch, length))
     backbone(ids, torch.ones_like(ids), None, get_codec("nf4").encode)
-    out["first forward"] = _rss()
+    out["first forward"] = status_mib("VmRSS")
     return out
 
 
