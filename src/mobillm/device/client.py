@@ -1,7 +1,9 @@
 """The device's WebSocket adapter: stream encoded taps to the server, download the side network.
 
-Forward passes run in a worker thread so the connection stays responsive; the device waits only when
-``window`` batches are unacked (:class:`~mobillm.wire.protocol.SendWindow`), never for a training step.
+The session's rules (Hello, Welcome, the window, what to resend after a reconnect, the server's Error) are
+:class:`~mobillm.wire.session.DeviceSession`'s; this adapter connects, reconnects with a backoff and moves
+bytes. Forward passes run in a worker thread so the connection stays responsive; the device waits only when
+``window`` batches are unacked, never for a training step.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The WebSocket front end: a thin adapter that moves bytes between connections and jobs.
+"""The WebSocket front end: a thin adapter that moves bytes between connections, their
+:class:`~mobillm.wire.session.ServerSession` (the session's rules and the failure → Error + close code map) and
+the jobs.
 
 Every inbound failure becomes an ``Error`` message and a close code for that one connection; nothing a
 device sends can stop the server or touch another job. With ``status`` the same port also answers the status
@@ -134,7 +136,8 @@ class Server:
             await ws.send(session.welcome(name, attached.last_seq, attached.step))
             while True:
                 data = await self._recv(ws)  # ConnectionClosed ends the session
-                await self._answer(ws, session.receive(data), attached, time.perf_counter())
+                received = time.perf_counter()  # the Ack latency includes decoding
+                await self._answer(ws, session.receive(data), attached, received)
         except ConnectionClosed:
             pass
         except Exception as err:  # noqa: BLE001 - one broken session must not take the server down
