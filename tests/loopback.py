@@ -8,7 +8,7 @@ It lives with the tests, not in ``wire/``: only tests use it, and the library ca
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -110,7 +110,7 @@ class Loopback:
             data = self.to_server.popleft()
             try:
                 reply = await self._answer(self.server.receive(data))
-            except Exception as err:  # noqa: BLE001 - what the adapter does: one Error, one close
+            except Exception as err:
                 failure = self.server.fail(err)
                 self.failures.append(failure)
                 if failure.data is not None:

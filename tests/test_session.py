@@ -12,7 +12,16 @@ from loopback import FakeJob, Loopback, batch_tensors, make_hello
 
 from mobillm.exceptions import JobLost, PayloadTooBig, ProtocolError, ServerRefused, WireError
 from mobillm.wire.errors import ErrorCode
-from mobillm.wire.messages import Ack, Done, Error, GetSideNet, SideNet, Welcome, decode_message, encode_message
+from mobillm.wire.messages import (
+    Ack,
+    Done,
+    Error,
+    GetSideNet,
+    SideNet,
+    Welcome,
+    decode_message,
+    encode_message,
+)
 from mobillm.wire.session import Acked, DeviceSession, Failure, ServerSession, SideNetArrived, State, failure
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
@@ -260,5 +269,5 @@ def test_an_unknown_code_is_a_bug_that_raises():
 
 
 def test_the_protocol_doc_lists_every_code_with_its_close_code():
-    rows = dict(re.findall(r"^\| `([a-z_]+)` \| (\d{4}) \|", DOC.read_text(), flags=re.M))
+    rows = dict(re.findall(r"^\| `([a-z_]+)` \| (\d{4}) \|", DOC.read_text(), flags=re.MULTILINE))
     assert {code: int(close) for code, close in rows.items()} == {c.value: c.close_code for c in ErrorCode}

@@ -22,7 +22,7 @@ class ErrorCode(StrEnum):
     close_code: int
     description: str
 
-    def __new__(cls, value: str, close_code: int, description: str) -> "ErrorCode":
+    def __new__(cls, value: str, close_code: int, description: str) -> ErrorCode:
         member = str.__new__(cls, value)
         member._value_ = value
         member.close_code = close_code

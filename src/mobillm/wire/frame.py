@@ -71,7 +71,7 @@ def read_frame(data: Any, *, max_bytes: int | None = None) -> tuple[dict[str, to
     header = _check_frame(data)
     try:
         tensors = safetensors.torch.load(data)
-    except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError and others
+    except Exception as err:
         raise ProtocolError(_BAD_FRAME, f"safetensors refused the blob: {type(err).__name__}") from None
     return tensors, header
 
