@@ -11,9 +11,8 @@ import safetensors.torch
 import torch
 
 from mobillm.exceptions import PayloadTooBig, ProtocolError, WireError
+from mobillm.wire.errors import ErrorCode
 from mobillm.wire.messages import (
-    CLOSE_CODES,
-    ERROR_CODES,
     MAX_HEADER_BYTES,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
@@ -371,10 +370,10 @@ def test_random_mutations_only_raise_wire_errors():
 def test_error_and_close_codes():
     for code in ("bad_frame", "bad_version", "unknown_type", "bad_header", "bad_batch", "unexpected_tensors",
                  "auth", "fingerprint_mismatch", "out_of_order", "too_big", "internal"):
-        assert ERROR_CODES[code]
-    assert set(CLOSE_CODES) <= set(ERROR_CODES)
+        assert ErrorCode(code).description
+    assert all(isinstance(c.close_code, int) and c.description for c in ErrorCode)
     for code in ("bad_frame", "bad_version", "unknown_type", "bad_header", "bad_batch"):
-        assert CLOSE_CODES[code] == 1002
-    assert CLOSE_CODES["auth"] == CLOSE_CODES["fingerprint_mismatch"] == 1008
-    assert CLOSE_CODES["too_big"] == 1009
-    assert CLOSE_CODES["internal"] == 1011
+        assert ErrorCode(code).close_code == 1002
+    assert ErrorCode("auth").close_code == ErrorCode("fingerprint_mismatch").close_code == 1008
+    assert ErrorCode("too_big").close_code == 1009
+    assert ErrorCode("internal").close_code == 1011

@@ -60,10 +60,10 @@ async def _handshake(url: str, token: str | None):
 
 
 def test_the_handshake_refuses_a_missing_wrong_or_other_jobs_token_before_parsing_anything(toy_task, tmp_path, monkeypatch):
-    import mobillm.server.app as server_app
+    import mobillm.wire.session as server_session  # where the server's adapter decodes what it receives
 
     parsed = []
-    monkeypatch.setattr(server_app, "decode_message", lambda *a, **k: parsed.append(1) or decode_message(*a, **k))
+    monkeypatch.setattr(server_session, "decode_message", lambda *a, **k: parsed.append(1) or decode_message(*a, **k))
     tokens = TokenStore(tmp_path / "jobs")
     alice, bob = tokens.create("alice"), tokens.create("bob")
     server = ThreadServer(SessionManager(tmp_path / "jobs"), window=2, tokens=tokens)

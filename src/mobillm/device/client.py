@@ -1,7 +1,9 @@
 """The device's WebSocket adapter: stream encoded taps to the server, download the side network.
 
-Forward passes run in a worker thread so the connection stays responsive; the device waits only when
-``window`` batches are unacked (:class:`~mobillm.wire.protocol.SendWindow`), never for a training step.
+The session's rules (Hello, Welcome, the window, what to resend after a reconnect, the server's Error) are
+:class:`~mobillm.wire.session.DeviceSession`'s; this adapter connects, reconnects with a backoff and moves
+bytes. Forward passes run in a worker thread so the connection stays responsive; the device waits only when
+``window`` batches are unacked, never for a training step.
 """
 
 from __future__ import annotations
@@ -18,32 +20,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from mobillm.data.batching import BaseBatcher
 from mobillm.device.inference import TapStats, tap_batches
 from mobillm.device.taps import TappedBackbone
-from mobillm.exceptions import MobillmError, ProtocolError
+from mobillm.exceptions import ServerRefused
 from mobillm.wire.codecs import Codec
-from mobillm.wire.messages import (
-    Ack,
-    Batch,
-    Done,
-    Error,
-    Frame,
-    GetSideNet,
-    Hello,
-    SideNet,
-    Welcome,
-    decode_message,
-    encode_message,
-)
-from mobillm.wire.protocol import SendWindow
+from mobillm.wire.errors import ErrorCode
+from mobillm.wire.frame import DEFAULT_MAX_MESSAGE_BYTES
+from mobillm.wire.messages import Batch, Frame, Hello
+from mobillm.wire.session import Acked, DeviceSession, Opened, SideNetArrived
 
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
-
-
-class ServerRefused(MobillmError):
-    """The server answered with an ``Error`` message."""
-
-    def __init__(self, code: str, message: str):
-        self.code = code
-        super().__init__(f"server error {code}: {message}")
+# ServerRefused and DEFAULT_MAX_MESSAGE_BYTES are re-exported for callers (their homes: exceptions, wire.frame)
+__all__ = ["ServerRefused", "StreamStats", "stream", "DEFAULT_MAX_MESSAGE_BYTES"]
 
 
 @dataclass
@@ -62,10 +47,11 @@ class StreamStats:
 
 
 class _Link:
-    """One connection's receive side: acks free the window, the SideNet reply resolves a future."""
+    """One connection's receive side: bytes into the session; acks wake the sender, the SideNet resolves a
+    future."""
 
-    def __init__(self, ws, window: SendWindow, stats: StreamStats, max_bytes: int):
-        self.ws, self.window, self.stats, self.max_bytes = ws, window, stats, max_bytes
+    def __init__(self, ws, session: DeviceSession, stats: StreamStats):
+        self.ws, self.session, self.stats = ws, session, stats
         self.changed = asyncio.Event()
         self.side_net: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         self.failure: BaseException | None = None
@@ -74,19 +60,13 @@ class _Link:
         try:
             async for data in self.ws:
                 self.stats.bytes_received += len(data)
-                frame = decode_message(data, max_bytes=self.max_bytes)
-                message = frame.header
-                if isinstance(message, Ack):
-                    self.window.ack(message.seq)
-                    self.stats.acked_steps.append(message.step)
-                    if message.loss is not None:
-                        self.stats.losses.append(message.loss)
-                elif isinstance(message, SideNet):
-                    self.side_net.set_result(frame)
-                elif isinstance(message, Error):
-                    raise ServerRefused(message.code, message.message)
-                else:
-                    raise ProtocolError("unexpected", f"the server does not send {message.type}")
+                event = self.session.receive(data)
+                if isinstance(event, Acked):
+                    self.stats.acked_steps.append(event.ack.step)
+                    if event.ack.loss is not None:
+                        self.stats.losses.append(event.ack.loss)
+                elif isinstance(event, SideNetArrived):
+                    self.side_net.set_result(event.frame)
                 self.changed.set()
         except BaseException as err:  # noqa: BLE001 - handed to the sending side
             self.failure = err
@@ -110,50 +90,44 @@ _DROPPED = (ConnectionClosed, ConnectionError, OSError)  # what a reconnect can 
 
 
 class _Connection:
-    """The session to the server, re-opened after a dropped connection: the new ``Welcome.last_seq`` says what
-    the server holds, the window resends the rest, then the ``Done`` of every finished epoch (the server
-    ignores repeats)."""
+    """The WebSocket under a :class:`DeviceSession`, re-opened after a dropped connection: the new ``Welcome``
+    tells the session what to send again (the unacked batches the server lacks, every finished epoch's
+    ``Done``, a pending ``GetSideNet``), and this sends it."""
 
-    def __init__(self, url: str, hello: Hello, token: str | None, cafile: str | None, max_bytes: int,
+    def __init__(self, url: str, session: DeviceSession, token: str | None, cafile: str | None,
                  stats: StreamStats, reconnects: int, backoff: float):
-        self.url = f"{url.rstrip('/')}/jobs/{hello.job}"
-        self.hello, self.max_bytes, self.stats = hello, max_bytes, stats
+        self.url = f"{url.rstrip('/')}/jobs/{session.hello_message.job}"
+        self.session, self.stats = session, stats
         self.headers = {"Authorization": f"Bearer {token}"} if token else None
         self.tls = ssl.create_default_context(cafile=cafile) if url.startswith("wss://") else None
         self.reconnects_left, self.backoff = reconnects, backoff
-        self.window: SendWindow | None = None
         self.link: _Link | None = None
-        self.done_epochs: list[int] = []
 
     async def open(self) -> None:
         try:
-            ws = await connect(self.url, max_size=self.max_bytes, compression=None, ping_timeout=None,
+            ws = await connect(self.url, max_size=self.session.max_bytes, compression=None, ping_timeout=None,
                                additional_headers=self.headers, ssl=self.tls)
         except InvalidStatus as err:
             body = err.response.body.decode(errors="replace").strip()
-            code = "auth" if err.response.status_code == 401 else "unexpected"
+            code = ErrorCode.AUTH if err.response.status_code == 401 else ErrorCode.UNEXPECTED
             raise ServerRefused(code, f"HTTP {err.response.status_code} in the handshake: {body}") from None
-        resume = self.window is not None
+        self.session.connection_lost()  # a connection that dropped before a reconnect noticed
         try:
-            await ws.send(encode_message(self.hello.model_copy(update={"resume": resume})))
-            first = decode_message(await ws.recv(), max_bytes=self.max_bytes).header
+            await ws.send(self.session.hello())
+            opened: Opened = self.session.receive(await ws.recv())  # the session refuses anything but Welcome
         except BaseException:
             await ws.close()
             raise
-        if isinstance(first, Error):
-            raise ServerRefused(first.code, first.message)
-        if not isinstance(first, Welcome):
-            raise ProtocolError("unexpected", f"expected welcome, got {first.type}")
-        if self.window is None:
-            self.window = SendWindow(first.window)
-        self.link = _Link(ws, self.window, self.stats, self.max_bytes)
+        self.link = _Link(ws, self.session, self.stats)
         self.receiver = asyncio.create_task(self.link.receive())
-        if resume:  # what the server lacks, in order, then what followed it
+        if self.session.opens > 1:
             self.stats.reconnects += 1
-            for data in self.window.welcome(first.last_seq):
-                await ws.send(data)
-            for epoch in self.done_epochs:
-                await ws.send(encode_message(Done(epoch=epoch)))
+        for data in opened.resend:  # what the server lacks, in order, then what followed it
+            await ws.send(data)
+
+    async def send(self, data: bytes) -> None:
+        """Send once; after a dropped connection the session's resend on the next Welcome covers ``data``."""
+        await self.run(lambda link: link.ws.send(data), retry=False)
 
     async def run(self, op, retry: bool = True):
         """``op(link)``; on a dropped connection reconnect (bounded) and, if ``retry``, run it again."""
@@ -180,6 +154,7 @@ class _Connection:
     async def close(self) -> None:
         self.receiver.cancel()
         await self.link.ws.close()
+        self.session.connection_lost()
 
 
 async def stream(
@@ -210,20 +185,20 @@ async def stream(
     after every batch.
     """
     stats = StreamStats()
-    conn = _Connection(url, hello, token, cafile, max_message_bytes, stats, reconnects, backoff)
+    session = DeviceSession(hello, max_bytes=max_message_bytes)
+    conn = _Connection(url, session, token, cafile, stats, reconnects, backoff)
     await conn.open()
-    window = conn.window
     try:
         async def send(split: str, epoch: int, tapped) -> None:
             waited = time.perf_counter()
-            await conn.run(lambda link: link.wait_for(lambda: not window.full))
+            await conn.run(lambda link: link.wait_for(lambda: not session.window_full))
             stats.window_wait_seconds += time.perf_counter() - waited
             b = tapped.batch
             tensors = Batch.tensors(tapped.taps, sample_ids=b.sample_ids, labels=b.labels, loss_mask=b.loss_mask,
                                     attention_mask=None if pivot else b.attention_mask,
                                     last_index=None if pivot else b.last_index)
-            data = window.add(lambda seq: encode_message(Batch(seq=seq, split=split, epoch=epoch), tensors))
-            await conn.run(lambda link: link.ws.send(data), retry=False)  # after a reconnect the window resends it
+            data = session.batch(split, epoch, tensors)
+            await conn.send(data)
             stats.bytes_sent += len(data)
             stats.batches_sent += 1
             if on_sent:
@@ -241,15 +216,10 @@ async def stream(
         for epoch in range(device_epochs):
             batches = batcher.batches(train, batch_size, shuffle=True, seed=seed, epoch=epoch)
             await forward_and_send("train", epoch, batches, stats.forward)
-            conn.done_epochs.append(epoch)
-            await conn.run(lambda link: link.ws.send(encode_message(Done(epoch=epoch))), retry=False)
-        await conn.run(lambda link: link.wait_for(lambda: not window.pending))
-
-        async def side_net(link: _Link) -> Frame:
-            await link.ws.send(encode_message(GetSideNet()))
-            return await link.side_net
-
-        frame = await conn.run(side_net)
+            await conn.send(session.done(epoch))
+        await conn.run(lambda link: link.wait_for(lambda: session.all_acked))
+        await conn.send(session.get_side_net())
+        frame = await conn.run(lambda link: link.side_net)  # after a reconnect the session asks again
     finally:
         await conn.close()
     return frame, stats

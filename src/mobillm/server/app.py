@@ -1,4 +1,6 @@
-"""The WebSocket front end: a thin adapter that moves bytes between connections and jobs.
+"""The WebSocket front end: a thin adapter that moves bytes between connections, their
+:class:`~mobillm.wire.session.ServerSession` (the session's rules and the failure → Error + close code map) and
+the jobs.
 
 Every inbound failure becomes an ``Error`` message and a close code for that one connection; nothing a
 device sends can stop the server or touch another job. With ``status`` the same port also answers the status
@@ -21,18 +23,27 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from mobillm import __version__
-from mobillm.exceptions import JobLost, PayloadTooBig, ProtocolError, WireError
+from mobillm.exceptions import ProtocolError
 from mobillm.server.auth import JOB_NAME, TokenStore
 from mobillm.server.prometheus import ServerMetrics
 from mobillm.server.sessions import JobSession, Sessions
 from mobillm.server.status import ServerStatus, SessionError, StatusEndpoints
-from mobillm.wire.messages import CLOSE_CODES, Batch, Done, Error, GetSideNet, Hello, Welcome, decode_message, encode_message
+from mobillm.wire.errors import ErrorCode
+from mobillm.wire.frame import DEFAULT_MAX_MESSAGE_BYTES
+from mobillm.wire.messages import encode_message
+from mobillm.wire.session import (
+    BatchReceived,
+    DoneReceived,
+    Failure,
+    HelloReceived,
+    ServerSession,
+    SideNetRequested,
+    failure,
+)
 
 log = logging.getLogger("mobillm.server")
 
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 JOBS_PATH = "/jobs/"
-JOB_LOST_CLOSE = 1012  # "service restart", and no Error: the device reconnects and resumes the job
 
 
 def path_job(path: str) -> str | None:
@@ -101,32 +112,41 @@ class Server:
         return None
 
     def _unauthorized(self, connection: ServerConnection, message: str) -> Response:
-        self._record("auth", message, None)  # not the job's error: the peer is not known to be its device
+        self._record(ErrorCode.AUTH, message, None)  # not the job's error: the peer is not known to be its device
         return connection.respond(HTTPStatus.UNAUTHORIZED, message + "\n")
 
     async def handle(self, ws: ServerConnection) -> None:
+        """One connection: bytes from ``ws`` into a :class:`ServerSession`, its events to the job, the answers
+        back; whatever ends the session badly is the session's :meth:`~ServerSession.fail`."""
         if self.sessions >= self.limits.max_sessions:
-            await self._refuse(ws, "busy", f"busy: {self.sessions} sessions open (limit {self.limits.max_sessions})")
+            busy = f"busy: {self.sessions} sessions open (limit {self.limits.max_sessions})"
+            await self._end(ws, failure(ErrorCode.BUSY, busy), None)
             return
         self.sessions += 1
+        session = ServerSession(window=self.limits.window, url_job=path_job(ws.request.path),
+                                authenticated=self.tokens is not None, max_bytes=self.limits.max_message_bytes)
         job: str | None = None  # once the session is attached to it
         try:
-            hello, attached = await self._attach(ws)
-            job = hello.job
+            hello: HelloReceived = session.receive(await self._recv(ws))  # the session refuses anything else first
+            attached = await asyncio.to_thread(self.manager.open, hello.hello)
+            job = hello.hello.job
             self.job_sessions[job] += 1
-            await self._session(ws, attached)
+            name = uuid.uuid4().hex[:12]
+            log.info("session %s joined job %s", name, job)
+            await ws.send(session.welcome(name, attached.last_seq, attached.step))
+            while True:
+                data = await self._recv(ws)  # ConnectionClosed ends the session
+                received = time.perf_counter()  # the Ack latency includes decoding
+                await self._answer(ws, session.receive(data), attached, received)
         except ConnectionClosed:
             pass
-        except JobLost as err:
-            log.warning("closing a session so that its device resumes: %s", err)
-            self._record("job_lost", str(err), job)
-            await ws.close(JOB_LOST_CLOSE, "job_lost")
-        except (ProtocolError, PayloadTooBig, WireError) as err:
-            code = getattr(err, "code", "too_big" if isinstance(err, PayloadTooBig) else "bad_frame")
-            await self._refuse(ws, code, str(err), job)
         except Exception as err:  # noqa: BLE001 - one broken session must not take the server down
-            log.exception("session failed")
-            await self._refuse(ws, "internal", f"internal error: {type(err).__name__}", job)
+            end = session.fail(err)
+            if end.code is ErrorCode.INTERNAL:
+                log.exception("session failed")
+            elif end.code is ErrorCode.JOB_LOST:
+                log.warning("closing a session so that its device resumes: %s", err)
+            await self._end(ws, end, job)
         finally:
             self.sessions -= 1
             if job is not None:
@@ -134,63 +154,41 @@ class Server:
                 if not self.job_sessions[job]:
                     del self.job_sessions[job]
 
+    async def _answer(self, ws: ServerConnection, event, job: JobSession, received: float) -> None:
+        """Hand one event of an open session to its job and send the job's answer."""
+        if isinstance(event, BatchReceived):
+            self.metrics.batches_received.labels(event.batch.split).inc()
+            await ws.send(encode_message(await job.receive(event.data, event.frame)))
+            self.metrics.ack_seconds.observe(time.perf_counter() - received)
+        elif isinstance(event, DoneReceived):
+            await job.device_done(event.epoch)
+        elif isinstance(event, SideNetRequested):
+            await ws.send(await job.side_net())
+
     def _record(self, code: str, message: str, job: str | None) -> None:
         """Count an error and keep it as the last one (the job's too, for a session attached to a job)."""
         self.metrics.errors.labels(code).inc()
-        self.last_error = SessionError(code=code, message=message, job=job, time=time.time())
+        self.last_error = SessionError(code=str(code), message=message, job=job, time=time.time())
         if job is not None:
             self.job_errors[job] = self.last_error
 
-    async def _refuse(self, ws: ServerConnection, code: str, message: str, job: str | None = None) -> None:
-        self._record(code, message, job)
+    async def _end(self, ws: ServerConnection, end: Failure, job: str | None) -> None:
+        self._record(end.code, end.message, job)
         try:
-            await ws.send(encode_message(Error(code=code, message=message)))
-            await ws.close(CLOSE_CODES.get(code, 1008), code)
+            if end.data is not None:
+                await ws.send(end.data)
+            await ws.close(end.close_code, end.reason)
         except ConnectionClosed:
             pass
 
-    def _decode(self, data):
-        if isinstance(data, str):
-            raise ProtocolError("bad_frame", "text frames are not part of the protocol; send binary safetensors")
-        self.metrics.received_bytes.inc(len(data))
-        return decode_message(data, max_bytes=self.limits.max_message_bytes)
-
     async def _recv(self, ws: ServerConnection):
         try:
-            return await asyncio.wait_for(ws.recv(), self.limits.idle_timeout)
+            data = await asyncio.wait_for(ws.recv(), self.limits.idle_timeout)
         except TimeoutError:
-            raise ProtocolError("idle_timeout", f"no message for {self.limits.idle_timeout:g} s") from None
-
-    async def _attach(self, ws: ServerConnection) -> tuple[Hello, JobSession]:
-        """Read the Hello, open its job and welcome the device."""
-        hello = self._decode(await self._recv(ws)).header
-        if not isinstance(hello, Hello):
-            raise ProtocolError("bad_header", f"the first message must be hello, got {hello.type}")
-        allowed = path_job(ws.request.path)
-        if (self.tokens is not None or allowed is not None) and hello.job != allowed:
-            raise ProtocolError("auth", f"this connection is for job {allowed!r}, not {hello.job!r}")
-        job = await asyncio.to_thread(self.manager.open, hello)
-        session = uuid.uuid4().hex[:12]
-        log.info("session %s joined job %s", session, hello.job)
-        await ws.send(encode_message(Welcome(session=session, window=self.limits.window, last_seq=job.last_seq, step=job.step)))
-        return hello, job
-
-    async def _session(self, ws: ServerConnection, job: JobSession) -> None:
-        while True:
-            data = await self._recv(ws)  # ConnectionClosed ends the session
-            received = time.perf_counter()
-            frame = self._decode(data)
-            message = frame.header
-            if isinstance(message, Batch):
-                self.metrics.batches_received.labels(message.split).inc()
-                await ws.send(encode_message(await job.receive(data, frame)))
-                self.metrics.ack_seconds.observe(time.perf_counter() - received)
-            elif isinstance(message, Done):
-                await job.device_done(message.epoch)
-            elif isinstance(message, GetSideNet):
-                await ws.send(await job.side_net())
-            else:
-                raise ProtocolError("unexpected", f"a device does not send {message.type}")
+            raise ProtocolError(ErrorCode.IDLE_TIMEOUT, f"no message for {self.limits.idle_timeout:g} s") from None
+        if not isinstance(data, str):
+            self.metrics.received_bytes.inc(len(data))
+        return data
 
 
 async def run_server(

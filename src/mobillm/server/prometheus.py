@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from mobillm.server.status import LATENCY_BUCKETS, Durations, JobState, JobStatus
-from mobillm.wire.messages import CLOSE_CODES
+from mobillm.wire.errors import ErrorCode
 
 
 class ServerMetrics:
@@ -43,7 +43,7 @@ class ServerMetrics:
         )
         for split in ("train", "eval"):  # every series exists from the start, at 0
             self.batches_received.labels(split)
-        for code in CLOSE_CODES:
+        for code in ErrorCode:
             self.errors.labels(code)
         self.registry.register(_JobsCollector(jobs))
 

@@ -1,1 +1,3 @@
-"""What crosses between device and server: codecs, messages, protocol."""
+"""What crosses between device and server: error codes, frames, codecs, messages, protocol and sessions."""
+
+from mobillm.wire import errors as _errors  # noqa: F401 - registers ErrorCode with ProtocolError

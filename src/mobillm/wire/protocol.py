@@ -10,6 +10,7 @@ from collections import OrderedDict
 from typing import Callable
 
 from mobillm.exceptions import ProtocolError
+from mobillm.wire.errors import ErrorCode
 
 
 class SendWindow:
@@ -31,7 +32,7 @@ class SendWindow:
     def add(self, encode: Callable[[int], bytes]) -> bytes:
         """Assign the next sequence number, encode the message with it, keep it until acked."""
         if self.full:
-            raise ProtocolError("window_full", f"{self.size} batches are already unacked")
+            raise ProtocolError(ErrorCode.WINDOW_FULL, f"{self.size} batches are already unacked")
         seq = self.next_seq
         data = encode(seq)
         self.pending[seq] = data
@@ -40,7 +41,7 @@ class SendWindow:
 
     def ack(self, seq: int) -> None:
         if seq not in self.pending:
-            raise ProtocolError("out_of_order", f"ack for seq {seq}, which is not in flight")
+            raise ProtocolError(ErrorCode.OUT_OF_ORDER, f"ack for seq {seq}, which is not in flight")
         del self.pending[seq]
 
     def welcome(self, last_seq: int) -> list[bytes]:
@@ -61,6 +62,6 @@ class ReceiveOrder:
         if seq <= self.last_seq:
             return False
         if seq != self.last_seq + 1:
-            raise ProtocolError("out_of_order", f"batch seq {seq} arrived, expected {self.last_seq + 1}")
+            raise ProtocolError(ErrorCode.OUT_OF_ORDER, f"batch seq {seq} arrived, expected {self.last_seq + 1}")
         self.last_seq = seq
         return True
