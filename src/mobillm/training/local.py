@@ -101,19 +101,21 @@ def _train_side(task: Task, config: TrainConfig, metrics: MetricsLog, out: Path)
 def fit_side(
     side_config: SideConfig, head: FrozenHead, config: TrainConfig, train_cache: list[TappedBatch],
     val_cache: list[TappedBatch], test_cache: list[TappedBatch], metrics: MetricsLog | None = None,
+    device: torch.device | str = "cpu",
 ) -> dict:
     """Train a side network from cached device taps (epochs replay the cache): zero-shot, fit, test.
 
     Separate from the device forward so ablations can train many side networks from one set of taps.
+    ``device``: where the side network trains and is scored (the server's ``--device``); it is returned there.
     """
     codec = get_codec(side_config.codec)
     torch.manual_seed(config.seed)  # the server seeds the same way: same initial side network
     side = SideNetwork(side_config)
     steps_per_epoch = len(train_cache)
-    trainer = SideTrainer(side, head, side_config.codec, config, steps_per_epoch * config.num_epochs)
+    trainer = SideTrainer(side, head, side_config.codec, config, steps_per_epoch * config.num_epochs, device)
 
     def evaluate(cache) -> dict:
-        return evaluate_tapped(side, head, codec, cache).scores()
+        return evaluate_tapped(side, trainer.head, codec, cache).scores()
 
     zero_shot = zero_shot_tapped(side_config, head, test_cache).scores()
     step0_val = selection_score(evaluate(val_cache))  # the fresh side network, through the codec
