@@ -57,7 +57,7 @@ def train(options: RunOptions, config: TrainConfig) -> dict:
         raise ConfigError(f"--task causal-lm trains with --method side; the {config.method} baseline classifies only")
     task = prepare_task(options, config.seed)
     data, batcher = task.data, task.batcher
-    run = _train_side if config.method == "side" else _train_baseline
+    run = _train_side if config.method == "side" else train_baseline
     summary = run(task, config, metrics, out)
 
     truncated = batcher.truncated
@@ -142,7 +142,9 @@ def fit_side(
     }
 
 
-def _train_baseline(task: Task, config: TrainConfig, metrics: MetricsLog, out: Path) -> dict:
+def train_baseline(task: Task, config: TrainConfig, metrics: MetricsLog, out: Path) -> dict:
+    """Train an on-device baseline (``config.method``) on ``task.data.train``, in place on ``task.model``: epochs
+    with validation and early stopping, then test. Scratch weights go under ``out``; returns the summary."""
     batcher, train_set, num_labels = task.batcher, task.data.train, task.side_config.num_labels
     model, params = prepare_baseline(task.model, config)
     ids = torch.tensor(task.side_config.label_token_ids)
