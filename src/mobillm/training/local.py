@@ -10,18 +10,20 @@ import logging
 import random
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from mobillm.backbone import FrozenHead
+from mobillm.backbone import FrozenHead, decoder_layers
 from mobillm.device.inference import TappedBatch, TapStats, evaluate_tapped, side_extras, tap_examples, zero_shot_tapped
 from mobillm.device.taps import TappedBackbone
 from mobillm.exceptions import ConfigError
 from mobillm.files import METRICS_NAME, write_summary
 from mobillm.metrics import MetricsLog, classification_scores, peak_rss_bytes
 from mobillm.sidenet import SideConfig, SideNetwork
+from mobillm.sidenet.init import init_from_backbone
 from mobillm.task import Task, TaskOptions, prepare_task
 from mobillm.training.baselines import baseline_logits, prepare_baseline
 from mobillm.training.config import TrainConfig
@@ -88,7 +90,7 @@ def _train_side(task: Task, config: TrainConfig, metrics: MetricsLog, out: Path)
     val_cache = tap_examples(backbone, codec, batcher, data.validation, config.batch_size, pivot, "device forward (validation)")
     test_cache = tap_examples(backbone, codec, batcher, data.test, config.batch_size, pivot, "device forward (test)")
 
-    result = fit_side(side_config, head, config, train_cache, val_cache, test_cache, metrics)
+    result = fit_side(side_config, head, config, train_cache, val_cache, test_cache, metrics, layers=decoder_layers(task.model))
     result["side"].save_pretrained(out / "side_network")
     n = len(data.train)
     return {
@@ -101,16 +103,21 @@ def _train_side(task: Task, config: TrainConfig, metrics: MetricsLog, out: Path)
 def fit_side(
     side_config: SideConfig, head: FrozenHead, config: TrainConfig, train_cache: list[TappedBatch],
     val_cache: list[TappedBatch], test_cache: list[TappedBatch], metrics: MetricsLog | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", layers: Sequence[torch.nn.Module] | None = None,
 ) -> dict:
     """Train a side network from cached device taps (epochs replay the cache): zero-shot, fit, test.
 
     Separate from the device forward so ablations can train many side networks from one set of taps.
     ``device``: where the side network trains and is scored (the server's ``--device``); it is returned there.
+    ``layers``: the backbone's decoder layers, which ``side_config.init == "backbone"`` copies (``sidenet.init``).
     """
     codec = get_codec(side_config.codec)
     torch.manual_seed(config.seed)  # the server seeds the same way: same initial side network
     side = SideNetwork(side_config)
+    if side_config.init == "backbone":
+        if layers is None:
+            raise ConfigError("a side network with init 'backbone' needs the backbone's decoder layers")
+        init_from_backbone(side, layers)
     steps_per_epoch = len(train_cache)
     trainer = SideTrainer(side, head, side_config.codec, config, steps_per_epoch * config.num_epochs, device)
 
@@ -149,7 +156,7 @@ def train_baseline(task: Task, config: TrainConfig, metrics: MetricsLog, out: Pa
     model, params = prepare_baseline(task.model, config)
     ids = torch.tensor(task.side_config.label_token_ids)
     steps_per_epoch = (len(train_set) + config.batch_size - 1) // config.batch_size
-    optimizer, scheduler = make_optimizer(params, config.learning_rate, config.weight_decay, steps_per_epoch * config.num_epochs, config.warmup_ratio, config.schedule)
+    optimizer, scheduler = make_optimizer(params, config.learning_rate, config.weight_decay, steps_per_epoch * config.num_epochs, config.warmup_ratio, config.schedule, config.warmup_steps)
     device_seconds, samples = 0.0, 0
 
     def train_on(batch) -> float:

@@ -38,7 +38,8 @@ class SideTrainer:
         self.codec = get_codec(codec)
         self.params = [p for p in side.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(
-            self.params, config.learning_rate, config.weight_decay, max(1, total_steps), config.warmup_ratio, config.schedule
+            self.params, config.learning_rate, config.weight_decay, max(1, total_steps), config.warmup_ratio, config.schedule,
+            config.warmup_steps,
         )
         self.step_count = 0
 
