@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="each seed picks its own nested subsets and initialises the side network and LoRA")
     parser.add_argument("--side-epochs", default=[3, 6, 12], type=number_list(int),
                         help="side-network epoch budgets (cosine over each); the one with the best validation accuracy is kept")
-    parser.add_argument("--lora-epochs", default=[1, 3], type=number_list(int))
+    parser.add_argument("--lora-epochs", default=[1, 3], type=number_list(int), help="LoRA's epoch counts; 0: no LoRA")
     parser.add_argument("--variants", default="default", help=f"side networks to train: {','.join(VARIANTS)}")
     parser.add_argument("--eval-samples", type=int, default=1000, help="validation samples (model selection)")
     parser.add_argument("--test-samples", type=int, default=None, help="the first N test samples (default: all)")
@@ -143,7 +143,7 @@ def run_task(name: str, data: str, model: str, args, variants: list[str]) -> lis
                 val_acc, budget, result = max(candidates, key=lambda c: c[:2])  # ties: the smaller budget
                 rows.append(_row(at, f"side ({variant})", result["test"]["accuracy"], val_acc, -budget, result["best_epoch"],
                                  candidates_val={-c[1]: c[0] for c in candidates}))
-            for epochs in args.lora_epochs:
+            for epochs in (e for e in args.lora_epochs if e > 0):
                 torch.manual_seed(seed)
                 random.seed(seed)
                 subset = replace(task, model=copy.deepcopy(pristine), data=replace(task.data, train=[task.data.train[i] for i in ids]))
