@@ -111,3 +111,40 @@ def test_number_list_parses_and_rejects_comma_separated_numbers():
         from mobillm.bench.memory import main
 
         main(["--batches", "8,sixteen"])
+
+
+def test_samples_subsets_are_whole_batches_nested_and_seeded():
+    from types import SimpleNamespace
+
+    from mobillm.bench.samples import nested_subsets
+
+    train = [SimpleNamespace(batch=[0] * (16 if i < 10 else 7), i=i) for i in range(11)]  # the last one partial
+    small, middle, large = nested_subsets(train, [64, 32, 1000, 2000], seed=0)
+    assert [len(small), len(middle), len(large)] == [2, 4, 10]  # 1000 and 2000: more than there are, all 10 whole
+    assert {b.i for b in small} <= {b.i for b in middle} <= {b.i for b in large} and 10 not in {b.i for b in large}
+    assert nested_subsets(train, [32], seed=0)[0] == small
+    assert any(nested_subsets(train, [48], seed=s)[0] != nested_subsets(train, [48], seed=0)[0] for s in (1, 2, 3))
+
+
+def test_samples_bench_curves_side_and_lora_on_a_tiny_model(tmp_path, capsys):
+    import json
+
+    from conftest import write_toy_sentiment
+    from mobillm.bench.samples import main
+
+    model = save_tiny_model(tmp_path / "tiny")
+    data = write_toy_sentiment(tmp_path / "toy", n_train=96, n_eval=32)
+    main(["--model", str(model), "--data", str(data), "--n", "32,64", "--seeds", "0,1", "--side-epochs", "1,2",
+          "--lora-epochs", "1", "--eval-samples", "32", "--test-samples", "24", "--block", "mlp", "--variants", "default,lst",
+          "--out", str(tmp_path / "out")])
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    assert sorted({(r["method"], r["n"]) for r in rows}) == [("LoRA 1 ep", 32), ("LoRA 1 ep", 64), ("side (default)", 32),
+                                                               ("side (default)", 64), ("side (lst)", 32), ("side (lst)", 64)]
+    assert len(rows) == 12 and {r["seed"] for r in rows} == {0, 1}
+    side = [r for r in rows if r["method"] == "side (default)"]
+    # the budget kept is the one with the best validation accuracy
+    assert all(r["best_val_accuracy"] == max(r["candidates_val"].values()) and r["epochs"] in (1, 2) for r in side)
+    assert all(0 <= r["test_accuracy"] <= 1 for r in rows)
+    out = capsys.readouterr().out
+    assert "| toy | side (default) | 64 | 2 |" in out
+    assert (tmp_path / "out" / "accuracy_vs_n.png").stat().st_size > 1000

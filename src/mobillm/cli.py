@@ -455,7 +455,7 @@ def convert(
     console.print(f"wrote {output_dir}: {weights} weights, {weights_nbytes(backbone) / 2**20:.1f} MiB", soft_wrap=True)
 
 
-BENCHMARKS = ("memory", "codecs", "bandwidth", "convergence", "profile")
+BENCHMARKS = ("memory", "codecs", "bandwidth", "convergence", "profile", "samples")
 
 
 # --help goes through to the benchmark (its own argparse help); `mobillm bench --help` prints this command's.

@@ -10,7 +10,7 @@ from mobillm.exceptions import ConfigError
 from mobillm.sidenet.config import validation_problems
 
 Method = Literal["side", "lora", "bitfit", "full"]
-Schedule = Literal["constant", "linear", "cosine"]
+Schedule = Literal["constant", "linear", "cosine", "rsqrt"]
 
 #: Per-method defaults, chosen on SST-2 validation accuracy (see BENCHMARKS.md).
 DEFAULT_LR: dict[str, float] = {"side": 1e-3, "lora": 5e-4, "bitfit": 1e-3, "full": 2e-5}
@@ -28,6 +28,9 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(16, ge=1)
     schedule: Schedule = "cosine"
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    warmup_steps: int | None = Field(
+        None, ge=0, description="warm-up length in steps, replacing warmup_ratio: with the 'constant' or 'rsqrt' "
+        "schedule nothing then depends on the total number of steps (a device stream may stop at any time)")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     patience: int = Field(3, ge=1, description="evaluations without a validation gain before stopping")

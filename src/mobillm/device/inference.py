@@ -83,12 +83,15 @@ def side_extras(config: SideConfig, batch: EncodedBatch) -> tuple:
 
 @torch.no_grad()
 def evaluate_tapped(side: SideNetwork, head: FrozenHead, codec: Codec, tapped: list[TappedBatch]) -> Evaluator:
-    """Score backbone + side network over cached taps (decoded as the server decodes them)."""
+    """Score backbone + side network over cached taps (decoded as the server decodes them), on the device the
+    side network lies on (``head`` must lie there too)."""
     side.eval()
+    device = next(side.parameters()).device
     scores = Evaluator(side.config.task, side.config.num_labels)
     for item in tapped:
         b = item.batch
-        scores.add(*loss_logits(side, head, decode_layers(codec, item.taps), b.labels, *side_extras(side.config, b)), b.sample_ids)
+        labels, *extras = (None if t is None else t.to(device) for t in (b.labels, *side_extras(side.config, b)))
+        scores.add(*loss_logits(side, head, decode_layers(codec, item.taps).to(device), labels, *extras), b.sample_ids)
     return scores
 
 

@@ -10,22 +10,31 @@ import logging
 import random
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from mobillm.backbone import FrozenHead
-from mobillm.device.inference import TappedBatch, TapStats, evaluate_tapped, side_extras, tap_examples, zero_shot_tapped
+from mobillm.backbone import FrozenHead, decoder_layers
+from mobillm.device.inference import (
+    TappedBatch,
+    TapStats,
+    evaluate_tapped,
+    side_extras,
+    tap_examples,
+    zero_shot_tapped,
+)
 from mobillm.device.taps import TappedBackbone
 from mobillm.exceptions import ConfigError
 from mobillm.files import METRICS_NAME, write_summary
 from mobillm.metrics import MetricsLog, classification_scores, peak_rss_bytes
-from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.recipes.task import Task, TaskOptions, prepare_task
-from mobillm.training.baselines import baseline_logits, prepare_baseline
-from mobillm.train_config import TrainConfig
 from mobillm.scoring import best_fields, selection_score
+from mobillm.sidenet import SideConfig, SideNetwork
+from mobillm.sidenet.init import init_from_backbone
+from mobillm.train_config import TrainConfig
+from mobillm.training.baselines import baseline_logits, prepare_baseline
 from mobillm.training.loop import fit
 from mobillm.training.side_trainer import SideTrainer
 from mobillm.training.step import make_optimizer, train_step
@@ -57,7 +66,7 @@ def train(options: RunOptions, config: TrainConfig) -> dict:
         raise ConfigError(f"--task causal-lm trains with --method side; the {config.method} baseline classifies only")
     task = prepare_task(options, config.seed)
     data, batcher = task.data, task.batcher
-    run = _train_side if config.method == "side" else _train_baseline
+    run = _train_side if config.method == "side" else train_baseline
     summary = run(task, config, metrics, out)
 
     truncated = batcher.truncated
@@ -88,7 +97,7 @@ def _train_side(task: Task, config: TrainConfig, metrics: MetricsLog, out: Path)
     val_cache = tap_examples(backbone, codec, batcher, data.validation, config.batch_size, pivot, "device forward (validation)")
     test_cache = tap_examples(backbone, codec, batcher, data.test, config.batch_size, pivot, "device forward (test)")
 
-    result = fit_side(side_config, head, config, train_cache, val_cache, test_cache, metrics)
+    result = fit_side(side_config, head, config, train_cache, val_cache, test_cache, metrics, layers=decoder_layers(task.model))
     result["side"].save_pretrained(out / "side_network")
     n = len(data.train)
     return {
@@ -101,19 +110,26 @@ def _train_side(task: Task, config: TrainConfig, metrics: MetricsLog, out: Path)
 def fit_side(
     side_config: SideConfig, head: FrozenHead, config: TrainConfig, train_cache: list[TappedBatch],
     val_cache: list[TappedBatch], test_cache: list[TappedBatch], metrics: MetricsLog | None = None,
+    device: torch.device | str = "cpu", layers: Sequence[torch.nn.Module] | None = None,
 ) -> dict:
     """Train a side network from cached device taps (epochs replay the cache): zero-shot, fit, test.
 
     Separate from the device forward so ablations can train many side networks from one set of taps.
+    ``device``: where the side network trains and is scored (the server's ``--device``); it is returned there.
+    ``layers``: the backbone's decoder layers, which ``side_config.init == "backbone"`` copies (``sidenet.init``).
     """
     codec = get_codec(side_config.codec)
     torch.manual_seed(config.seed)  # the server seeds the same way: same initial side network
     side = SideNetwork(side_config)
+    if side_config.init == "backbone":
+        if layers is None:
+            raise ConfigError("a side network with init 'backbone' needs the backbone's decoder layers")
+        init_from_backbone(side, layers)
     steps_per_epoch = len(train_cache)
-    trainer = SideTrainer(side, head, side_config.codec, config, steps_per_epoch * config.num_epochs)
+    trainer = SideTrainer(side, head, side_config.codec, config, steps_per_epoch * config.num_epochs, device)
 
     def evaluate(cache) -> dict:
-        return evaluate_tapped(side, head, codec, cache).scores()
+        return evaluate_tapped(side, trainer.head, codec, cache).scores()
 
     zero_shot = zero_shot_tapped(side_config, head, test_cache).scores()
     step0_val = selection_score(evaluate(val_cache))  # the fresh side network, through the codec
@@ -140,12 +156,14 @@ def fit_side(
     }
 
 
-def _train_baseline(task: Task, config: TrainConfig, metrics: MetricsLog, out: Path) -> dict:
+def train_baseline(task: Task, config: TrainConfig, metrics: MetricsLog, out: Path) -> dict:
+    """Train an on-device baseline (``config.method``) on ``task.data.train``, in place on ``task.model``: epochs
+    with validation and early stopping, then test. Scratch weights go under ``out``; returns the summary."""
     batcher, train_set, num_labels = task.batcher, task.data.train, task.side_config.num_labels
     model, params = prepare_baseline(task.model, config)
     ids = torch.tensor(task.side_config.label_token_ids)
     steps_per_epoch = (len(train_set) + config.batch_size - 1) // config.batch_size
-    optimizer, scheduler = make_optimizer(params, config.learning_rate, config.weight_decay, steps_per_epoch * config.num_epochs, config.warmup_ratio, config.schedule)
+    optimizer, scheduler = make_optimizer(params, config.learning_rate, config.weight_decay, steps_per_epoch * config.num_epochs, config.warmup_ratio, config.schedule, config.warmup_steps)
     device_seconds, samples = 0.0, 0
 
     def train_on(batch) -> float:

@@ -34,6 +34,10 @@ class SideConfig(BaseModel):
     block: str = Field("attention", description="side block type: 'attention' (token-mixing) or 'mlp' (token-wise)")
     attention_heads: int = Field(4, gt=0, description="heads of the 'attention' block")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    init: Literal["random", "backbone"] = Field(
+        "random", description="side blocks and down_i: random, or a magnitude-pruned copy of the shortcut layers (LST; "
+        "sidenet.init, needs the backbone's layer weights where the side network is created)")
+    gate_temperature: float = Field(1.0, gt=0, description="T of the ladder gates mu_i = sigmoid(alpha_i / T) (LST: 0.1)")
     task: Task = "classification"
     head: HeadKind = "verbalizer"
     num_labels: int = Field(2, ge=0)

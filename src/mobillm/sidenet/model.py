@@ -1,7 +1,7 @@
 """The side network: a ladder of parallel adapters fed by the backbone's shortcut activations (design §2).
 
     h0 = 0
-    x_i = mu_i * h_{i-1} + (1 - mu_i) * down_i(norm(A_i))     mu_i = sigmoid(alpha_i)
+    x_i = mu_i * h_{i-1} + (1 - mu_i) * down_i(norm(A_i))     mu_i = sigmoid(alpha_i / T), T = 1 unless set
     h_i = block_i(x_i)                                        residual block of width r
     out = A_top + up(h_M)                                     up zero-initialised
     logits = frozen_head(out)                                 final norm + LM head of the backbone
@@ -33,7 +33,7 @@ class SideNetwork(nn.Module):
         # Backbone activations carry a few very large channels; a scale-free norm keeps down_i well-conditioned.
         self.in_norm = nn.RMSNorm(H, elementwise_affine=False)
         self.down = nn.ModuleList(nn.Linear(H, r) for _ in range(M))
-        self.gate = nn.Parameter(torch.zeros(M))  # alpha_i; mu_i = sigmoid(alpha_i) = 0.5 at start
+        self.gate = nn.Parameter(torch.zeros(M))  # alpha_i; mu_i = sigmoid(alpha_i / T) = 0.5 at start
         self.blocks = nn.ModuleList(block(r, config.attention_heads, config.dropout) for _ in range(M))
         self.up = nn.Linear(r, H)
         nn.init.zeros_(self.up.weight)
@@ -44,7 +44,7 @@ class SideNetwork(nn.Module):
         """(B, [T,] M, H) shortcut activations -> (B, [T,] H) corrected top hidden state."""
         if acts.shape[-2:] != (len(self.down), self.config.hidden_size):
             raise ValueError(f"activations of shape {tuple(acts.shape)}: expected (..., {len(self.down)}, {self.config.hidden_size})")
-        mu = torch.sigmoid(self.gate)
+        mu = torch.sigmoid(self.gate / self.config.gate_temperature)
         h = torch.zeros(*acts.shape[:-2], self.config.width, dtype=acts.dtype, device=acts.device)  # (B, [T,] r)
         for i, (down, block) in enumerate(zip(self.down, self.blocks)):
             x = mu[i] * h + (1 - mu[i]) * down(self.in_norm(acts[..., i, :]))

@@ -2,6 +2,10 @@
 
 The single-process ``mobillm train --method side`` and the server's sessions both drive this class, so
 the two paths share one ``train_step`` and one decoding of the wire format.
+
+The trainer owns where training runs (``device``, see :func:`mobillm.training.device.resolve_device`): the side
+network, its optimizer state and a copy of the frozen head live there; each batch is decoded on the CPU (the
+codecs' arithmetic) and moved there once, with its labels and masks. Losses come back as Python floats.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import copy
 import torch
 
 from mobillm.backbone import FrozenHead
+from mobillm.scoring import loss_logits
 from mobillm.sidenet.model import SideNetwork
 from mobillm.train_config import TrainConfig
 from mobillm.training.step import make_optimizer, side_loss, train_step
@@ -20,17 +25,40 @@ Encoded = dict[str, torch.Tensor]
 
 
 class SideTrainer:
-    def __init__(self, side: SideNetwork, head: FrozenHead, codec: str, config: TrainConfig, total_steps: int):
-        self.side, self.head, self.config = side, head, config
+    def __init__(
+        self, side: SideNetwork, head: FrozenHead, codec: str, config: TrainConfig, total_steps: int,
+        device: torch.device | str = "cpu",
+    ):
+        """Moves ``side`` to ``device`` (in place) and keeps ``head`` there: the head itself on the CPU, a copy
+        elsewhere (the caller's head stays where it was, for the device-side scoring that shares it)."""
+        self.device = torch.device(device)
+        self.side = side.to(self.device)
+        self.head = head if _on(head, self.device) else copy.deepcopy(head).to(self.device)
+        self.config = config
         self.codec = get_codec(codec)
         self.params = [p for p in side.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(
-            self.params, config.learning_rate, config.weight_decay, max(1, total_steps), config.warmup_ratio, config.schedule
+            self.params, config.learning_rate, config.weight_decay, max(1, total_steps), config.warmup_ratio, config.schedule,
+            config.warmup_steps,
         )
         self.step_count = 0
 
     def activations(self, taps: list[Encoded]) -> torch.Tensor:
-        return decode_layers(self.codec, taps)
+        """Decode one batch's taps to (B, [T,] M, H) on the trainer's device."""
+        return decode_layers(self.codec, taps).to(self.device)
+
+    def on_device(self, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        """Labels and masks moved to the trainer's device (``None`` stays ``None``)."""
+        return tuple(None if t is None else t.to(self.device) for t in tensors)
+
+    def logits(
+        self, taps: list[Encoded], labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        last_index: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, targets)`` of one batch on the trainer's device, for scoring (``Evaluator.add``)."""
+        acts = self.activations(taps)
+        labels, attention_mask, last_index, loss_mask = self.on_device(labels, attention_mask, last_index, loss_mask)
+        return loss_logits(self.side, self.head, acts, labels, attention_mask, last_index, loss_mask)
 
     def train_batch(
         self,
@@ -44,6 +72,7 @@ class SideTrainer:
         """One optimizer step. A ``replay`` step (a batch trained on again while the server waits) leaves the
         learning-rate schedule and the step count where they are: those follow the device's batches."""
         acts = self.activations(taps)
+        labels, attention_mask, last_index, loss_mask = self.on_device(labels, attention_mask, last_index, loss_mask)
         self.side.train()
         loss = train_step(
             lambda: side_loss(self.side, self.head, acts, labels, attention_mask, last_index, loss_mask),
@@ -62,3 +91,9 @@ class SideTrainer:
 
     def restore(self, state: dict[str, torch.Tensor]) -> None:
         self.side.load_state_dict(state)
+
+
+def _on(module: torch.nn.Module, device: torch.device) -> bool:
+    """True when every tensor of ``module`` already lies on ``device``."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return all(t.device.type == device.type and (device.index is None or t.device.index == device.index) for t in tensors)

@@ -10,18 +10,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobillm.backbone import FrozenHead
-from mobillm.sidenet.model import SideNetwork
 from mobillm.scoring import loss_logits
+from mobillm.sidenet.model import SideNetwork
 
 
-def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float, total_steps: int, warmup_ratio: float, schedule: str):
-    """AdamW with linear warm-up then constant, linear or cosine decay to zero."""
+def make_optimizer(
+    params: list[nn.Parameter], lr: float, weight_decay: float, total_steps: int, warmup_ratio: float, schedule: str,
+    warmup_steps: int | None = None,
+):
+    """AdamW with linear warm-up (``warmup_steps``, else ``warmup_ratio`` of ``total_steps``), then constant, linear
+    or cosine decay to zero, or ``rsqrt``: ``sqrt(w / step)`` past the warm-up's w steps, the inverse-square-root
+    decay of Vaswani et al. 2017 (also Zhai et al. 2022's "infinite" schedule before its cool-down), which needs no
+    total. ``constant`` and ``rsqrt`` with ``warmup_steps`` never read ``total_steps``."""
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    warmup = int(total_steps * warmup_ratio)
+    warmup = int(total_steps * warmup_ratio) if warmup_steps is None else warmup_steps
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
+        if schedule == "rsqrt":
+            return math.sqrt((warmup + 1) / (step + 1))
         if schedule == "constant" or total_steps <= warmup:
             return 1.0
         progress = min(1.0, (step - warmup) / (total_steps - warmup))

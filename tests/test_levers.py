@@ -1,0 +1,143 @@
+"""Issue 16's levers as options: LST initialisation from the backbone, gate temperature, warm-up in steps, rsqrt.
+
+Each default must leave today's behaviour exactly as it was."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import random_batch, tiny_model
+
+from mobillm.backbone import FrozenHead, decoder_layers
+from mobillm.device.taps import TappedBackbone, stack_taps
+from mobillm.exceptions import ConfigError
+from mobillm.sidenet import SideConfig, SideNetwork
+from mobillm.sidenet.init import init_from_backbone
+from mobillm.train_config import TrainConfig
+from mobillm.training.step import make_optimizer
+
+
+def _config(**kw) -> SideConfig:
+    base = dict(hidden_size=32, num_backbone_layers=4, shortcuts=[2, 4], width=8, block="attention", attention_heads=2,
+                num_labels=2, label_token_ids=[5, 9])
+    return SideConfig(**{**base, **kw})
+
+
+def _ladder(side: SideNetwork, acts: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Design §2's ladder written out, mu_i = sigmoid(alpha_i / T)."""
+    h = torch.zeros(*acts.shape[:-2], side.config.width)
+    for i, (down, block) in enumerate(zip(side.down, side.blocks)):
+        mu = 1 / (1 + torch.exp(-side.gate[i] / temperature))
+        h = block(mu * h + (1 - mu) * down(side.in_norm(acts[..., i, :])))
+    return acts[..., -1, :] + side.up(h)
+
+
+@pytest.mark.parametrize("temperature", [None, 0.1])
+def test_gate_temperature(temperature):
+    torch.manual_seed(0)
+    side = SideNetwork(_config(block="mlp", **({} if temperature is None else {"gate_temperature": temperature})))
+    with torch.no_grad():
+        side.gate.copy_(torch.tensor([0.3, -0.2]))
+        side.up.weight.normal_()
+    acts = torch.randn(5, 2, 32)
+    with torch.no_grad():
+        expected = _ladder(side, acts, temperature or 1.0)
+        assert torch.allclose(side.hidden(acts), expected, atol=1e-6)
+        if temperature is None:  # the default: the same arithmetic as before the option, bit for bit
+            torch.manual_seed(0)
+            plain = SideNetwork(_config(block="mlp"))
+            plain.load_state_dict(side.state_dict())
+            mu = torch.sigmoid(plain.gate)
+            h = torch.zeros(5, 8)
+            for i, (down, block) in enumerate(zip(plain.down, plain.blocks)):
+                h = block(mu[i] * h + (1 - mu[i]) * down(plain.in_norm(acts[..., i, :])))
+            assert torch.equal(side.hidden(acts), acts[..., -1, :] + plain.up(h))
+
+
+def _lrs(steps: int, **kw) -> list[float]:
+    optimizer, scheduler = make_optimizer([torch.nn.Parameter(torch.zeros(1))], 1e-3, 0.0, **kw)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_default_schedule_is_unchanged_and_warmup_steps_replace_the_ratio():
+    default = _lrs(50, total_steps=50, warmup_ratio=0.06, schedule="cosine")
+    warmup = int(50 * 0.06)
+    expected = [1e-3 * ((s + 1) / (warmup + 1) if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (50 - warmup))))
+                for s in range(50)]
+    assert default == pytest.approx(expected, rel=1e-12)
+    assert _lrs(50, total_steps=50, warmup_ratio=0.06, schedule="cosine", warmup_steps=None) == default
+    constant = _lrs(30, total_steps=10, warmup_ratio=0.5, schedule="constant", warmup_steps=4)
+    assert constant[:4] == pytest.approx([2e-4, 4e-4, 6e-4, 8e-4]) and constant[4:] == [1e-3] * 26
+
+
+def test_rsqrt_schedule_needs_no_total():
+    a = _lrs(40, total_steps=10, warmup_ratio=0.0, schedule="rsqrt", warmup_steps=3)
+    b = _lrs(40, total_steps=10_000, warmup_ratio=0.0, schedule="rsqrt", warmup_steps=3)
+    assert a == b
+    assert a[3] == pytest.approx(1e-3) and a[15] == pytest.approx(1e-3 * math.sqrt(4 / 16))
+    assert all(x > y for x, y in zip(a[3:], a[4:]))  # decays, never reaches zero
+    assert TrainConfig(schedule="rsqrt", warmup_steps=20, lr=3e-3).warmup_steps == 20
+    with pytest.raises(ConfigError):
+        TrainConfig.parse({"warmup_steps": -1})
+
+
+def _boost(layer, family: str, dims: list[int]) -> None:
+    """Make residual dimensions ``dims`` the heaviest of a layer: the init must pick them."""
+    attn = layer.self_attn
+    mlp_in = layer.mlp.gate_proj if family == "llama" else layer.fc1
+    with torch.no_grad():
+        for m in (attn.q_proj, attn.k_proj, attn.v_proj, mlp_in):
+            m.weight[:, dims] *= 50
+
+
+@pytest.mark.parametrize("block", ["attention", "mlp"])
+def test_backbone_init_copies_the_heaviest_dimensions(family, block):
+    model = tiny_model(family)
+    layers = decoder_layers(model)
+    heavy = {2: [1, 4, 7, 10, 13, 16, 19, 22], 4: [0, 3, 5, 8, 11, 25, 30, 31]}
+    for s, dims in heavy.items():
+        _boost(layers[s - 1], family, dims)
+    side = SideNetwork(_config(block=block, init="backbone"))
+    init_from_backbone(side, layers)
+    for i, s in enumerate([2, 4]):
+        dims = torch.tensor(heavy[s])
+        down = side.down[i].weight
+        assert torch.equal(down, torch.eye(32)[dims]) and not side.down[i].bias.any()  # picks out those dims
+        layer, blk = layers[s - 1], side.blocks[i]
+        mlp = blk.mlp if block == "attention" else blk
+        src = layer.mlp.gate_proj if family == "llama" else layer.fc1
+        rows = src.weight[:, dims]  # every side MLP input row is one backbone unit's row at those dims
+        assert all(any(torch.equal(row, r) for r in rows) for row in mlp.mlp[0].weight)
+        norm = layer.post_attention_layernorm if family == "llama" else layer.final_layer_norm
+        assert torch.equal(mlp.norm.weight, norm.weight[dims])
+        if block == "attention":
+            q = blk.attn.in_proj_weight[:8]
+            hd = layer.self_attn.head_dim
+            scale = math.sqrt((8 / 2) / hd)
+            backbone_q = layer.self_attn.q_proj.weight[:, dims] * scale
+            assert all(any(torch.allclose(row, r) for r in backbone_q) for row in q)
+    # up stays zero: step 0 is still the zero-shot prediction
+    ids, mask, last = random_batch()
+    head = FrozenHead.from_model(model)
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask).logits
+    acts = stack_taps(TappedBackbone(model, [2, 4])(ids, mask, None if block == "attention" else last))
+    logits = side(acts, head, attention_mask=mask, last_index=last) if block == "attention" else side(acts, head)
+    assert torch.allclose(logits, full[torch.arange(3), last][:, [5, 9]], atol=1e-4)
+
+
+def test_backbone_init_refuses_what_does_not_fit():
+    layers = decoder_layers(tiny_model("llama"))
+    with pytest.raises(ConfigError, match="side heads"):
+        init_from_backbone(SideNetwork(_config(width=32, attention_heads=2)), layers)  # 16-dim heads > 8
+    with pytest.raises(ConfigError, match="only 1 backbone layers"):
+        init_from_backbone(SideNetwork(_config()), layers[:1])
+    with pytest.raises(ConfigError, match="neither a Llama- nor an OPT-style"):
+        init_from_backbone(SideNetwork(_config()), [torch.nn.Linear(2, 2)] * 4)
