@@ -82,11 +82,6 @@ class TextDataset:
     def num_labels(self) -> int:
         return len(self.label_names)
 
-    def split(self, name: str) -> list[Example]:
-        if name not in ("train", "validation", "test"):
-            raise DataError(f"unknown split {name!r}; choose train, validation or test")
-        return getattr(self, name)
-
 
 # ----------------------------------------------------------------------------------------------------------- entry
 def load_dataset(
