@@ -23,7 +23,7 @@ from mobillm.device.client import stream
 from mobillm.metrics import Curve
 from mobillm.server.auth import TokenStore
 from mobillm.server.manager import SessionManager
-from mobillm.server.status import STATUS_PATHS
+from mobillm.server.endpoints import STATUS_PATHS
 from mobillm.train_config import TrainConfig
 from mobillm.wire.messages import Batch, Done, GetSideNet, encode_message
 from test_security import _hello_then
@@ -286,3 +286,14 @@ def test_the_status_page_renders_a_live_job_in_chromium(toy_task, tmp_path, monk
             assert shot.stat().st_size > 10_000
         finally:
             browser.close()
+
+
+def test_bearer_token_reads_bearer_and_only_optionally_basic():
+    from mobillm.server.auth import bearer_token
+
+    basic = "Basic " + base64.b64encode(b"anyone:s3cret").decode()
+    assert bearer_token("Bearer  abc ") == "abc" and bearer_token("bearer abc") == "abc"
+    assert bearer_token(None) is None and bearer_token("") is None and bearer_token("Token abc") is None
+    assert bearer_token(basic) is None  # a job's handshake takes Bearer only
+    assert bearer_token(basic, basic=True) == "s3cret"
+    assert bearer_token("Basic !!", basic=True) is None
