@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
-from typing import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from websockets.datastructures import Headers
