@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -203,3 +204,31 @@ def test_a_bad_choice_exits_2_naming_the_choices_before_any_work(monkeypatch):
     expected = {("evaluate", "--split"), ("train", "--method"), ("convert", "--weights")} | {
         (name, flag) for name in ("train", "device", "finetune") for flag in ("--task", "--codec", "--block", "--schedule")}
     assert expected <= tried, expected - tried
+
+
+def test_no_header_reaches_the_loader_from_train_and_device(toy_task, tmp_path, monkeypatch):
+    """`--no-header` is plumbed through TaskOptions: the task's data is the headerless file's every row."""
+    from mobillm.recipes import device as device_recipe
+    from mobillm.recipes import local as local_recipe
+    from mobillm.recipes.task import TaskOptions, prepare_task
+
+    model_dir, data_dir = toy_task
+    rows = (Path(data_dir) / "train.tsv").read_text().splitlines()[1:41]  # 40 data rows, the header dropped
+    headerless = tmp_path / "export.tsv"
+    headerless.write_text("\n".join(rows) + "\n")
+    task = prepare_task(TaskOptions(model=model_dir, data=str(headerless), no_header=True), seed=0)
+    assert len(task.data.train) + len(task.data.validation) + len(task.data.test) == 40
+    result = runner.invoke(app, ["train", "--model", model_dir, "--data", str(headerless), "--output-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "--no-header" in " ".join(result.output.split())
+    result = runner.invoke(app, ["train", "--task", "causal-lm", "--model", model_dir, "--data", str(headerless),
+                                 "--no-header"])
+    assert result.exit_code == 2 and "causal-LM data is JSONL" in result.output
+
+    seen = []
+    monkeypatch.setattr(local_recipe, "train", lambda options, config: seen.append(options) or {})
+    monkeypatch.setattr(device_recipe, "run_device", lambda options, config: seen.append(options) or {})
+    monkeypatch.setattr("mobillm.cli.print_summary", lambda summary: None)
+    for command in ("train", "device"):
+        result = runner.invoke(app, [command, "--data", str(headerless), "--no-header", "--text-column", "0"])
+        assert result.exit_code == 0, result.output
+    assert [(o.no_header, o.text_column) for o in seen] == [(True, "0"), (True, "0")]
