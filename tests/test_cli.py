@@ -232,3 +232,13 @@ def test_no_header_reaches_the_loader_from_train_and_device(toy_task, tmp_path, 
         result = runner.invoke(app, [command, "--data", str(headerless), "--no-header", "--text-column", "0"])
         assert result.exit_code == 0, result.output
     assert [(o.no_header, o.text_column) for o in seen] == [(True, "0"), (True, "0")]
+
+
+def test_loading_a_model_shows_one_progress_line(toy_task, tmp_path):
+    """Each command that loads a backbone says so in one line of its own (no transformers bar)."""
+    model_dir, _ = toy_task
+    result = runner.invoke(app, ["convert", str(tmp_path / "fp32"), "--model", model_dir, "--weights", "fp32"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("loading ")]
+    assert len(lines) == 1 and f"loading {model_dir} (transformers, " in lines[0] and lines[0].endswith(" s")
+    assert "it/s" not in result.output

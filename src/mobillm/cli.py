@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mobillm import PROGRESS_LOGGER
 from mobillm.exceptions import MobillmError
 from mobillm.ports import free_port, wait_listening
 
@@ -127,8 +128,20 @@ def _train_config(args: dict, *extra: str, **fixed):
     return TrainConfig.parse({**{k: args.pop(k) for k in (*TRAIN_OPTIONS, *extra)}, **fixed})
 
 
+class _ProgressLines(logging.Handler):
+    """The one line of each long step (:data:`mobillm.PROGRESS_LOGGER`), bare, on the console's stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print(escape(record.getMessage()), highlight=False, soft_wrap=True)
+
+
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    progress = logging.getLogger(PROGRESS_LOGGER)
+    if not any(isinstance(h, _ProgressLines) for h in progress.handlers):
+        progress.addHandler(_ProgressLines())
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
 
 
 @app.command()
@@ -368,6 +381,7 @@ def predict(
     side_network: SideDir = Path("runs/finetune/device/side_network"), model: Model = "smollm2-135m",
 ) -> None:
     """Classify texts on the device with backbone + side network."""
+    _setup_logging()
     from mobillm.data import Example
     from mobillm.device.inference import evaluate_tapped, tap_batches
 
@@ -390,6 +404,7 @@ def evaluate(
     batch_size: BatchSize = 16, max_length: MaxLength = 128, seed: Seed = 0,
 ) -> None:
     """Score backbone + side network on a data split, on the device (the task is the side network's)."""
+    _setup_logging()
     from mobillm.data import load_dataset
     from mobillm.data.lm import LMBatcher, load_lm_dataset
     from mobillm.device.inference import evaluate_tapped, tap_examples
@@ -426,6 +441,7 @@ def generate(
     base: Annotated[bool, typer.Option("--base", help="the bare backbone (a fresh side network), to compare")] = False,
 ) -> None:
     """Write a response on the device with backbone (KV cache) + side network, streamed token by token."""
+    _setup_logging()
     from mobillm.data.lm import LMBatcher
     from mobillm.device.generate import Generator, Sampling
     from mobillm.sidenet import SideNetwork
@@ -470,6 +486,7 @@ def convert(
     from mobillm.backbone import load_pretrained
     from mobillm.backbone.weights import save_device_model, weights_nbytes
 
+    _setup_logging()
     try:
         backbone, tokenizer = load_pretrained(model)
         save_device_model(backbone, tokenizer, output_dir, weights, source=model)
