@@ -135,12 +135,13 @@ class _ProgressLines(logging.Handler):
         console.print(escape(record.getMessage()), highlight=False, soft_wrap=True)
 
 
-def _setup_logging() -> None:
+def _setup_logging(progress_lines: bool = True) -> None:
+    """Warnings as log lines; the progress lines bare, unless the command's output is a stream of its own."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     progress = logging.getLogger(PROGRESS_LOGGER)
     if not any(isinstance(h, _ProgressLines) for h in progress.handlers):
         progress.addHandler(_ProgressLines())
-    progress.setLevel(logging.INFO)
+    progress.setLevel(logging.INFO if progress_lines else logging.WARNING)
     progress.propagate = False
 
 
@@ -441,7 +442,7 @@ def generate(
     base: Annotated[bool, typer.Option("--base", help="the bare backbone (a fresh side network), to compare")] = False,
 ) -> None:
     """Write a response on the device with backbone (KV cache) + side network, streamed token by token."""
-    _setup_logging()
+    _setup_logging(progress_lines=False)  # the output is the response, token by token
     from mobillm.data.lm import LMBatcher
     from mobillm.device.generate import Generator, Sampling
     from mobillm.sidenet import SideNetwork
