@@ -28,3 +28,18 @@ def make_tiny_tokenizer(words: list[str] | None = None, bos: bool = False):
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="<s>", eos_token="</s>"
     )
+
+
+def slow_side_training(monkeypatch, seconds: float) -> None:
+    """Make every side-network training step take ``seconds`` longer (so a test sees a job while it trains)."""
+    import time
+
+    from mobillm.training.side_trainer import SideTrainer
+
+    step = SideTrainer.train_batch
+
+    def slow_step(self, *args, **kwargs):
+        time.sleep(seconds)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SideTrainer, "train_batch", slow_step)

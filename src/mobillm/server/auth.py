@@ -12,6 +12,7 @@ folder can take its place). A job's token does not open the status page, nor the
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -67,6 +68,20 @@ class TokenStore:
     def verify_status(self, token: str | None) -> bool:
         """True only for the status page's current token."""
         return _verify(self.status_path, token)
+
+
+def bearer_token(authorization: str | None, *, basic: bool = False) -> str | None:
+    """The token an ``Authorization`` header presents: ``Bearer TOKEN`` (stripped); with ``basic``, also HTTP Basic
+    with TOKEN as the password (what browsers send). None for no header, another scheme or malformed Basic."""
+    scheme, _, value = (authorization or "").partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if basic and scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
+            return None
+    return None
 
 
 def _create(path: Path, owner: str, replace: bool) -> str:

@@ -77,12 +77,6 @@ class SideNetwork(nn.Module):
         ids = self.config.label_token_ids if self.config.head == "verbalizer" else None
         return head(out, None if ids is None else torch.tensor(ids, device=out.device))
 
-    @torch.no_grad()
-    def predict(self, acts, head: FrozenHead, attention_mask=None, last_index=None) -> torch.Tensor:
-        """Class ids (classification): what the server scores and the device computes locally."""
-        self.eval()
-        return self(acts, head, attention_mask, last_index).argmax(-1)
-
     # -- checkpoints (PEFT-shaped) -------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``side_config.json`` + ``side_network.safetensors`` (trainable tensors only)."""
