@@ -24,10 +24,11 @@ from websockets.http11 import Request, Response
 
 from mobillm import __version__
 from mobillm.exceptions import ProtocolError
-from mobillm.server.auth import JOB_NAME, TokenStore
+from mobillm.server.auth import JOB_NAME, TokenStore, bearer_token
+from mobillm.server.endpoints import StatusEndpoints
 from mobillm.server.prometheus import ServerMetrics
 from mobillm.server.sessions import JobSession, Sessions
-from mobillm.server.status import ServerStatus, SessionError, StatusEndpoints
+from mobillm.server.status import ServerStatus, SessionError
 from mobillm.wire.errors import ErrorCode
 from mobillm.wire.frame import DEFAULT_MAX_MESSAGE_BYTES
 from mobillm.wire.messages import encode_message
@@ -103,10 +104,10 @@ class Server:
         if self.tokens is None:
             return None
         job = path_job(request.path)
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if job is None or scheme.lower() != "bearer":
+        token = bearer_token(request.headers.get("Authorization"))
+        if job is None or token is None:
             return self._unauthorized(connection, "connect to /jobs/NAME with 'Authorization: Bearer TOKEN'")
-        if not await asyncio.to_thread(self.tokens.verify, job, token.strip()):
+        if not await asyncio.to_thread(self.tokens.verify, job, token):
             log.warning("refused a connection to job %s: invalid token", job)
             return self._unauthorized(connection, f"invalid token for job {job}")
         return None

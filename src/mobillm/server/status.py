@@ -104,11 +104,3 @@ class ServerStatus(BaseModel):
     jobs: list[JobStatus]
     last_error: SessionError | None = None
 
-
-def __getattr__(name: str):
-    # Until server/app.py imports StatusEndpoints from mobillm.server.endpoints (issue 13); then remove this.
-    if name == "StatusEndpoints":
-        from mobillm.server.endpoints import StatusEndpoints
-
-        return StatusEndpoints
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
