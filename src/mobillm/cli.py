@@ -32,7 +32,7 @@ TaskKind = Literal["classification", "causal-lm"]
 CodecName = Literal["none", "fp16", "bf16", "fp8", "int8", "fp4", "nf4"]
 BlockName = Literal["attention", "mlp"]
 MethodName = Literal["side", "lora", "bitfit", "full"]
-ScheduleName = Literal["constant", "linear", "cosine"]
+ScheduleName = Literal["constant", "linear", "cosine", "rsqrt"]
 SplitName = Literal["test", "validation"]
 WeightFormat = Literal["fp32", "int8", "nf4"]
 
