@@ -27,6 +27,7 @@ from mobillm.training.baselines import baseline_logits, prepare_baseline
 from mobillm.train_config import TrainConfig
 from mobillm.scoring import best_fields, selection_score
 from mobillm.training.loop import fit
+from mobillm.training.order import epoch_order
 from mobillm.training.side_trainer import SideTrainer
 from mobillm.training.step import make_optimizer, train_step
 from mobillm.wire.codecs import get_codec
@@ -118,12 +119,8 @@ def fit_side(
     zero_shot = zero_shot_tapped(side_config, head, test_cache).scores()
     step0_val = selection_score(evaluate(val_cache))  # the fresh side network, through the codec
 
-    def epoch_batches(epoch):
-        # Epoch 1 in the device's order (as the batches reach the server), later ones replayed shuffled.
-        order = list(range(len(train_cache)))
-        if epoch:
-            random.Random(config.seed * 1000 + epoch).shuffle(order)
-        return (train_cache[i] for i in order)
+    def epoch_batches(epoch):  # as the server replays its activation cache
+        return (train_cache[i] for i in epoch_order(len(train_cache), epoch, config.seed))
 
     result = fit(
         num_epochs=config.num_epochs, batches=epoch_batches, steps_per_epoch=steps_per_epoch,
