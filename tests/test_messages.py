@@ -10,6 +10,8 @@ import pytest
 import safetensors.torch
 import torch
 
+from mobillm.sidenet import SideConfig
+from mobillm.train_config import TrainConfig
 from mobillm.exceptions import PayloadTooBig, ProtocolError, WireError
 from mobillm.wire.messages import (
     CLOSE_CODES,
@@ -31,14 +33,27 @@ from mobillm.wire.messages import (
 )
 
 
+SIDE_FIELDS = ("task", "codec", "shortcuts", "hidden_size", "num_labels")
+
+
 def hello(**overrides) -> Hello:
+    """A valid Hello; overrides of the side network's fields (task, codec, ...) go into its side_config."""
+    side = dict(hidden_size=16, num_backbone_layers=12, shortcuts=[2, 5, 9], block="mlp", width=8, codec="int8",
+                num_labels=2, label_token_ids=[5, 9])
+    side.update({k: overrides.pop(k) for k in SIDE_FIELDS if k in overrides})
+    if side.get("task") == "causal-lm":
+        side.update(head="lm", label_token_ids=None)
     fields = dict(
         job="sst2-run_1.a", token="secret", model="HuggingFaceTB/SmolLM2-135M", fingerprint="0123abcd" * 4,
-        task="classification", codec="int8", shortcuts=[2, 5, 9], hidden_size=16, num_labels=2,
-        side_config={"block": "mlp", "reduction": 8, "nested": {"a": [1, 2.5, None]}},
-        train_config={"lr": 1e-3, "batch_size": 4}, train_samples=100,
+        side_config=SideConfig(**side), train_config=TrainConfig(lr=1e-3, batch_size=4), train_samples=100,
     )
     return Hello(**{**fields, **overrides})
+
+
+def hello_json(**side_overrides) -> dict:
+    """``hello()`` as the JSON header, with raw (unvalidated) values put into its side_config."""
+    fields = hello().model_dump(mode="json")
+    return {**fields, "side_config": {**fields["side_config"], **side_overrides}}
 
 
 def fake_layer(i: int, batch: int = 3, hidden: int = 16) -> dict[str, torch.Tensor]:
@@ -283,8 +298,9 @@ def test_extra_and_missing_fields_are_bad_header():
 
 
 @pytest.mark.parametrize("header", [
-    {**hello().model_dump(mode="json"), "hidden_size": "16"},  # strict: no str -> int coercion
-    {**hello().model_dump(mode="json"), "shortcuts": [5, 2]},
+    hello_json(hidden_size="16"),  # strict: no str -> int coercion, in the typed side config too
+    hello_json(shortcuts=[5, 2]),
+    {**hello_json(), "train_config": {"lr": "0.001"}},
     {**hello().model_dump(mode="json"), "resume": 1},
     {"type": "welcome", "v": 1, "session": "s", "window": 0, "last_seq": -1, "step": 0},
     {"type": "welcome", "v": 1, "session": "s", "window": 2, "last_seq": -2, "step": 0},

@@ -122,12 +122,16 @@ def fit_side(
     def epoch_batches(epoch):  # as the server replays its activation cache
         return (train_cache[i] for i in epoch_order(len(train_cache), epoch, config.seed))
 
+    def train_on(item: TappedBatch) -> float:
+        loss = trainer.train_batch(item.taps, item.batch.labels, *side_extras(side_config, item.batch))
+        if metrics:
+            metrics.write(step=trainer.step_count, loss=loss)
+        return loss
+
     result = fit(
-        num_epochs=config.num_epochs, batches=epoch_batches, steps_per_epoch=steps_per_epoch,
-        train_on=lambda item: trainer.train_batch(item.taps, item.batch.labels, *side_extras(side_config, item.batch)),
+        num_epochs=config.num_epochs, batches=epoch_batches, steps_per_epoch=steps_per_epoch, train_on=train_on,
         validate=lambda: evaluate(val_cache), snapshot=trainer.snapshot, restore=trainer.restore,
-        evals_per_epoch=config.evals_per_epoch, patience=config.patience, initial_score=step0_val,
-        desc="side", on_step=(lambda step, loss: metrics.write(step=step, loss=loss)) if metrics else None,
+        evals_per_epoch=config.evals_per_epoch, patience=config.patience, initial_score=step0_val, desc="side",
     )
     return {
         "side": side, "test": evaluate(test_cache), "zero_shot_test": zero_shot, **best_fields(side_config.task, result.best_score),
@@ -143,10 +147,10 @@ def _train_baseline(task: Task, config: TrainConfig, metrics: MetricsLog, out: P
     ids = torch.tensor(task.side_config.label_token_ids)
     steps_per_epoch = (len(train_set) + config.batch_size - 1) // config.batch_size
     optimizer, scheduler = make_optimizer(params, config.learning_rate, config.weight_decay, steps_per_epoch * config.num_epochs, config.warmup_ratio, config.schedule)
-    device_seconds, samples = 0.0, 0
+    device_seconds, samples, steps = 0.0, 0, 0
 
     def train_on(batch) -> float:
-        nonlocal device_seconds, samples
+        nonlocal device_seconds, samples, steps
         model.train()
         t = time.perf_counter()
         loss = train_step(
@@ -156,7 +160,8 @@ def _train_baseline(task: Task, config: TrainConfig, metrics: MetricsLog, out: P
             params, optimizer, scheduler, config.max_grad_norm,
         )
         device_seconds += time.perf_counter() - t
-        samples += len(batch.labels)
+        samples, steps = samples + len(batch.labels), steps + 1
+        metrics.write(step=steps, loss=loss, train_seconds=device_seconds)
         return loss
 
     @torch.inference_mode()
@@ -188,7 +193,7 @@ def _train_baseline(task: Task, config: TrainConfig, metrics: MetricsLog, out: P
         batches=lambda epoch: batcher.batches(train_set, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch),
         steps_per_epoch=steps_per_epoch, train_on=train_on, validate=lambda: evaluate(task.data.validation),
         snapshot=snapshot, restore=restore, evals_per_epoch=config.evals_per_epoch, patience=config.patience,
-        desc=config.method, on_step=lambda step, loss: metrics.write(step=step, loss=loss, train_seconds=device_seconds),
+        desc=config.method,
     )
     final = evaluate(task.data.test)
     (scratch / "best.safetensors").unlink(missing_ok=True)

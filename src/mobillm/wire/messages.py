@@ -27,9 +27,11 @@ from typing import Annotated, Any, ClassVar, Literal, Mapping, Sequence, Union
 
 import safetensors.torch
 import torch
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from mobillm.exceptions import PayloadTooBig, ProtocolError
+from mobillm.sidenet.config import SideConfig
+from mobillm.train_config import TrainConfig
 
 __all__ = [
     "PROTOCOL_VERSION", "METADATA_KEY", "MAX_HEADER_BYTES", "ERROR_CODES", "CLOSE_CODES", "MESSAGE_TYPES",
@@ -102,30 +104,21 @@ class Message(BaseModel):
 
 
 class Hello(Message):
-    """Device → server, first message: which job, who, which backbone, and how the job is set up."""
+    """Device → server, first message: which job, who, which backbone, and how the job is set up.
+
+    ``side_config`` is the one statement of the job's shape — task, codec, shortcut layers, hidden size, labels —
+    and ``train_config`` of its training; both are validated here, and against its backbone by the server."""
 
     type: Literal["hello"] = "hello"
     job: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")  # a folder name: no '..'
     token: str | None = None
-    model: str = Field(min_length=1, max_length=256)  # the backbone's name, which the server loads
+    model: str = Field(min_length=1, max_length=256)  # the public model id the backbone comes from; the server loads it
     fingerprint: str = Field(min_length=1, max_length=128, pattern=r"^[0-9a-f]+$")
-    task: Literal["classification", "causal-lm"]
-    codec: str = Field(min_length=1, max_length=64)
-    shortcuts: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
-    hidden_size: int = Field(gt=0)
-    num_labels: int = Field(ge=0)
-    side_config: dict[str, Any]  # opaque here; validated by the side network's config
-    train_config: dict[str, Any]  # opaque here; validated by the training config
+    side_config: SideConfig
+    train_config: TrainConfig
     train_samples: int = Field(ge=0)
     device_epochs: int = Field(default=1, ge=1)
     resume: bool = False
-
-    @field_validator("shortcuts")
-    @classmethod
-    def _increasing(cls, value: list[int]) -> list[int]:
-        if any(b <= a for a, b in zip(value, value[1:])):
-            raise ValueError("shortcut layers must be strictly increasing")
-        return value
 
 
 class Welcome(Message):
