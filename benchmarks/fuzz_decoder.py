@@ -47,10 +47,9 @@ def main() -> None:
     from mobillm.wire.messages import Hello
 
     side = SideConfig(hidden_size=H, num_backbone_layers=4, shortcuts=[2, 4], width=8, block="mlp", num_labels=LABELS,
-                      label_token_ids=[5, 6])
-    hello = Hello(job="fuzz", model="tiny", fingerprint="ab", task="classification", codec="int8", shortcuts=[2, 4],
-                  hidden_size=H, num_labels=LABELS, side_config=side.model_dump(),
-                  train_config=TrainConfig(method="side", epochs=1, batch_size=B).model_dump(), train_samples=10**9)
+                      label_token_ids=[5, 6], codec="int8")
+    hello = Hello(job="fuzz", model="tiny", fingerprint="ab", side_config=side,
+                  train_config=TrainConfig(method="side", epochs=1, batch_size=B), train_samples=10**9)
     scratch = Path(tempfile.mkdtemp(prefix="mobillm-fuzz-"))
     job = Job(hello, FrozenHead.from_model(tiny_model("llama", hidden=H)), scratch / "job", 64 << 20)
     corpus = scratch / "corpus"

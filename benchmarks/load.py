@@ -105,11 +105,10 @@ def tiny_jobs(scratch: Path, names: list[str], batches: int) -> tuple[list, list
         save_tiny_model(model_dir, hidden=H)
     model, _ = load_pretrained(str(model_dir))
     side = SideConfig(hidden_size=H, num_backbone_layers=4, shortcuts=SHORTCUTS, width=16, block="mlp", num_labels=2,
-                      label_token_ids=[5, 6])
+                      label_token_ids=[5, 6], codec="int8")
     config = TrainConfig(method="side", epochs=2, batch_size=B)
-    hellos = [Hello(job=name, model=str(model_dir), fingerprint=fingerprint(model), task="classification",
-                    codec="int8", shortcuts=SHORTCUTS, hidden_size=H, num_labels=2, side_config=side.model_dump(),
-                    train_config=config.model_dump(), train_samples=batches * B) for name in names]
+    hellos = [Hello(job=name, model=str(model_dir), fingerprint=fingerprint(model), side_config=side,
+                    train_config=config, train_samples=batches * B) for name in names]
     return hellos, [TokenStore(scratch / "jobs").create(h.job) for h in hellos]
 
 

@@ -43,3 +43,24 @@ def slow_side_training(monkeypatch, seconds: float) -> None:
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(SideTrainer, "train_batch", slow_step)
+
+
+SIDE_FIELDS = ("task", "codec", "shortcuts", "hidden_size", "num_labels")
+
+
+def make_hello(**overrides):
+    """A valid Hello; overrides of the side network's fields (task, codec, ...) go into its side_config."""
+    from mobillm.sidenet import SideConfig
+    from mobillm.train_config import TrainConfig
+    from mobillm.wire.messages import Hello
+
+    side = dict(hidden_size=16, num_backbone_layers=12, shortcuts=[2, 5, 9], block="mlp", width=8, codec="int8",
+                num_labels=2, label_token_ids=[5, 9])
+    side.update({k: overrides.pop(k) for k in SIDE_FIELDS if k in overrides})
+    if side.get("task") == "causal-lm":
+        side.update(head="lm", label_token_ids=None)
+    fields = dict(
+        job="sst2-run_1.a", token="secret", model="HuggingFaceTB/SmolLM2-135M", fingerprint="0123abcd" * 4,
+        side_config=SideConfig(**side), train_config=TrainConfig(lr=1e-3, batch_size=4), train_samples=100,
+    )
+    return Hello(**{**fields, **overrides})

@@ -27,14 +27,6 @@ from mobillm.wire.session import (
 )
 
 
-def make_hello(**overrides) -> Hello:
-    fields = dict(
-        job="loop", model="tiny", fingerprint="ab" * 16, task="classification", codec="none", shortcuts=[1, 2],
-        hidden_size=2, num_labels=2, side_config={}, train_config={}, train_samples=8,
-    )
-    return Hello(**{**fields, **overrides})
-
-
 def batch_tensors(seq: int) -> dict[str, torch.Tensor]:
     """A Batch's tensors that the frame checks accept; ``sample_ids`` = [seq] so a test can follow it."""
     return {"sample_ids": torch.tensor([seq]), "labels": torch.tensor([0]), "act.0.data": torch.zeros(2)}

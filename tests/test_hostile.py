@@ -31,10 +31,9 @@ SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 def job(tmp_path_factory):
     model = tiny_model("llama", hidden=H)
     side = SideConfig(hidden_size=H, num_backbone_layers=4, shortcuts=[2, 4], width=8, block="mlp", num_labels=LABELS,
-                      label_token_ids=[5, 6])
-    hello = Hello(job="hostile", model="tiny", fingerprint="ab", task="classification", codec="int8", shortcuts=[2, 4],
-                  hidden_size=H, num_labels=LABELS, side_config=side.model_dump(),
-                  train_config=TrainConfig(method="side", epochs=1, batch_size=B).model_dump(), train_samples=64)
+                      label_token_ids=[5, 6], codec="int8")
+    hello = Hello(job="hostile", model="tiny", fingerprint="ab", side_config=side,
+                  train_config=TrainConfig(method="side", epochs=1, batch_size=B), train_samples=64)
     return Job(hello, FrozenHead.from_model(model), tmp_path_factory.mktemp("job"), 1 << 20)
 
 
@@ -46,7 +45,7 @@ def batch_message(seq: int = 0, acts=None, labels=None, split: str = "train") ->
 
 
 def state(job: Job) -> tuple:
-    return len(job.cache), job.cache.total_bytes, job.order.last_seq, len(job.eval_seqs), job.bytes_received
+    return len(job.cache), job.cache.total_bytes, job.order.last_seq, len(job.feed.eval_seqs), job.bytes_received
 
 
 def offer(job: Job, data: bytes) -> None:

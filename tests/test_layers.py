@@ -17,10 +17,10 @@ ALLOWED: dict[str, set[str]] = {
     "procfs": set(),
     "ports": BASE,
     "metrics": BASE,
-    "wire": BASE,
+    "wire": BASE | {"sidenet", "train_config"},  # the Hello carries the typed configs
     "data": BASE,
     "backbone": BASE | {"wire"},
-    "sidenet": BASE | {"backbone", "wire"},
+    "sidenet": BASE | {"backbone"},
     "train_config": BASE | {"sidenet"},
     "scoring": BASE | {"backbone", "sidenet", "metrics"},
     "device": BASE | {"backbone", "data", "metrics", "scoring", "sidenet", "wire"},

@@ -10,6 +10,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from helpers import make_hello
 from mobillm.exceptions import PayloadTooBig, ProtocolError, WireError
 from mobillm.wire.errors import ErrorCode
 from mobillm.wire.messages import (
@@ -22,7 +23,6 @@ from mobillm.wire.messages import (
     Error,
     Frame,
     GetSideNet,
-    Hello,
     SideNet,
     Welcome,
     decode_message,
@@ -30,14 +30,13 @@ from mobillm.wire.messages import (
 )
 
 
-def hello(**overrides) -> Hello:
-    fields = dict(
-        job="sst2-run_1.a", token="secret", model="HuggingFaceTB/SmolLM2-135M", fingerprint="0123abcd" * 4,
-        task="classification", codec="int8", shortcuts=[2, 5, 9], hidden_size=16, num_labels=2,
-        side_config={"block": "mlp", "reduction": 8, "nested": {"a": [1, 2.5, None]}},
-        train_config={"lr": 1e-3, "batch_size": 4}, train_samples=100,
-    )
-    return Hello(**{**fields, **overrides})
+hello = make_hello
+
+
+def hello_json(**side_overrides) -> dict:
+    """``hello()`` as the JSON header, with raw (unvalidated) values put into its side_config."""
+    fields = hello().model_dump(mode="json")
+    return {**fields, "side_config": {**fields["side_config"], **side_overrides}}
 
 
 def fake_layer(i: int, batch: int = 3, hidden: int = 16) -> dict[str, torch.Tensor]:
@@ -282,8 +281,9 @@ def test_extra_and_missing_fields_are_bad_header():
 
 
 @pytest.mark.parametrize("header", [
-    {**hello().model_dump(mode="json"), "hidden_size": "16"},  # strict: no str -> int coercion
-    {**hello().model_dump(mode="json"), "shortcuts": [5, 2]},
+    hello_json(hidden_size="16"),  # strict: no str -> int coercion, in the typed side config too
+    hello_json(shortcuts=[5, 2]),
+    {**hello_json(), "train_config": {"lr": "0.001"}},
     {**hello().model_dump(mode="json"), "resume": 1},
     {"type": "welcome", "v": 1, "session": "s", "window": 0, "last_seq": -1, "step": 0},
     {"type": "welcome", "v": 1, "session": "s", "window": 2, "last_seq": -2, "step": 0},

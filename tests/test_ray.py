@@ -53,7 +53,7 @@ def run_devices(toy_task, ports: list[int], **options) -> list[tuple]:
     async def device(i: int):
         hello, backbone, codec, batcher, data = device_setup(model_dir, data_dir, max_train=SAMPLES)
         config = TrainConfig(method="side", epochs=EPOCHS, batch_size=BATCH, patience=EPOCHS, seed=i)
-        h = hello.model_copy(update={"job": f"job{i}", "train_config": config.model_dump()})
+        h = hello.model_copy(update={"job": f"job{i}", "train_config": config})
         return await stream(f"ws://127.0.0.1:{ports[i % len(ports)]}", h, backbone, codec, batcher, data.train,
                             data.validation, batch_size=BATCH, seed=i, pivot=True, backoff=0.1, **options)
 

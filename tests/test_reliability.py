@@ -64,7 +64,7 @@ def test_a_stream_cut_three_times_trains_exactly_what_an_uninterrupted_one_does(
     run = dict(batch_size=8, seed=0, pivot=True, device_epochs=2)
 
     def job(name: str, port: int, **extra):
-        h = hello.model_copy(update={"job": name, "train_config": config.model_dump(), "device_epochs": 2})
+        h = hello.model_copy(update={"job": name, "train_config": config, "device_epochs": 2})
         return asyncio.run(stream(f"ws://127.0.0.1:{port}", h, backbone, codec, batcher, data.train, data.validation,
                                   **run, **extra))
 
@@ -76,7 +76,7 @@ def test_a_stream_cut_three_times_trains_exactly_what_an_uninterrupted_one_does(
     batches = 128 // 8
     for name in ("straight", "cut"):
         trained = manager.jobs[name]
-        assert [len(seqs) for seqs in trained.train_seqs] == [batches, batches]  # each batch once per device epoch
+        assert [len(seqs) for seqs in trained.feed.train_seqs] == [batches, batches]  # each batch once per device epoch
         assert trained.samples_trained == 3 * 128  # epochs 1-2 as sent, epoch 3 replayed from the cache
     assert cut.header.step == straight.header.step == 3 * batches
     assert cut.tensors.keys() == straight.tensors.keys()
@@ -110,7 +110,7 @@ def test_a_server_killed_mid_training_resumes_from_its_checkpoint(toy_task, tmp_
     batches = 256 // 8
 
     def run(job: str, port: int, outcome: dict) -> None:
-        h = hello.model_copy(update={"job": job, "train_config": config.model_dump()})
+        h = hello.model_copy(update={"job": job, "train_config": config})
         outcome["result"] = asyncio.run(stream(
             f"ws://127.0.0.1:{port}", h, backbone, codec, batcher, data.train, data.validation, batch_size=8, seed=0,
             pivot=True, token=tokens.create(job), reconnects=120, backoff=0.25,

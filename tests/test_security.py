@@ -20,6 +20,8 @@ from mobillm.device.client import ServerRefused, stream
 from mobillm.exceptions import ConfigError
 from mobillm.server.auth import TOKEN_FILE, TokenStore
 from mobillm.server.manager import SessionManager
+from mobillm.sidenet import SideConfig
+from mobillm.train_config import TrainConfig
 from mobillm.wire.messages import Error, Hello, decode_message, encode_message
 from test_server import ThreadServer, device_setup
 
@@ -38,8 +40,9 @@ def test_a_token_is_shown_once_and_only_its_salted_hash_is_stored(tmp_path):
         with pytest.raises(ConfigError):
             store.create(name)
         with pytest.raises(ValidationError):
-            Hello(job=name, model="m", fingerprint="ab", task="classification", codec="int8", shortcuts=[1],
-                  hidden_size=8, num_labels=2, side_config={}, train_config={}, train_samples=1)
+            Hello(job=name, model="m", fingerprint="ab", train_config=TrainConfig(), train_samples=1,
+                  side_config=SideConfig(hidden_size=8, num_backbone_layers=1, shortcuts=[1], block="mlp",
+                                         label_token_ids=[1, 2], codec="int8"))
     with pytest.raises(ConfigError, match="already has a token"):
         store.create("alice")
     second = store.create("alice", replace=True)  # revokes the first

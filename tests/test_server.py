@@ -123,11 +123,10 @@ def device_setup(model_dir, data_dir, codec="int8", max_train=None):
     data = load_dataset(data_dir, max_train_samples=max_train, max_eval_samples=32)
     template = default_template(data.label_names)
     side = SideConfig(hidden_size=model.config.hidden_size, num_backbone_layers=4, shortcuts=[2, 4], width=16, block="mlp",
-                      num_labels=2, label_token_ids=label_token_ids(tokenizer, template.label_words))
+                      num_labels=2, label_token_ids=label_token_ids(tokenizer, template.label_words), codec=codec)
     config = TrainConfig(method="side", epochs=1, batch_size=8)
-    hello = Hello(job="overlap", model=model_dir, fingerprint=fingerprint(model), task="classification", codec=codec,
-                  shortcuts=[2, 4], hidden_size=model.config.hidden_size, num_labels=2, side_config=side.model_dump(),
-                  train_config=config.model_dump(), train_samples=len(data.train))
+    hello = Hello(job="overlap", model=model_dir, fingerprint=fingerprint(model), side_config=side, train_config=config,
+                  train_samples=len(data.train))
     return hello, TappedBackbone(model, [2, 4]), get_codec(codec), Batcher(tokenizer, template), data
 
 
@@ -178,7 +177,7 @@ def test_device_epochs_resends_every_epoch_and_the_cache_replays_otherwise(toy_t
     batches = 64 // 8
     for job, device_epochs in (("paper", 2), ("cached", 1)):
         config = TrainConfig(method="side", epochs=2, batch_size=8, patience=5)
-        h = hello.model_copy(update={"job": job, "device_epochs": device_epochs, "train_config": config.model_dump()})
+        h = hello.model_copy(update={"job": job, "device_epochs": device_epochs, "train_config": config})
         frame, stats = asyncio.run(stream(url, h, backbone, codec, batcher, data.train, data.validation,
                                           batch_size=8, seed=0, pivot=True, device_epochs=device_epochs))
         assert frame.header.step == 2 * batches  # two epochs trained either way
@@ -205,7 +204,7 @@ def test_idle_replays_spend_the_servers_waits_on_batches_it_holds(toy_task, tmp_
     server = ThreadServer(SessionManager(tmp_path / "jobs"), window=4)
     hello, backbone, codec, batcher, data = device_setup(*toy_task, max_train=64)
     config = TrainConfig(method="side", epochs=1, batch_size=8, idle_replays=2)
-    frame, _ = asyncio.run(stream(f"ws://127.0.0.1:{server.port}", hello.model_copy(update={"train_config": config.model_dump()}),
+    frame, _ = asyncio.run(stream(f"ws://127.0.0.1:{server.port}", hello.model_copy(update={"train_config": config}),
                                   backbone, codec, batcher, data.train, data.validation, batch_size=8, seed=0, pivot=True))
     live = [seq for seq, replay in trained if not replay]
     replays = collections.Counter(seq for seq, replay in trained if replay)
@@ -219,5 +218,5 @@ def test_server_refuses_an_unknown_codec_in_the_hello(toy_task, tmp_path):
     server = ThreadServer(SessionManager(tmp_path / "jobs"), window=2)
     hello, backbone, codec, batcher, data = device_setup(model_dir, data_dir)
     with pytest.raises(ServerRefused, match="bad_header.*int3.*nf4"):
-        asyncio.run(stream(f"ws://127.0.0.1:{server.port}", hello.model_copy(update={"codec": "int3"}), backbone, codec,
+        asyncio.run(stream(f"ws://127.0.0.1:{server.port}", hello.model_copy(update={"side_config": hello.side_config.model_copy(update={"codec": "int3"})}), backbone, codec,
                            batcher, data.train, data.validation, batch_size=8, seed=0, pivot=True))

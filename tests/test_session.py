@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
-from loopback import FakeJob, Loopback, batch_tensors, make_hello
+from helpers import make_hello
+from loopback import FakeJob, Loopback, batch_tensors
 
 from mobillm.exceptions import JobLost, PayloadTooBig, ProtocolError, ServerRefused, WireError
 from mobillm.wire.errors import ErrorCode

@@ -69,7 +69,7 @@ def test_status_json_and_metrics_count_what_the_device_sent(toy_task, tmp_path):
     manager = SessionManager(tmp_path / "jobs")
     server = ThreadServer(manager, window=4, status=True)
     hello, backbone, codec, batcher, data = device_setup(model_dir, data_dir, max_train=64)
-    hello = hello.model_copy(update={"train_config": TrainConfig(method="side", epochs=2, batch_size=8, patience=5).model_dump()})
+    hello = hello.model_copy(update={"train_config": TrainConfig(method="side", epochs=2, batch_size=8, patience=5)})
     eval_batches, train_batches = len(data.validation) // 8, 64 // 8
 
     during = []
@@ -228,7 +228,7 @@ def test_the_status_page_renders_a_live_job_in_chromium(toy_task, tmp_path, monk
     server = ThreadServer(SessionManager(tmp_path / "jobs"), window=4, tokens=tokens, status=True)
     hello, backbone, codec, batcher, data = device_setup(model_dir, data_dir, max_train=96)
     config = TrainConfig(method="side", epochs=3, batch_size=8, patience=5)
-    hello = hello.model_copy(update={"job": "browser-demo", "train_config": config.model_dump()})
+    hello = hello.model_copy(update={"job": "browser-demo", "train_config": config})
     steps = 3 * 96 // 8
 
     with sync_api.sync_playwright() as playwright:

@@ -9,6 +9,7 @@ from mobillm.backbone.loading import (
     decoder_layers,
     load_pretrained,
     package_dir,
+    public_model_id,
     resolve_model,
 )
 from mobillm.backbone.shortcuts import (
@@ -22,5 +23,5 @@ from mobillm.backbone.shortcuts import (
 __all__ = [
     "ALIASES", "DEFAULT_MODEL", "DEFAULT_NUM_SHORTCUTS", "FrozenHead", "ModelSource", "decoder_layers",
     "default_shortcuts", "fingerprint", "label_token_ids", "load_pretrained", "package_dir", "parse_shortcuts",
-    "resolve_model", "uniform_shortcuts", "validate_shortcuts",
+    "public_model_id", "resolve_model", "uniform_shortcuts", "validate_shortcuts",
 ]

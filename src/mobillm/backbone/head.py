@@ -18,12 +18,24 @@ class FrozenHead(nn.Module):
     multiplies by the whole vocabulary.
     """
 
-    def __init__(self, norm: nn.Module, lm_head: nn.Linear, project_out: nn.Module | None = None):
+    def __init__(
+        self, norm: nn.Module, lm_head: nn.Linear, project_out: nn.Module | None = None, num_layers: int | None = None
+    ):
         super().__init__()
         self.norm = norm
         self.project_out = project_out
         self.lm_head = lm_head
+        self.num_layers = num_layers  # L of the backbone it was taken from (None: not known)
         self.requires_grad_(False)
+
+    @property
+    def hidden_size(self) -> int:
+        """H: the width of the hidden states it reads."""
+        return (self.lm_head if self.project_out is None else self.project_out).weight.shape[1]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.lm_head.weight.shape[0]
 
     @classmethod
     def from_model(cls, model: nn.Module) -> "FrozenHead":
@@ -32,7 +44,8 @@ class FrozenHead(nn.Module):
         norm = next((getattr(decoder, n) for n in names if getattr(decoder, n, None) is not None), None)
         if norm is None:
             raise ModelLoadError(f"{type(model).__name__}: cannot find the decoder's final norm")
-        return cls(norm, model.get_output_embeddings(), getattr(decoder, "project_out", None))
+        return cls(norm, model.get_output_embeddings(), getattr(decoder, "project_out", None),
+                   getattr(model.config, "num_hidden_layers", None))
 
     def normed(self, hidden: torch.Tensor) -> torch.Tensor:
         """What the LM head reads: the final norm (and OPT's projection) applied to a top hidden state."""

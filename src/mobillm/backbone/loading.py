@@ -66,6 +66,22 @@ def resolve_model(spec: str) -> ModelSource:
     return ModelSource(spec)  # a hub id; transformers reports if it cannot be reached
 
 
+def public_model_id(spec: str) -> str:
+    """The name a server on another machine loads the backbone ``spec`` by: a device checkpoint (``mobillm
+    convert``) names the model it was made from (followed through checkpoints of checkpoints); an alias or hub
+    id names itself. A plain folder or ``.gguf`` file records no origin: its path is all there is to send."""
+    from mobillm.backbone.weights import checkpoint_source
+
+    seen = set()
+    while spec not in ALIASES and spec not in seen:
+        seen.add(spec)
+        source = checkpoint_source(Path(spec).expanduser())
+        if source is None:
+            break
+        spec = source
+    return spec
+
+
 def load_pretrained(spec: str, dtype: torch.dtype = torch.float32):
     """Load ``(model, tokenizer)`` frozen and in eval mode. GGUF weights are dequantised by transformers; a
     device checkpoint (``mobillm convert``) keeps its stored weight format.

@@ -189,6 +189,15 @@ def is_device_checkpoint(path: Path) -> bool:
     return (path / META_NAME).is_file()
 
 
+def checkpoint_source(path: Path) -> str | None:
+    """The model a device checkpoint at ``path`` was converted from (None: not a readable device checkpoint)."""
+    try:
+        source = json.loads((path / META_NAME).read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return source if isinstance(source, str) and source else None
+
+
 def load_device_model(directory: str | Path):
     """``(model, tokenizer)`` from a device checkpoint: the module tree is built with empty (meta) weights,
     shaped for the stored format, then the stored tensors are assigned — peak memory = the stored bytes."""

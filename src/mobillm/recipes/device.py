@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from mobillm.backbone import FrozenHead, fingerprint
+from mobillm.backbone import FrozenHead, fingerprint, public_model_id
 from mobillm.device.client import DEFAULT_MAX_MESSAGE_BYTES, stream
 from mobillm.device.inference import evaluate_tapped, tap_examples, zero_shot_tapped
 from mobillm.device.taps import TappedBackbone
@@ -44,16 +44,14 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     task = prepare_task(options, config.seed)
     data, model, batcher, side_config = task.data, task.model, task.batcher, task.side_config
-    validation, num_labels, shortcuts = data.validation, side_config.num_labels, side_config.shortcuts
+    validation, shortcuts = data.validation, side_config.shortcuts
     hello = Hello(
-        job=options.job, model=options.model, fingerprint=fingerprint(model), task=side_config.task,
-        codec=options.codec, shortcuts=shortcuts, hidden_size=model.config.hidden_size, num_labels=num_labels,
-        side_config=side_config.model_dump(), train_config=config.model_dump(), train_samples=len(data.train),
-        device_epochs=options.device_epochs,
+        job=options.job, model=public_model_id(options.model), fingerprint=fingerprint(model), side_config=side_config,
+        train_config=config, train_samples=len(data.train), device_epochs=options.device_epochs,
     )
     head = FrozenHead.from_model(model)
     backbone = TappedBackbone(model, shortcuts)
-    codec = get_codec(options.codec)
+    codec = get_codec(side_config.codec)
     pivot = side_config.pivot_only
 
     # Zero-shot: the bare backbone's own predictions, from the raw top hidden states of the same forward pass.

@@ -36,6 +36,7 @@ from mobillm.sidenet.init import init_from_backbone
 from mobillm.train_config import TrainConfig
 from mobillm.training.baselines import baseline_logits, prepare_baseline
 from mobillm.training.loop import fit
+from mobillm.training.order import epoch_order
 from mobillm.training.side_trainer import SideTrainer
 from mobillm.training.step import make_optimizer, train_step
 from mobillm.wire.codecs import get_codec
@@ -134,19 +135,19 @@ def fit_side(
     zero_shot = zero_shot_tapped(side_config, head, test_cache).scores()
     step0_val = selection_score(evaluate(val_cache))  # the fresh side network, through the codec
 
-    def epoch_batches(epoch):
-        # Epoch 1 in the device's order (as the batches reach the server), later ones replayed shuffled.
-        order = list(range(len(train_cache)))
-        if epoch:
-            random.Random(config.seed * 1000 + epoch).shuffle(order)
-        return (train_cache[i] for i in order)
+    def epoch_batches(epoch):  # as the server replays its activation cache
+        return (train_cache[i] for i in epoch_order(len(train_cache), epoch, config.seed))
+
+    def train_on(item: TappedBatch) -> float:
+        loss = trainer.train_batch(item.taps, item.batch.labels, *side_extras(side_config, item.batch))
+        if metrics:
+            metrics.write(step=trainer.step_count, loss=loss)
+        return loss
 
     result = fit(
-        num_epochs=config.num_epochs, batches=epoch_batches, steps_per_epoch=steps_per_epoch,
-        train_on=lambda item: trainer.train_batch(item.taps, item.batch.labels, *side_extras(side_config, item.batch)),
+        num_epochs=config.num_epochs, batches=epoch_batches, steps_per_epoch=steps_per_epoch, train_on=train_on,
         validate=lambda: evaluate(val_cache), snapshot=trainer.snapshot, restore=trainer.restore,
-        evals_per_epoch=config.evals_per_epoch, patience=config.patience, initial_score=step0_val,
-        desc="side", on_step=(lambda step, loss: metrics.write(step=step, loss=loss)) if metrics else None,
+        evals_per_epoch=config.evals_per_epoch, patience=config.patience, initial_score=step0_val, desc="side",
     )
     return {
         "side": side, "test": evaluate(test_cache), "zero_shot_test": zero_shot, **best_fields(side_config.task, result.best_score),
@@ -164,10 +165,10 @@ def train_baseline(task: Task, config: TrainConfig, metrics: MetricsLog, out: Pa
     ids = torch.tensor(task.side_config.label_token_ids)
     steps_per_epoch = (len(train_set) + config.batch_size - 1) // config.batch_size
     optimizer, scheduler = make_optimizer(params, config.learning_rate, config.weight_decay, steps_per_epoch * config.num_epochs, config.warmup_ratio, config.schedule, config.warmup_steps)
-    device_seconds, samples = 0.0, 0
+    device_seconds, samples, steps = 0.0, 0, 0
 
     def train_on(batch) -> float:
-        nonlocal device_seconds, samples
+        nonlocal device_seconds, samples, steps
         model.train()
         t = time.perf_counter()
         loss = train_step(
@@ -177,7 +178,8 @@ def train_baseline(task: Task, config: TrainConfig, metrics: MetricsLog, out: Pa
             params, optimizer, scheduler, config.max_grad_norm,
         )
         device_seconds += time.perf_counter() - t
-        samples += len(batch.labels)
+        samples, steps = samples + len(batch.labels), steps + 1
+        metrics.write(step=steps, loss=loss, train_seconds=device_seconds)
         return loss
 
     @torch.inference_mode()
@@ -209,7 +211,7 @@ def train_baseline(task: Task, config: TrainConfig, metrics: MetricsLog, out: Pa
         batches=lambda epoch: batcher.batches(train_set, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch),
         steps_per_epoch=steps_per_epoch, train_on=train_on, validate=lambda: evaluate(task.data.validation),
         snapshot=snapshot, restore=restore, evals_per_epoch=config.evals_per_epoch, patience=config.patience,
-        desc=config.method, on_step=lambda step, loss: metrics.write(step=step, loss=loss, train_seconds=device_seconds),
+        desc=config.method,
     )
     final = evaluate(task.data.test)
     (scratch / "best.safetensors").unlink(missing_ok=True)

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import safetensors.torch
+import torch
+
+from mobillm.exceptions import ProtocolError
 from mobillm.files import write_atomic
 
 
 class ActivationCache:
-    def __init__(self, directory: str | Path, memory_limit_bytes: int):
+    """``memory_limit_bytes``: copies kept in memory; ``limit_bytes``: all the job may hold (None: no limit)."""
+
+    def __init__(self, directory: str | Path, memory_limit_bytes: int, limit_bytes: int | None = None):
         self.directory = Path(directory)
         self.memory_limit = memory_limit_bytes
+        self.limit_bytes = limit_bytes
         self._memory: dict[int, bytes] = {}
         self._sizes: dict[int, int] = {}  # every entry, all on disk
         self.memory_bytes = 0
@@ -33,12 +40,22 @@ class ActivationCache:
             self._memory[seq] = data
             self.memory_bytes += len(data)
 
+    def admit(self, seq: int, size: int) -> None:
+        """Refuse (``cache_full``) a new entry of ``size`` bytes that would pass the limit; a held ``seq`` passes."""
+        if self.limit_bytes is not None and seq not in self._sizes and self.total_bytes + size > self.limit_bytes:
+            raise ProtocolError("cache_full", f"the job's activation cache holds {self.total_bytes:,} bytes; this batch "
+                                              f"would pass its limit of {self.limit_bytes:,} (serve --max-cache-mb)")
+
     def get(self, seq: int) -> bytes:
         if seq in self._memory:
             return self._memory[seq]
         if seq in self._sizes:
             return self._path(seq).read_bytes()
         raise KeyError(seq)
+
+    def tensors(self, seq: int) -> dict[str, torch.Tensor]:
+        """The tensors of entry ``seq``, read back without validation: the bytes were validated before they were put."""
+        return safetensors.torch.load(self.get(seq))
 
     def restore(self) -> list[int]:
         """Index the entries a previous server process left on disk (half-written ones are dropped)."""

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from mobillm.backbone import FrozenHead, fingerprint, load_pretrained
 from mobillm.exceptions import ModelLoadError, ProtocolError
-from mobillm.server.job import HELLO_NAME, Job
+from mobillm.server.job import Job
+from mobillm.server.jobdir import JobDir
 from mobillm.server.sessions import LocalSession
 from mobillm.server.status import JobStatus
 from mobillm.wire.messages import Hello
@@ -57,10 +58,10 @@ class SessionManager:
                     return LocalSession(job)
                 if not job.wait(0):
                     raise ProtocolError("bad_header", f"job {hello.job!r} is running; reconnect with resume or use another name")
-            stored = self.jobs_dir / hello.job / HELLO_NAME
-            resume = hello.resume and stored.is_file()
+            stored = JobDir(self.jobs_dir / hello.job).stored_hello() if hello.resume else None
+            resume = stored is not None
             if resume:
-                _same_config(Hello.model_validate_json(stored.read_text()), hello)
+                _same_config(stored, hello)
             job = self.jobs[hello.job] = Job(
                 hello, head, self.jobs_dir / hello.job, self.cache_memory_bytes, self.progress, self.cache_limit_bytes,
                 resume=resume,
@@ -75,5 +76,20 @@ class SessionManager:
 
 
 def _same_config(held: Hello, hello: Hello) -> None:
-    if held.model_dump(exclude={"token", "resume"}) != hello.model_dump(exclude={"token", "resume"}):
-        raise ProtocolError("bad_header", f"job {hello.job!r} exists with another configuration")
+    """Refuse a Hello for a job held with another configuration, naming the fields that differ."""
+    differ = _differences(*(h.model_dump(exclude={"token", "resume"}) for h in (held, hello)))
+    if differ:
+        raise ProtocolError("bad_header", f"job {hello.job!r} exists with another configuration ({', '.join(differ)} "
+                                          "differ); connect with the same settings or use another job name")
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The dotted names of the fields where two nested dicts differ."""
+    out = []
+    for key in sorted(a.keys() | b.keys()):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(prefix + key)
+    return out

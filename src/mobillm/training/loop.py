@@ -47,7 +47,6 @@ def fit(
     patience: int = 3,
     initial_score: float = -math.inf,
     desc: str = "train",
-    on_step: Callable[[int, float], None] | None = None,
     progress: bool = True,
     start: FitState | None = None,
     on_epoch_end: Callable[[FitState], None] | None = None,
@@ -57,6 +56,7 @@ def fit(
     ``validate`` returns a split's scores (``training.evaluation``); the best is the highest
     :func:`selection_score`. ``initial_score`` is that score before training (zero-shot): training must beat
     it to be kept. ``start`` resumes from a :class:`FitState` that ``on_epoch_end`` was given (a checkpoint).
+    Per step ``fit`` calls ``train_on`` only (which logs what it likes); ``validate`` at the evaluation points.
     """
     eval_at = {max(1, round(steps_per_epoch * (k + 1) / evals_per_epoch)) for k in range(evals_per_epoch)}
     # Snapshot the starting point only when it is a real contender (side tuning's zero-shot step 0).
@@ -72,8 +72,6 @@ def fit(
             loss = train_on(batch)
             s.step += 1
             bar.set_postfix(loss=f"{loss:.4f}")
-            if on_step:
-                on_step(s.step, loss)
             if i in eval_at:
                 scores = validate()
                 score = selection_score(scores)

@@ -168,6 +168,20 @@ class Codec(abc.ABC):
 
     def decode(self, encoded: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The float32 tensor of the original shape; :class:`CodecError` on any malformed input."""
+        shape = self._header(encoded)
+        return self._decode(encoded, shape).reshape(shape)
+
+    def check(self, encoded: Mapping[str, torch.Tensor]) -> tuple[int, ...]:
+        """The shape :meth:`decode` would return, found without decoding: the same structural checks, and
+        every decoded value finite — judged from the raw values and scales, never materialising the float32
+        tensor. :class:`CodecError` for anything ``decode`` would refuse or turn into NaN/Inf (a non-finite
+        value or scale is refused even where no element would read it)."""
+        shape = self._header(encoded)
+        self._check(encoded, shape)
+        return shape
+
+    def _header(self, encoded: Mapping[str, torch.Tensor]) -> tuple[int, ...]:
+        """The validated ``shape`` of an encoded dict whose keys are exactly ``shape`` + ``fields``."""
         if not isinstance(encoded, Mapping):
             raise CodecError(f"codec {self.name!r}: expected a mapping of tensors, got {_describe(encoded)}")
         missing = [k for k in ("shape", *self.fields) if k not in encoded]
@@ -177,8 +191,7 @@ class Codec(abc.ABC):
                 f"codec {self.name!r} expects tensors {['shape', *self.fields]}; "
                 f"missing {missing}, unexpected {extra}"
             )
-        shape = self._read_shape(encoded["shape"])
-        return self._decode(encoded, shape).reshape(shape)
+        return self._read_shape(encoded["shape"])
 
     def _read_shape(self, t: torch.Tensor) -> tuple[int, ...]:
         if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != 1:
@@ -212,6 +225,13 @@ class Codec(abc.ABC):
         """Float32 values (any shape with ``prod(shape)`` elements) from validated ``shape``."""
 
     @abc.abstractmethod
+    def _check(self, encoded: Mapping[str, torch.Tensor], shape: tuple[int, ...]) -> None:
+        """Raise :class:`CodecError` unless ``_decode`` would accept the fields and give finite values."""
+
+    def _refuse(self, what: str) -> None:
+        raise CodecError(f"codec {self.name!r}: {what}; decoding would give NaN or Inf")
+
+    @abc.abstractmethod
     def payload_nbytes(self, shape: tuple[int, ...]) -> int:
         """Bytes of the codec's tensors (without ``shape``) for an input of ``shape``."""
 
@@ -242,6 +262,11 @@ class _CastCodec(Codec):
 
     def _decode(self, encoded: Mapping[str, torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
         return self._field(encoded, "data", self.dtype, math.prod(shape)).to(torch.float32)
+
+    def _check(self, encoded: Mapping[str, torch.Tensor], shape: tuple[int, ...]) -> None:
+        # float16 and bfloat16 lie within float32's range: a finite value stays finite when widened.
+        if not bool(torch.isfinite(self._field(encoded, "data", self.dtype, math.prod(shape))).all()):
+            self._refuse("`data` holds NaN or Inf")
 
     def payload_nbytes(self, shape: tuple[int, ...]) -> int:
         return math.prod(shape) * self.dtype.itemsize
@@ -295,6 +320,21 @@ class _RowScaledCodec(Codec):
         scale = self._field(encoded, "scale", torch.float32, rows)
         return data.to(torch.float32).reshape(rows, cols) * scale[:, None]
 
+    def _check(self, encoded: Mapping[str, torch.Tensor], shape: tuple[int, ...]) -> None:
+        rows, cols = _rows(shape)
+        data = self._field(encoded, "data", self.dtype, rows * cols)
+        scale = self._field(encoded, "scale", torch.float32, rows)
+        if not bool(torch.isfinite(scale).all()):
+            self._refuse("`scale` holds NaN or Inf")
+        if rows and cols:
+            # float32 products are monotone in |code|: a row overflows iff its largest |code| times its scale does.
+            if not bool(torch.isfinite(self._row_peak(data.reshape(rows, cols)) * scale).all()):
+                self._refuse("a code times its row's `scale` overflows float32")
+
+    def _row_peak(self, codes: torch.Tensor) -> torch.Tensor:
+        """(rows,) float32: the largest |code| of each row of ``codes`` (rows, cols), as decoded."""
+        return torch.maximum(codes.amax(dim=1).to(torch.float32), -codes.amin(dim=1).to(torch.float32))
+
     def payload_nbytes(self, shape: tuple[int, ...]) -> int:
         rows, cols = _rows(shape)
         return rows * cols * self.dtype.itemsize + rows * 4
@@ -305,6 +345,13 @@ class Fp8Codec(_RowScaledCodec):
     name = "fp8"
     dtype = torch.float8_e4m3fn
     qmax = 448.0  # largest finite e4m3fn value
+
+    def _row_peak(self, codes: torch.Tensor) -> torch.Tensor:
+        # e4m3fn has no Inf; its NaN is every bit set but the sign. Below it the magnitude bits order the values.
+        magnitude = codes.view(torch.uint8) & 0x7F
+        if bool((magnitude == 0x7F).any()):
+            self._refuse("`data` holds float8 NaN codes")
+        return magnitude.amax(dim=1).view(torch.float8_e4m3fn).to(torch.float32)
 
 
 @register_codec
@@ -369,6 +416,13 @@ class _Block4bitCodec(Codec):
         values = self.table.to(data.device)[codes]
         values = torch.nn.functional.pad(values, (0, nblocks * BLOCK_4BIT - values.numel()))
         return (values.view(nblocks, BLOCK_4BIT) * absmax[:, None]).reshape(-1)[:n]
+
+    def _check(self, encoded: Mapping[str, torch.Tensor], shape: tuple[int, ...]) -> None:
+        n = math.prod(shape)
+        self._field(encoded, "data", torch.uint8, (n + 1) // 2)  # every byte is two valid codes
+        # The table lies in [-1, 1]: |value * absmax| <= |absmax|, finite wherever absmax is.
+        if not bool(torch.isfinite(self._field(encoded, "absmax", torch.float32, -(-n // BLOCK_4BIT))).all()):
+            self._refuse("`absmax` holds NaN or Inf")
 
     def payload_nbytes(self, shape: tuple[int, ...]) -> int:
         n = math.prod(shape)

@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, Mapping, Sequence
 
 import torch
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from mobillm.exceptions import ProtocolError
+from mobillm.sidenet.config import SideConfig
+from mobillm.train_config import TrainConfig
 from mobillm.wire.errors import ErrorCode
 from mobillm.wire.frame import MAX_HEADER_BYTES, METADATA_KEY, read_frame, strict_json, write_frame
 
@@ -65,30 +67,21 @@ class Message(BaseModel):
 
 
 class Hello(Message):
-    """Device → server, first message: which job, who, which backbone, and how the job is set up."""
+    """Device → server, first message: which job, who, which backbone, and how the job is set up.
+
+    ``side_config`` is the one statement of the job's shape — task, codec, shortcut layers, hidden size, labels —
+    and ``train_config`` of its training; both are validated here, and against its backbone by the server."""
 
     type: Literal["hello"] = "hello"
     job: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")  # a folder name: no '..'
     token: str | None = None
-    model: str = Field(min_length=1, max_length=256)  # the backbone's name, which the server loads
+    model: str = Field(min_length=1, max_length=256)  # the public model id the backbone comes from; the server loads it
     fingerprint: str = Field(min_length=1, max_length=128, pattern=r"^[0-9a-f]+$")
-    task: Literal["classification", "causal-lm"]
-    codec: str = Field(min_length=1, max_length=64)
-    shortcuts: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
-    hidden_size: int = Field(gt=0)
-    num_labels: int = Field(ge=0)
-    side_config: dict[str, Any]  # opaque here; validated by the side network's config
-    train_config: dict[str, Any]  # opaque here; validated by the training config
+    side_config: SideConfig
+    train_config: TrainConfig
     train_samples: int = Field(ge=0)
     device_epochs: int = Field(default=1, ge=1)
     resume: bool = False
-
-    @field_validator("shortcuts")
-    @classmethod
-    def _increasing(cls, value: list[int]) -> list[int]:
-        if any(b <= a for a, b in zip(value, value[1:])):
-            raise ValueError("shortcut layers must be strictly increasing")
-        return value
 
 
 class Welcome(Message):
