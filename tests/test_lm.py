@@ -7,10 +7,10 @@ import random
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from conftest import FILLER, NEGATIVE, POSITIVE, tiny_model
 from helpers import make_tiny_tokenizer
+from typer.testing import CliRunner
+
 from mobillm.backbone import FrozenHead
 from mobillm.data.lm import LMBatcher, LMExample, load_lm_dataset
 from mobillm.device.generate import Generator, Sampling

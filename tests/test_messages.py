@@ -9,8 +9,8 @@ import struct
 import pytest
 import safetensors.torch
 import torch
-
 from helpers import make_hello
+
 from mobillm.exceptions import PayloadTooBig, ProtocolError, WireError
 from mobillm.wire.errors import ErrorCode
 from mobillm.wire.messages import (
@@ -28,7 +28,6 @@ from mobillm.wire.messages import (
     decode_message,
     encode_message,
 )
-
 
 hello = make_hello
 
@@ -85,7 +84,7 @@ CASES = {
     "hello": (hello(), None),
     "hello_resume": (hello(token=None, task="causal-lm", num_labels=0, resume=True, device_epochs=3), None),
     "welcome": (Welcome(session="abc123", window=8, last_seq=-1, step=0), None),
-    "error": (Error(code="auth", message="wrong token for job 'x'"), None),
+    "error": (Error(code=ErrorCode.AUTH, message="wrong token for job 'x'"), None),
     "batch": (Batch(seq=7, split="train", epoch=1), batch_tensors()),
     "batch_causal": (
         Batch(seq=0, split="eval", epoch=0),
@@ -161,11 +160,11 @@ def test_activation_groups_rejects_gaps_and_malformed_keys():
     layer = fake_layer(0)
     with pytest.raises(ProtocolError) as info:
         Batch.activation_groups({**{f"act.0.{k}": v for k, v in layer.items()}, "act.2.data": layer["data"]})
-    assert info.value.code == "bad_batch"
+    assert info.value.code == ErrorCode.BAD_BATCH
     for key in ("act.x.data", "act.01.data", "act.0.", "act.0.da/ta"):
         with pytest.raises(ProtocolError) as info:
             Batch.activation_groups({key: layer["data"]})
-        assert info.value.code == "bad_batch"
+        assert info.value.code == ErrorCode.BAD_BATCH
     assert Batch.activation_groups({"labels": torch.zeros(1)}) == []
 
 
@@ -180,16 +179,16 @@ def test_encode_makes_tensors_contiguous_and_unshared():
 def test_encode_refuses_what_the_peer_would_refuse():
     with pytest.raises(ProtocolError) as info:
         encode_message(hello(), {"x": torch.zeros(1)})
-    assert info.value.code == "unexpected_tensors"
+    assert info.value.code == ErrorCode.UNEXPECTED_TENSORS
     with pytest.raises(ProtocolError) as info:
         encode_message(Batch(seq=0, split="train", epoch=0), {"sample_ids": torch.arange(2)})
-    assert info.value.code == "bad_batch"
+    assert info.value.code == ErrorCode.BAD_BATCH
     with pytest.raises(ProtocolError) as info:
         encode_message(SideNet(config={"x": float("nan")}, step=0))
-    assert info.value.code == "bad_header"
+    assert info.value.code == ErrorCode.BAD_HEADER
     with pytest.raises(ProtocolError) as info:
         encode_message(SideNet(config={"x": torch.zeros(1)}, step=0))
-    assert info.value.code == "bad_header"
+    assert info.value.code == ErrorCode.BAD_HEADER
 
 
 @pytest.mark.parametrize("bad", [
@@ -207,24 +206,24 @@ def test_truncated_blob_is_bad_frame():
     data = encode_message(Batch(seq=3, split="train", epoch=0), batch_tensors())
     n = struct.unpack("<Q", data[:8])[0]
     for cut in (0, 1, 7, 8, 9, 8 + n // 2, 8 + n - 1, 8 + n, 8 + n + 1, len(data) - 1):
-        assert code_of(data[:cut]) == "bad_frame", cut
+        assert code_of(data[:cut]) == ErrorCode.BAD_FRAME, cut
 
 
 def test_random_bytes_are_bad_frame():
     rng = random.Random(0)
     for size in (0, 5, 64, 1000):
-        assert code_of(rng.randbytes(size)) == "bad_frame"
-    assert code_of("text frame") == "bad_frame"
-    assert code_of(None) == "bad_frame"
+        assert code_of(rng.randbytes(size)) == ErrorCode.BAD_FRAME
+    assert code_of("text frame") == ErrorCode.BAD_FRAME
+    assert code_of(None) == ErrorCode.BAD_FRAME
 
 
 def test_forged_header_length_is_bad_frame():
     data = encode_message(Done(epoch=0))
     for n in (2**64 - 1, 2**40, len(data) - 7, 0, 1):
-        assert code_of(struct.pack("<Q", n) + data[8:]) == "bad_frame", n
+        assert code_of(struct.pack("<Q", n) + data[8:]) == ErrorCode.BAD_FRAME, n
     # a header length within the buffer but above the 1 MiB cap
     big = struct.pack("<Q", MAX_HEADER_BYTES + 1) + b"{" + b" " * (MAX_HEADER_BYTES + 10)
-    assert code_of(big) == "bad_frame"
+    assert code_of(big) == ErrorCode.BAD_FRAME
 
 
 @pytest.mark.parametrize("index,payload", [
@@ -238,46 +237,46 @@ def test_forged_header_length_is_bad_frame():
     ([1, 2, 3], b""),
 ])
 def test_forged_tensor_index_is_bad_frame(index, payload):
-    assert code_of(forge(index, payload)) == "bad_frame"
+    assert code_of(forge(index, payload)) == ErrorCode.BAD_FRAME
 
 
 def test_duplicate_json_keys_are_bad_frame():
     text = b'{"__metadata__":{"mobillm":"{}"},"__metadata__":{"mobillm":"{}"}}'
-    assert code_of(struct.pack("<Q", len(text)) + text) == "bad_frame"
+    assert code_of(struct.pack("<Q", len(text)) + text) == ErrorCode.BAD_FRAME
 
 
 def test_missing_or_non_json_metadata_is_bad_frame():
-    assert code_of(safetensors.torch.save({})) == "bad_frame"
-    assert code_of(safetensors.torch.save({}, metadata={"other": "{}"})) == "bad_frame"
-    assert code_of(safetensors.torch.save({}, metadata={"mobillm": "not json"})) == "bad_frame"
-    assert code_of(safetensors.torch.save({}, metadata={"mobillm": "[1, 2]"})) == "bad_frame"
-    assert code_of(safetensors.torch.save({}, metadata={"mobillm": '{"type": "ack", "loss": NaN}'})) == "bad_frame"
-    assert code_of(safetensors.torch.save({}, metadata={"mobillm": "[" * 100_000 + "]" * 100_000})) == "bad_frame"
+    assert code_of(safetensors.torch.save({})) == ErrorCode.BAD_FRAME
+    assert code_of(safetensors.torch.save({}, metadata={"other": "{}"})) == ErrorCode.BAD_FRAME
+    assert code_of(safetensors.torch.save({}, metadata={"mobillm": "not json"})) == ErrorCode.BAD_FRAME
+    assert code_of(safetensors.torch.save({}, metadata={"mobillm": "[1, 2]"})) == ErrorCode.BAD_FRAME
+    assert code_of(safetensors.torch.save({}, metadata={"mobillm": '{"type": "ack", "loss": NaN}'})) == ErrorCode.BAD_FRAME
+    assert code_of(safetensors.torch.save({}, metadata={"mobillm": "[" * 100_000 + "]" * 100_000})) == ErrorCode.BAD_FRAME
 
 
 def test_wrong_version():
-    assert code_of(encode_message(Done(epoch=0, v=PROTOCOL_VERSION + 1))) == "bad_version"
-    assert code_of(raw_blob({"type": "done", "epoch": 0})) == "bad_version"
-    assert code_of(raw_blob({"type": "done", "v": "1", "epoch": 0})) == "bad_version"
-    assert code_of(raw_blob({"type": "done", "v": True, "epoch": 0})) == "bad_version"
+    assert code_of(encode_message(Done(epoch=0, v=PROTOCOL_VERSION + 1))) == ErrorCode.BAD_VERSION
+    assert code_of(raw_blob({"type": "done", "epoch": 0})) == ErrorCode.BAD_VERSION
+    assert code_of(raw_blob({"type": "done", "v": "1", "epoch": 0})) == ErrorCode.BAD_VERSION
+    assert code_of(raw_blob({"type": "done", "v": True, "epoch": 0})) == ErrorCode.BAD_VERSION
     # an unknown type from a newer protocol is reported as a version problem first
-    assert code_of(raw_blob({"type": "from_the_future", "v": 2})) == "bad_version"
+    assert code_of(raw_blob({"type": "from_the_future", "v": 2})) == ErrorCode.BAD_VERSION
 
 
 def test_unknown_type():
-    assert code_of(raw_blob({"type": "status", "v": 1})) == "unknown_type"
-    assert code_of(raw_blob({"v": 1, "epoch": 0})) == "unknown_type"
-    assert code_of(raw_blob({"type": ["done"], "v": 1})) == "unknown_type"
+    assert code_of(raw_blob({"type": "status", "v": 1})) == ErrorCode.UNKNOWN_TYPE
+    assert code_of(raw_blob({"v": 1, "epoch": 0})) == ErrorCode.UNKNOWN_TYPE
+    assert code_of(raw_blob({"type": ["done"], "v": 1})) == ErrorCode.UNKNOWN_TYPE
 
 
 def test_extra_and_missing_fields_are_bad_header():
     fields = hello().model_dump(mode="json")
     with pytest.raises(ProtocolError) as info:
         decode_message(raw_blob({**fields, "admin": True}))
-    assert info.value.code == "bad_header" and "admin" in str(info.value)
+    assert info.value.code == ErrorCode.BAD_HEADER and "admin" in str(info.value)
     with pytest.raises(ProtocolError) as info:
         decode_message(raw_blob({k: v for k, v in fields.items() if k != "job"}))
-    assert info.value.code == "bad_header" and "job" in str(info.value)
+    assert info.value.code == ErrorCode.BAD_HEADER and "job" in str(info.value)
 
 
 @pytest.mark.parametrize("header", [
@@ -294,20 +293,20 @@ def test_extra_and_missing_fields_are_bad_header():
     {"type": "side_net", "v": 1, "config": {}, "step": 0, "eval_sample_ids": [1], "eval_predictions": []},
 ])
 def test_invalid_fields_are_bad_header(header):
-    assert code_of(raw_blob(header)) == "bad_header"
+    assert code_of(raw_blob(header)) == ErrorCode.BAD_HEADER
 
 
 def test_infinite_loss_is_bad_header():
     text = '{"type": "ack", "v": 1, "seq": 0, "step": 0, "loss": 1e999}'  # valid JSON that parses to inf
-    assert code_of(safetensors.torch.save({}, metadata={"mobillm": text})) == "bad_header"
+    assert code_of(safetensors.torch.save({}, metadata={"mobillm": text})) == ErrorCode.BAD_HEADER
 
 
 def test_tensors_on_a_tensorless_message():
     for header in (hello().model_dump(mode="json"), {"type": "done", "v": 1, "epoch": 0},
                    {"type": "get_side_net", "v": 1}):
-        assert code_of(raw_blob(header, {"x": torch.zeros(2)})) == "unexpected_tensors"
+        assert code_of(raw_blob(header, {"x": torch.zeros(2)})) == ErrorCode.UNEXPECTED_TENSORS
     side = {"type": "side_net", "v": 1, "config": {}, "step": 0}
-    assert code_of(raw_blob(side, {"w": torch.zeros(2, dtype=torch.int64)})) == "unexpected_tensors"
+    assert code_of(raw_blob(side, {"w": torch.zeros(2, dtype=torch.int64)})) == ErrorCode.UNEXPECTED_TENSORS
 
 
 BATCH = {"type": "batch", "v": 1, "seq": 0, "split": "train", "epoch": 0}
@@ -332,7 +331,7 @@ BATCH = {"type": "batch", "v": 1, "seq": 0, "split": "train", "epoch": 0}
     {**batch_tensors(), "attention_mask": torch.ones(3, dtype=torch.bool)},
 ])
 def test_bad_batch(tensors):
-    assert code_of(raw_blob(BATCH, tensors)) == "bad_batch"
+    assert code_of(raw_blob(BATCH, tensors)) == ErrorCode.BAD_BATCH
 
 
 def test_oversized_payload():

@@ -7,12 +7,13 @@ import asyncio
 import json
 
 import pytest
+from test_server import ThreadServer, device_setup
 
 from mobillm.backbone import DEFAULT_MODEL, load_pretrained, public_model_id
 from mobillm.backbone.weights import META_NAME, save_device_model
 from mobillm.device.client import ServerRefused, stream
 from mobillm.server.manager import SessionManager
-from test_server import ThreadServer, device_setup
+from mobillm.wire.errors import ErrorCode
 
 
 def test_public_model_id_follows_device_checkpoints_to_their_source(tmp_path):
@@ -43,6 +44,6 @@ def test_a_device_on_a_converted_checkpoint_trains_with_a_server_holding_its_sou
                                   batch_size=8, seed=0, pivot=True))
     assert frame.header.step == 32 // 8
     forged = hello.model_copy(update={"job": "forged", "fingerprint": "0" * 32})
-    with pytest.raises(ServerRefused, match="fingerprint_mismatch"):
+    with pytest.raises(ServerRefused, match=ErrorCode.FINGERPRINT_MISMATCH):
         asyncio.run(stream(url, forged, backbone, codec, batcher, data.train, data.validation,
                            batch_size=8, seed=0, pivot=True))

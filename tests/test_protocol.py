@@ -6,6 +6,7 @@ import pytest
 
 from mobillm.exceptions import ProtocolError
 from mobillm.server.cache import ActivationCache
+from mobillm.wire.errors import ErrorCode
 from mobillm.wire.protocol import ReceiveOrder, SendWindow
 
 
@@ -14,11 +15,11 @@ def test_window_blocks_when_full_and_frees_on_ack():
     a = window.add(lambda seq: f"batch{seq}".encode())
     window.add(lambda seq: f"batch{seq}".encode())
     assert a == b"batch0" and window.full
-    with pytest.raises(ProtocolError, match="window_full"):
+    with pytest.raises(ProtocolError, match=ErrorCode.WINDOW_FULL):
         window.add(lambda seq: b"")
     window.ack(0)
     assert not window.full and list(window.pending) == [1]
-    with pytest.raises(ProtocolError, match="out_of_order"):
+    with pytest.raises(ProtocolError, match=ErrorCode.OUT_OF_ORDER):
         window.ack(0)
 
 
@@ -66,5 +67,5 @@ def test_a_protocol_error_survives_pickling_with_its_code():
     """A job in another process (a Ray actor) raises it across to the front end, which answers with its code."""
     import pickle
 
-    err = pickle.loads(pickle.dumps(ProtocolError("cache_full", "job 'a' holds 10 bytes")))
-    assert type(err) is ProtocolError and err.code == "cache_full" and str(err) == "cache_full: job 'a' holds 10 bytes"
+    err = pickle.loads(pickle.dumps(ProtocolError(ErrorCode.CACHE_FULL, "job 'a' holds 10 bytes")))
+    assert type(err) is ProtocolError and err.code == ErrorCode.CACHE_FULL and str(err) == "cache_full: job 'a' holds 10 bytes"

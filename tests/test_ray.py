@@ -15,13 +15,14 @@ import torch
 
 ray = pytest.importorskip("ray")
 
+from test_reliability import CuttingProxy  # noqa: E402
+from test_server import ThreadServer, device_setup, start_server  # noqa: E402
+
 import mobillm  # noqa: E402
 from mobillm.device.client import stream  # noqa: E402
 from mobillm.server.manager import SessionManager  # noqa: E402
 from mobillm.server.ray_manager import RayManager  # noqa: E402
 from mobillm.train_config import TrainConfig  # noqa: E402
-from test_reliability import CuttingProxy  # noqa: E402
-from test_server import ThreadServer, device_setup, start_server  # noqa: E402
 
 JOBS, SAMPLES, BATCH, EPOCHS = 4, 128, 8, 6
 BATCHES = SAMPLES // BATCH

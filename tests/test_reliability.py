@@ -7,12 +7,12 @@ import asyncio
 import threading
 
 import torch
+from test_server import ThreadServer, device_setup
 
 from mobillm.device.client import stream
 from mobillm.ports import free_port
 from mobillm.server.manager import SessionManager
 from mobillm.train_config import TrainConfig
-from test_server import ThreadServer, device_setup
 
 
 class CuttingProxy:

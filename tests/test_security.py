@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 from pydantic import ValidationError
+from test_server import ThreadServer, device_setup
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -22,8 +23,8 @@ from mobillm.server.auth import TOKEN_FILE, TokenStore
 from mobillm.server.manager import SessionManager
 from mobillm.sidenet import SideConfig
 from mobillm.train_config import TrainConfig
+from mobillm.wire.errors import ErrorCode
 from mobillm.wire.messages import Error, Hello, decode_message, encode_message
-from test_server import ThreadServer, device_setup
 
 
 def test_a_token_is_shown_once_and_only_its_salted_hash_is_stored(tmp_path):
@@ -88,7 +89,7 @@ def test_the_handshake_refuses_a_missing_wrong_or_other_jobs_token_before_parsin
             return decode_message(await ws.recv()).header
 
     answer = asyncio.run(hello_for("bob"))
-    assert isinstance(answer, Error) and answer.code == "auth"
+    assert isinstance(answer, Error) and answer.code == ErrorCode.AUTH
     # With the right token the device runs its job; with bob's it cannot even connect to alice's.
     run = dict(batch_size=8, seed=0, pivot=True)
     frame, _ = asyncio.run(stream(base, hello.model_copy(update={"job": "alice"}), backbone, codec, batcher, data.train[:16],
@@ -153,7 +154,7 @@ def test_limits_answer_with_their_own_error_and_close_code(toy_task, tmp_path):
     # idle timeout: a Hello, then silence
     server = ThreadServer(SessionManager(tmp_path / "idle"), limits=Limits(idle_timeout=0.5))
     errors, close = asyncio.run(_hello_then(f"ws://127.0.0.1:{server.port}", hello))
-    assert [e.code for e in errors] == ["idle_timeout"] and close == 1001
+    assert [e.code for e in errors] == [ErrorCode.IDLE_TIMEOUT] and close == 1001
 
     # sessions: with one allowed, a second concurrent session is refused as busy
     server = ThreadServer(SessionManager(tmp_path / "busy"), limits=Limits(max_sessions=1, idle_timeout=5))
@@ -165,7 +166,7 @@ def test_limits_answer_with_their_own_error_and_close_code(toy_task, tmp_path):
             return await _hello_then(f"ws://127.0.0.1:{server.port}", hello)
 
     errors, close = asyncio.run(two_sessions())
-    assert [e.code for e in errors] == ["busy"] and close == 1013
+    assert [e.code for e in errors] == [ErrorCode.BUSY] and close == 1013
 
     # per-job cache bytes: the batch past the limit is refused, and nothing of it is kept
     batch = batcher.encode(data.train[:8], list(range(8)))
@@ -176,7 +177,7 @@ def test_limits_answer_with_their_own_error_and_close_code(toy_task, tmp_path):
     manager = SessionManager(tmp_path / "cache", cache_limit_bytes=int(2.5 * size))
     server = ThreadServer(manager, limits=Limits(idle_timeout=5))
     errors, close = asyncio.run(_hello_then(f"ws://127.0.0.1:{server.port}", hello, messages))
-    assert [e.code for e in errors] == ["cache_full"] and close == 1008
+    assert [e.code for e in errors] == [ErrorCode.CACHE_FULL] and close == 1008
     job = manager.jobs[hello.job]
     assert len(job.cache) == 2 and job.cache.total_bytes == 2 * size and job.order.last_seq == 1
 

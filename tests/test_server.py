@@ -23,6 +23,7 @@ from mobillm.server.manager import SessionManager
 from mobillm.sidenet import SideConfig
 from mobillm.train_config import TrainConfig
 from mobillm.wire.codecs import get_codec
+from mobillm.wire.errors import ErrorCode
 from mobillm.wire.messages import Hello
 
 DEVICE_SCRIPT = textwrap.dedent(
@@ -164,7 +165,7 @@ def test_server_refuses_a_backbone_with_another_fingerprint(toy_task, tmp_path):
     server = ThreadServer(SessionManager(tmp_path / "jobs"), window=2)
     hello, backbone, codec, batcher, data = device_setup(model_dir, data_dir)
     forged = hello.model_copy(update={"fingerprint": "0" * 32})
-    with pytest.raises(ServerRefused, match="fingerprint_mismatch"):
+    with pytest.raises(ServerRefused, match=ErrorCode.FINGERPRINT_MISMATCH):
         asyncio.run(stream(f"ws://127.0.0.1:{server.port}", forged, backbone, codec, batcher, data.train, data.validation,
                            batch_size=8, seed=0, pivot=True))
 

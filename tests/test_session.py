@@ -51,7 +51,7 @@ def test_batches_arrive_in_order_and_acks_free_the_window():
         assert device.state is State.OPEN and loop.server.state is State.OPEN
         send_batches(loop, device, [0, 1])
         assert device.window_full
-        with pytest.raises(ProtocolError, match="window_full"):
+        with pytest.raises(ProtocolError, match=ErrorCode.WINDOW_FULL):
             device.batch("train", 0, batch_tensors(2))
         await loop.to_server_all()
         events = loop.to_device_all(limit=1)
@@ -104,7 +104,7 @@ def test_a_resent_duplicate_is_reacked_not_stored_again():
         await loop.to_server_all()
         assert job.received == [0, 1, 0] and job.stored == [0, 1]
         assert [e.ack.seq for e in loop.to_device_all(limit=2)] == [0, 1]
-        with pytest.raises(ProtocolError, match="out_of_order"):  # the re-ack of a seq no longer in flight
+        with pytest.raises(ProtocolError, match=ErrorCode.OUT_OF_ORDER):  # the re-ack of a seq no longer in flight
             loop.to_device_all()
 
     run(go())
@@ -121,7 +121,7 @@ def test_a_gap_in_the_sequence_closes_the_session_out_of_order():
         assert end.code is ErrorCode.OUT_OF_ORDER and end.close_code == 1002 and job.stored == [0]
         assert loop.server.state is State.CLOSED
         loop.to_device_all(limit=1)
-        with pytest.raises(ServerRefused, match="out_of_order") as info:
+        with pytest.raises(ServerRefused, match=ErrorCode.OUT_OF_ORDER) as info:
             loop.to_device_all()
         assert info.value.code is ErrorCode.OUT_OF_ORDER and device.state is State.CLOSED
 
@@ -151,7 +151,7 @@ def test_the_first_message_must_be_hello():
         server.receive(encode_message(Done(epoch=0)))
     end = server.fail(info.value)
     assert end.code is ErrorCode.BAD_HEADER and end.close_code == 1002 and server.state is State.CLOSED
-    assert decode_message(end.data).header == Error(code="bad_header", message=str(info.value))
+    assert decode_message(end.data).header == Error(code=ErrorCode.BAD_HEADER, message=str(info.value))
 
 
 def test_the_hello_must_name_the_job_of_the_url():
@@ -163,12 +163,12 @@ def test_the_hello_must_name_the_job_of_the_url():
 
     run(go())
     server = ServerSession(window=4, url_job=None, authenticated=True)  # authenticated, but no /jobs/NAME
-    with pytest.raises(ProtocolError, match="auth"):
+    with pytest.raises(ProtocolError, match=ErrorCode.AUTH):
         server.receive(encode_message(make_hello()))
 
 
 @pytest.mark.parametrize("message", [make_hello(), Welcome(session="s", window=1, last_seq=-1, step=0),
-                                     Ack(seq=0, step=0), Error(code="internal", message="x")],
+                                     Ack(seq=0, step=0), Error(code=ErrorCode.INTERNAL, message="x")],
                          ids=lambda m: m.type)
 def test_an_open_server_session_refuses_what_a_device_does_not_send(message):
     async def go():
@@ -201,11 +201,11 @@ def test_the_device_refuses_what_the_server_does_not_send_then(message):
         device.receive(encode_message(message))
     assert info.value.code is ErrorCode.UNEXPECTED
     device.receive(encode_message(Welcome(session="s", window=2, last_seq=-1, step=0)))
-    with pytest.raises(ProtocolError, match="unexpected"):  # a second Welcome, or a device-only message
+    with pytest.raises(ProtocolError, match=ErrorCode.UNEXPECTED):  # a second Welcome, or a device-only message
         device.receive(encode_message(Welcome(session="s", window=2, last_seq=-1, step=0)))
-    with pytest.raises(ProtocolError, match="unexpected"):
+    with pytest.raises(ProtocolError, match=ErrorCode.UNEXPECTED):
         device.receive(encode_message(Done(epoch=0)))
-    with pytest.raises(ProtocolError, match="bad_frame"):
+    with pytest.raises(ProtocolError, match=ErrorCode.BAD_FRAME):
         device.receive("text")
 
 
@@ -214,7 +214,7 @@ def test_the_device_cannot_send_before_it_is_welcomed():
     with pytest.raises(ProtocolError, match="not been welcomed"):
         device.batch("train", 0, batch_tensors(0))
     device.hello()
-    with pytest.raises(ProtocolError, match="unexpected"):  # one Hello per connection
+    with pytest.raises(ProtocolError, match=ErrorCode.UNEXPECTED):  # one Hello per connection
         device.hello()
 
 
@@ -253,7 +253,7 @@ def test_the_enum_lists_exactly_the_table_and_failures_map_to_codes():
     assert fail(JobLost("actor gone")).code is ErrorCode.JOB_LOST
     end = fail(KeyError("secret detail"))
     assert (end.code, end.close_code, end.message) == (ErrorCode.INTERNAL, 1011, "internal error: KeyError")
-    assert isinstance(failure("busy", "full"), Failure) and failure("busy", "full").close_code == 1013
+    assert isinstance(failure(ErrorCode.BUSY, "full"), Failure) and failure(ErrorCode.BUSY, "full").close_code == 1013
 
 
 def test_an_unknown_code_is_a_bug_that_raises():
@@ -265,7 +265,7 @@ def test_an_unknown_code_is_a_bug_that_raises():
         failure("no_such_code", "x")
     assert ProtocolError("auth", "x").code is ErrorCode.AUTH == "auth"  # a string still compares equal
     forged = encode_message(Error(code="auth", message="x")).replace(b"auth", b"nope")  # same length
-    with pytest.raises(ProtocolError, match="bad_header"):
+    with pytest.raises(ProtocolError, match=ErrorCode.BAD_HEADER):
         decode_message(forged)
 
 

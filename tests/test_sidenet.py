@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import random_batch, tiny_model
+
 from mobillm.backbone import FrozenHead
 from mobillm.device.taps import TappedBackbone, stack_taps
 from mobillm.exceptions import ConfigError

@@ -12,22 +12,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import slow_side_training
 from prometheus_client.parser import text_string_to_metric_families
+from test_security import _hello_then
+from test_server import ThreadServer, device_setup
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from helpers import slow_side_training
 from mobillm.cli import app
 from mobillm.device.client import stream
 from mobillm.metrics import Curve
 from mobillm.server.auth import TokenStore
-from mobillm.server.manager import SessionManager
 from mobillm.server.endpoints import STATUS_PATHS
+from mobillm.server.manager import SessionManager
 from mobillm.train_config import TrainConfig
 from mobillm.wire.messages import Batch, Done, GetSideNet, encode_message
-from test_security import _hello_then
-from test_server import ThreadServer, device_setup
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "results" / "status"

@@ -6,13 +6,12 @@ import json
 
 import pytest
 import torch
-
 from conftest import random_batch, tiny_model
-from mobillm.sidenet import SideNetwork
-from mobillm.training.baselines import baseline_logits, prepare_baseline
-from mobillm.train_config import TrainConfig
-from mobillm.recipes.local import RunOptions, train
 
+from mobillm.recipes.local import RunOptions, train
+from mobillm.sidenet import SideNetwork
+from mobillm.train_config import TrainConfig
+from mobillm.training.baselines import baseline_logits, prepare_baseline
 
 PIVOT_NF4_BYTES = 2 * 64 * 2 * 0.3 + 8  # two layers' pivot rows at 0.3x of fp16 (H=64), plus the int64 label
 

@@ -15,6 +15,7 @@ import torch
 
 from mobillm.exceptions import ProtocolError
 from mobillm.files import write_atomic
+from mobillm.wire.errors import ErrorCode
 
 
 class ActivationCache:
@@ -43,7 +44,7 @@ class ActivationCache:
     def admit(self, seq: int, size: int) -> None:
         """Refuse (``cache_full``) a new entry of ``size`` bytes that would pass the limit; a held ``seq`` passes."""
         if self.limit_bytes is not None and seq not in self._sizes and self.total_bytes + size > self.limit_bytes:
-            raise ProtocolError("cache_full", f"the job's activation cache holds {self.total_bytes:,} bytes; this batch "
+            raise ProtocolError(ErrorCode.CACHE_FULL, f"the job's activation cache holds {self.total_bytes:,} bytes; this batch "
                                               f"would pass its limit of {self.limit_bytes:,} (serve --max-cache-mb)")
 
     def get(self, seq: int) -> bytes:

@@ -12,6 +12,7 @@ from mobillm.exceptions import CodecError, ProtocolError
 from mobillm.sidenet import SideConfig
 from mobillm.train_config import TrainConfig
 from mobillm.wire.codecs import CODECS, Codec, get_codec
+from mobillm.wire.errors import ErrorCode
 from mobillm.wire.messages import Batch, Frame, Hello
 
 
@@ -52,7 +53,7 @@ def check_hello(hello: Hello, head: FrozenHead) -> JobSpec:
     if not 1 <= hello.device_epochs <= train.num_epochs:
         problems.append(f"device_epochs must be within 1..{train.num_epochs} (the training epochs)")
     if problems:
-        raise ProtocolError("bad_header", "; ".join(problems))
+        raise ProtocolError(ErrorCode.BAD_HEADER, "; ".join(problems))
     return JobSpec(
         side=side, train=train, codec=get_codec(side.codec),
         num_targets=head.vocab_size if side.task == "causal-lm" else side.num_labels,
@@ -101,4 +102,4 @@ def check_batch(spec: JobSpec, frame: Frame) -> None:
             if bool(((last < 0) | (last >= T)).any()):
                 problems.append(f"last_index must lie in 0..{T - 1}")
     if problems:
-        raise ProtocolError("bad_batch", "; ".join(problems))
+        raise ProtocolError(ErrorCode.BAD_BATCH, "; ".join(problems))

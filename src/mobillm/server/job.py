@@ -26,6 +26,7 @@ from mobillm.server.status import CURVES, Durations, JobState, JobStatus
 from mobillm.sidenet import SideNetwork
 from mobillm.training.loop import FitState, fit
 from mobillm.training.side_trainer import SideTrainer
+from mobillm.wire.errors import ErrorCode
 from mobillm.wire.messages import Ack, Batch, Frame, Hello, SideNet, encode_message
 from mobillm.wire.protocol import ReceiveOrder
 
@@ -143,7 +144,7 @@ class Job:
 
     def side_net_message(self) -> bytes:
         if self.error is not None:
-            raise ProtocolError("internal", f"training failed: {self.error!r}")
+            raise ProtocolError(ErrorCode.INTERNAL, f"training failed: {self.error!r}")
         side, val = self.trainer.side, self.result["val"]
         return encode_message(
             SideNet(

@@ -23,6 +23,7 @@ from mobillm.server.cache import ActivationCache
 from mobillm.server.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from mobillm.training.loop import FitState
 from mobillm.training.side_trainer import SideTrainer
+from mobillm.wire.errors import ErrorCode
 from mobillm.wire.messages import Batch, Hello, decode_message
 
 HELLO_NAME, DONE_NAME = "hello.json", "done.json"
@@ -71,7 +72,7 @@ class JobDir:
         try:
             return Hello.model_validate_json(path.read_text())
         except ValidationError:
-            raise ProtocolError("bad_header", f"{path} was written by another mobillm version; start the job "
+            raise ProtocolError(ErrorCode.BAD_HEADER, f"{path} was written by another mobillm version; start the job "
                                               "afresh (connect without resume) or use another job name") from None
 
     def done_epochs(self) -> set[int]:

@@ -11,6 +11,7 @@ from mobillm.server.job import Job
 from mobillm.server.jobdir import JobDir
 from mobillm.server.sessions import LocalSession
 from mobillm.server.status import JobStatus
+from mobillm.wire.errors import ErrorCode
 from mobillm.wire.messages import Hello
 
 
@@ -36,7 +37,7 @@ class SessionManager:
                 try:
                     backbone, _ = load_pretrained(model)
                 except ModelLoadError as err:
-                    raise ProtocolError("unknown_model", f"the server cannot load model {model!r}: {err}") from None
+                    raise ProtocolError(ErrorCode.UNKNOWN_MODEL, f"the server cannot load model {model!r}: {err}") from None
                 self._heads[model] = (FrozenHead.from_model(backbone), fingerprint(backbone))
             return self._heads[model]
 
@@ -49,7 +50,7 @@ class SessionManager:
         """
         head, expected = self.head(hello.model)
         if hello.fingerprint != expected:
-            raise ProtocolError("fingerprint_mismatch", f"the device's backbone differs from the server's {hello.model!r}")
+            raise ProtocolError(ErrorCode.FINGERPRINT_MISMATCH, f"the device's backbone differs from the server's {hello.model!r}")
         with self._lock:
             job = self.jobs.get(hello.job)
             if job is not None:
@@ -57,7 +58,7 @@ class SessionManager:
                 if hello.resume:
                     return LocalSession(job)
                 if not job.wait(0):
-                    raise ProtocolError("bad_header", f"job {hello.job!r} is running; reconnect with resume or use another name")
+                    raise ProtocolError(ErrorCode.BAD_HEADER, f"job {hello.job!r} is running; reconnect with resume or use another name")
             stored = JobDir(self.jobs_dir / hello.job).stored_hello() if hello.resume else None
             resume = stored is not None
             if resume:
@@ -79,7 +80,7 @@ def _same_config(held: Hello, hello: Hello) -> None:
     """Refuse a Hello for a job held with another configuration, naming the fields that differ."""
     differ = _differences(*(h.model_dump(exclude={"token", "resume"}) for h in (held, hello)))
     if differ:
-        raise ProtocolError("bad_header", f"job {hello.job!r} exists with another configuration ({', '.join(differ)} "
+        raise ProtocolError(ErrorCode.BAD_HEADER, f"job {hello.job!r} exists with another configuration ({', '.join(differ)} "
                                           "differ); connect with the same settings or use another job name")
 
 

@@ -38,7 +38,13 @@ from mobillm.wire.messages import Ack, Frame, Hello, decode_message
 
 try:
     import ray
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
+    from ray.exceptions import (
+        ActorDiedError,
+        ActorUnavailableError,
+        GetTimeoutError,
+        RayActorError,
+        RayTaskError,
+    )
 except ImportError as err:  # the CLI reports it; without --ray this module is never imported
     raise ConfigError("--ray needs Ray, an optional extra: pip install 'mobillm[ray]'") from err
 
