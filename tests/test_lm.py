@@ -140,7 +140,7 @@ def test_generation_stops_at_the_end_token():
 
 # --- the split system, end to end --------------------------------------------------------------------
 def test_causal_lm_through_the_server_then_generate_on_the_device(toy_task, tmp_path):
-    from test_server import start_server
+    from servers import start_server
 
     from mobillm.cli import app
 

@@ -7,7 +7,7 @@ import asyncio
 import json
 
 import pytest
-from test_server import ThreadServer, device_setup
+from servers import ThreadServer, device_setup
 
 from mobillm.backbone import DEFAULT_MODEL, load_pretrained, public_model_id
 from mobillm.backbone.weights import META_NAME, save_device_model

@@ -15,8 +15,7 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from test_reliability import CuttingProxy  # noqa: E402
-from test_server import ThreadServer, device_setup, start_server  # noqa: E402
+from servers import CuttingProxy, ThreadServer, device_setup, start_server  # noqa: E402
 
 import mobillm  # noqa: E402
 from mobillm.device.client import stream  # noqa: E402

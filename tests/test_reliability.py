@@ -7,52 +7,12 @@ import asyncio
 import threading
 
 import torch
-from test_server import ThreadServer, device_setup
+from servers import CuttingProxy, ThreadServer, device_setup
 
 from mobillm.device.client import stream
 from mobillm.ports import free_port
 from mobillm.server.manager import SessionManager
 from mobillm.train_config import TrainConfig
-
-
-class CuttingProxy:
-    """A loopback TCP proxy that cuts each of its first ``cuts`` connections after ``after`` bytes from the device.
-    Connections go to the ``targets`` ports in turn (a round-robin load balancer)."""
-
-    def __init__(self, targets: list[int], cuts: int, after: int):
-        self.targets, self.cuts, self.after = targets, cuts, after
-        self.connections = 0
-        self.port: int | None = None
-        ready = threading.Event()
-        threading.Thread(target=asyncio.run, args=(self._serve(ready),), daemon=True).start()
-        assert ready.wait(10)
-
-    async def _serve(self, ready: threading.Event) -> None:
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        ready.set()
-        await server.serve_forever()
-
-    async def _handle(self, device_r, device_w) -> None:
-        index, self.connections = self.connections, self.connections + 1
-        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.targets[index % len(self.targets)])
-        budget = self.after if index < self.cuts else None
-
-        async def pipe(reader, writer, budget):
-            while data := await reader.read(1 << 16):
-                if budget is not None:
-                    budget -= len(data)
-                    if budget <= 0:
-                        return  # cut: both sides are closed below, mid-message
-                writer.write(data)
-                await writer.drain()
-
-        tasks = [asyncio.create_task(pipe(device_r, server_w, budget)), asyncio.create_task(pipe(server_r, device_w, None))]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            task.cancel()
-        for writer in (device_w, server_w):
-            writer.transport.abort()
 
 
 def test_a_stream_cut_three_times_trains_exactly_what_an_uninterrupted_one_does(toy_task, tmp_path):

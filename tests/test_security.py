@@ -11,10 +11,10 @@ import subprocess
 
 import pytest
 from pydantic import ValidationError
-from test_server import ThreadServer, device_setup
+from servers import ThreadServer, device_setup, hello_then
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 
 from mobillm.cli import app
 from mobillm.device.client import ServerRefused, stream
@@ -126,23 +126,6 @@ def test_a_job_runs_over_tls_with_a_self_signed_certificate(toy_task, tmp_path):
 
 
 # --- limits: each answered with its own Error code and close code --------------------------------------
-async def _hello_then(url: str, hello, then=None):
-    """Send a Hello (and ``then``'s messages); return the Error and the close code the server answered with."""
-    async with connect(url, compression=None, max_size=None) as ws:
-        frames = []
-        try:  # the server may close before everything is sent (a refused session)
-            for message in [encode_message(hello), *(then or [])]:
-                await ws.send(message)
-        except ConnectionClosed:
-            pass
-        try:  # what it answered is still readable after the close
-            async for data in ws:
-                frames.append(decode_message(data).header)
-        except ConnectionClosed:
-            pass
-        return [f for f in frames if isinstance(f, Error)], ws.close_code
-
-
 def test_limits_answer_with_their_own_error_and_close_code(toy_task, tmp_path):
     from mobillm.server.app import Limits
     from mobillm.wire.codecs import get_codec
@@ -153,7 +136,7 @@ def test_limits_answer_with_their_own_error_and_close_code(toy_task, tmp_path):
 
     # idle timeout: a Hello, then silence
     server = ThreadServer(SessionManager(tmp_path / "idle"), limits=Limits(idle_timeout=0.5))
-    errors, close = asyncio.run(_hello_then(f"ws://127.0.0.1:{server.port}", hello))
+    errors, close = asyncio.run(hello_then(f"ws://127.0.0.1:{server.port}", hello))
     assert [e.code for e in errors] == [ErrorCode.IDLE_TIMEOUT] and close == 1001
 
     # sessions: with one allowed, a second concurrent session is refused as busy
@@ -163,7 +146,7 @@ def test_limits_answer_with_their_own_error_and_close_code(toy_task, tmp_path):
         async with connect(f"ws://127.0.0.1:{server.port}", compression=None) as first:
             await first.send(encode_message(hello))
             await first.recv()  # welcome: the first session is open
-            return await _hello_then(f"ws://127.0.0.1:{server.port}", hello)
+            return await hello_then(f"ws://127.0.0.1:{server.port}", hello)
 
     errors, close = asyncio.run(two_sessions())
     assert [e.code for e in errors] == [ErrorCode.BUSY] and close == 1013
@@ -176,12 +159,12 @@ def test_limits_answer_with_their_own_error_and_close_code(toy_task, tmp_path):
     size = len(messages[0])
     manager = SessionManager(tmp_path / "cache", cache_limit_bytes=int(2.5 * size))
     server = ThreadServer(manager, limits=Limits(idle_timeout=5))
-    errors, close = asyncio.run(_hello_then(f"ws://127.0.0.1:{server.port}", hello, messages))
+    errors, close = asyncio.run(hello_then(f"ws://127.0.0.1:{server.port}", hello, messages))
     assert [e.code for e in errors] == [ErrorCode.CACHE_FULL] and close == 1008
     job = manager.jobs[hello.job]
     assert len(job.cache) == 2 and job.cache.total_bytes == 2 * size and job.order.last_seq == 1
 
     # message size: the transport refuses an oversized frame with 1009
     server = ThreadServer(SessionManager(tmp_path / "big"), limits=Limits(max_message_bytes=size - 1))
-    errors, close = asyncio.run(_hello_then(f"ws://127.0.0.1:{server.port}", hello, messages[:1]))
+    errors, close = asyncio.run(hello_then(f"ws://127.0.0.1:{server.port}", hello, messages[:1]))
     assert close == 1009

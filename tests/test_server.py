@@ -8,23 +8,17 @@ import json
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
+from servers import ThreadServer, device_setup, start_server
 
-from mobillm.backbone import fingerprint, label_token_ids, load_pretrained
-from mobillm.data import Batcher, default_template, load_dataset
 from mobillm.device.client import ServerRefused, stream
 from mobillm.device.taps import TappedBackbone
-from mobillm.server.app import Limits, run_server
 from mobillm.server.auth import TokenStore
 from mobillm.server.manager import SessionManager
-from mobillm.sidenet import SideConfig
 from mobillm.train_config import TrainConfig
-from mobillm.wire.codecs import get_codec
 from mobillm.wire.errors import ErrorCode
-from mobillm.wire.messages import Hello
 
 DEVICE_SCRIPT = textwrap.dedent(
     """
@@ -37,23 +31,6 @@ DEVICE_SCRIPT = textwrap.dedent(
     open(sys.argv[1], "w").write(json.dumps({"trainer_modules": trainer_modules, "optimizers": optimizers}))
     """
 )
-
-
-def start_server(jobs_dir, *options: str) -> tuple[subprocess.Popen, int]:
-    """``mobillm serve`` in a process of its own (``options`` appended); the process and its port."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mobillm", "serve", "--port", "0", "--jobs-dir", str(jobs_dir), "--window", "4", *options],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = server.stdout.readline()
-        if "listening on" in line:
-            return server, int(line.rsplit(":", 1)[1])
-        if server.poll() is not None:
-            break
-    server.kill()
-    pytest.fail("the server did not start")
 
 
 def test_server_and_device_in_two_processes(toy_task, tmp_path):
@@ -97,38 +74,6 @@ def test_server_and_device_in_two_processes(toy_task, tmp_path):
     assert len(local_losses) == len(losses)
     assert max(abs(a - b) for a, b in zip(local_losses, losses)) < 1e-4
     assert local["test"]["accuracy"] == summary["test"]["accuracy"]
-
-
-class ThreadServer:
-    """The server's asyncio loop on a background thread of this process (for tests that instrument it)."""
-
-    def __init__(self, manager: SessionManager, window: int = 8, tokens=None, tls=None, limits=None, status=False):
-        self.port: int | None = None
-        ready = threading.Event()
-
-        def on_ready(port):
-            self.port = port
-            ready.set()
-
-        self.thread = threading.Thread(
-            target=asyncio.run,
-            args=(run_server(manager, "127.0.0.1", 0, limits or Limits(window=window), on_ready, tokens, tls, status),),
-            daemon=True,
-        )
-        self.thread.start()
-        assert ready.wait(30)
-
-
-def device_setup(model_dir, data_dir, codec="int8", max_train=None):
-    model, tokenizer = load_pretrained(model_dir)
-    data = load_dataset(data_dir, max_train_samples=max_train, max_eval_samples=32)
-    template = default_template(data.label_names)
-    side = SideConfig(hidden_size=model.config.hidden_size, num_backbone_layers=4, shortcuts=[2, 4], width=16, block="mlp",
-                      num_labels=2, label_token_ids=label_token_ids(tokenizer, template.label_words), codec=codec)
-    config = TrainConfig(method="side", epochs=1, batch_size=8)
-    hello = Hello(job="overlap", model=model_dir, fingerprint=fingerprint(model), side_config=side, train_config=config,
-                  train_samples=len(data.train))
-    return hello, TappedBackbone(model, [2, 4]), get_codec(codec), Batcher(tokenizer, template), data
 
 
 def test_device_forward_passes_overlap_the_servers_training_steps(toy_task, tmp_path, monkeypatch):

@@ -14,8 +14,7 @@ import pytest
 import torch
 from helpers import slow_side_training
 from prometheus_client.parser import text_string_to_metric_families
-from test_security import _hello_then
-from test_server import ThreadServer, device_setup
+from servers import ThreadServer, device_setup, hello_then
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -134,7 +133,7 @@ def test_status_json_and_metrics_count_what_the_device_sent(toy_task, tmp_path):
     batch = batcher.encode(data.train[:8], list(range(8)))
     taps = backbone(batch.input_ids, batch.attention_mask, batch.last_index, codec.encode)
     bad = Batch.tensors(taps, sample_ids=batch.sample_ids, labels=torch.full((8,), 5))
-    errors, close = asyncio.run(_hello_then(f"ws://127.0.0.1:{server.port}", hello.model_copy(update={"resume": True}),
+    errors, close = asyncio.run(hello_then(f"ws://127.0.0.1:{server.port}", hello.model_copy(update={"resume": True}),
                                             [encode_message(Batch(seq=stats.batches_sent, split="train", epoch=0), bad)]))
     assert [e.code for e in errors] == ["bad_batch"] and close == 1002
     m = metrics(server.port)
