@@ -21,11 +21,11 @@ import secrets
 from pathlib import Path
 
 from mobillm.exceptions import ConfigError
-from mobillm.files import write_atomic
+from mobillm.files import JOB_NAME_PATTERN, write_atomic
 
 TOKEN_FILE = "token.json"
 STATUS_TOKEN_FILE = ".status-token.json"
-JOB_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")  # the Hello's job pattern: a folder name, never '..'
+JOB_NAME = re.compile(JOB_NAME_PATTERN)  # the Hello's rule: the name of a folder under --jobs-dir
 # scrypt with 16 MiB of memory: ~50 ms per check, so guessing is slow even for a weak token (ours are 256-bit).
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 

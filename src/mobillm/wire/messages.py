@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from mobillm.exceptions import ProtocolError
+from mobillm.files import JOB_NAME_PATTERN
 from mobillm.sidenet.config import SideConfig
 from mobillm.train_config import TrainConfig
 from mobillm.wire.errors import ErrorCode
@@ -73,7 +74,7 @@ class Hello(Message):
     and ``train_config`` of its training; both are validated here, and against its backbone by the server."""
 
     type: Literal["hello"] = "hello"
-    job: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")  # a folder name: no '..'
+    job: str = Field(pattern=JOB_NAME_PATTERN)
     token: str | None = None
     model: str = Field(min_length=1, max_length=256)  # the public model id the backbone comes from; the server loads it
     fingerprint: str = Field(min_length=1, max_length=128, pattern=r"^[0-9a-f]+$")
