@@ -244,3 +244,28 @@ def test_bad_bundles_are_refused(tmp_path, exported):
         Bundle.load(tmp_path)
     with pytest.raises(ConfigError, match="--weights"):
         export_bundle(tiny_model("llama"), make_tiny_tokenizer(), tmp_path / "b", SHORTCUTS, weights="int3")
+
+
+def test_cli_export_from_a_device_checkpoint(tmp_path):
+    """`mobillm export` writes a loadable bundle naming the model the checkpoint was made from; a checkpoint with
+    quantized torch weights is refused (the bundle quantizes on its own, from fp32)."""
+    from conftest import save_tiny_model
+    from typer.testing import CliRunner
+
+    from mobillm.cli import app
+
+    runner = CliRunner()
+    model_dir = str(save_tiny_model(tmp_path / "model", hidden=32))
+    for fmt in ("fp32", "int8"):
+        result = runner.invoke(app, ["convert", str(tmp_path / fmt), "--model", model_dir, "--weights", fmt])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["export", str(tmp_path / "b8"), "--model", str(tmp_path / "int8"), "--shortcuts", "2,4"])
+    assert result.exit_code != 0 and "mobillm convert --weights fp32" in result.output
+    result = runner.invoke(app, [
+        "export", str(tmp_path / "bundle"), "--model", str(tmp_path / "fp32"), "--shortcuts", "2,4", "--weights", "int8",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "quantizing taps.onnx" in result.output and "int8 bundle, shortcuts [2, 4]" in result.output
+    bundle = Bundle.load(tmp_path / "bundle")
+    assert bundle.config.model == model_dir and bundle.config.weights == "int8"
+    assert [t.shape for t in bundle.taps(np.array([[5, 6, 7]]), np.ones((1, 3), np.int64))] == [(1, 3, 32)] * 2

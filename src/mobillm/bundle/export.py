@@ -17,6 +17,7 @@ outlier channels make per-tensor activation scales coarse), the weight-only one 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -73,7 +74,7 @@ class _Head(nn.Module):
         self.head = head
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (N, H) -> (N, V)
-        return self.head(hidden)
+        return self.head(hidden[None])[0]  # 3-d: the LM head exports as a MatMul (quantizable), not a Gemm
 
 
 def export_bundle(
@@ -93,10 +94,18 @@ def export_bundle(
     """
     if weights not in WEIGHT_FORMATS:
         raise ConfigError(f"--weights {weights!r}: choose one of {', '.join(WEIGHT_FORMATS)}")
-    if not getattr(tokenizer, "is_fast", False):
+    stored = getattr(model.config, "mobillm_weights", "fp32")  # a device checkpoint (`mobillm convert`)
+    if stored != "fp32":
+        raise ConfigError(
+            f"this model holds {stored} device weights: export from the source model or a "
+            "`mobillm convert --weights fp32` checkpoint, and choose the bundle's format with --weights"
+        )
+    if tokenizer is None or not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError("the bundle needs a fast tokenizer (tokenizer.json); this model only has a slow one")
     if weights == "fp32":
-        return _export_fp32(model, tokenizer, Path(directory), shortcuts, source, log)
+        config = _export_fp32(model, tokenizer, Path(directory), shortcuts, source, log)
+        log(f"wrote {directory}")
+        return config
     with tempfile.TemporaryDirectory(prefix="mobillm-export-") as tmp:
         _export_fp32(model, tokenizer, Path(tmp), shortcuts, source, log)
         return quantize_bundle(tmp, directory, weights, log)
@@ -115,6 +124,7 @@ def quantize_bundle(
     if config.weights != "fp32":
         raise ConfigError(f"{source} holds {config.weights} weights: quantize an fp32 bundle")
     directory.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # one INFO line per node otherwise
     for name in (TAPS_NAME, GENERATE_NAME, HEAD_NAME):
         log(f"quantizing {name} to {weights} (MatMulNBits, {QUANTIZATION[weights]['bits']}-bit, block 32)")
         big = (source / name).with_name(name + ".data").exists()
@@ -174,7 +184,6 @@ def _export_fp32(model, tokenizer, directory: Path, shortcuts: list[int], source
         chat_template=getattr(tokenizer, "chat_template", None) or None, opset=OPSET,
     )
     config.save(directory)
-    log(f"wrote {directory}")
     return config
 
 
