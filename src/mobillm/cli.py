@@ -3,6 +3,7 @@ afterwards: predict, evaluate, generate."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -522,3 +523,35 @@ def bench(
         started = time.perf_counter()
         importlib.import_module(f"mobillm.bench.{each}").main([*ctx.args, *(["--quick"] if quick else [])])
         console.print(f"bench {each}: {time.perf_counter() - started:.0f} s")
+
+
+@app.command()
+def export(
+    output_dir: Annotated[Path, typer.Argument(help="the device bundle folder to write")],
+    model: Model = "smollm2-135m",
+    shortcuts: Shortcuts = None,
+    weights: Annotated[str, typer.Option(help="bundle weight format: fp32 | int8 | int4 (MatMulNBits, weight-only)")] = "fp32",
+) -> None:
+    """Write a device bundle once (needs torch): ONNX graphs of the frozen backbone, tokenizer.json, bundle.json.
+
+    A device runs the bundle with ONNX Runtime, tokenizers and numpy only — no torch, no transformers. The
+    bundle's shortcut layers must be the ones the side network is trained with (--shortcuts).
+    """
+    from mobillm.backbone import decoder_layers, load_pretrained, parse_shortcuts
+    from mobillm.bundle.export import export_bundle
+    from mobillm.device.weights import META_NAME
+
+    started = time.perf_counter()
+    try:
+        console.print(f"loading {model}")
+        backbone, tokenizer = load_pretrained(model)
+        layers = parse_shortcuts(shortcuts, len(decoder_layers(backbone)))
+        checkpoint = Path(model) / META_NAME  # a device checkpoint: the server loads the model it was made from
+        source = json.loads(checkpoint.read_text())["source"] if checkpoint.is_file() else model
+        export_bundle(backbone, tokenizer, output_dir, layers, weights, source=source,
+                      log=lambda line: console.print(f"  {escape(line)}", soft_wrap=True))
+    except MobillmError as err:
+        _fail(err)
+    size = sum(f.stat().st_size for f in output_dir.iterdir()) / 2**20
+    console.print(f"wrote {output_dir}: {weights} bundle, shortcuts {layers}, {size:.1f} MiB, "
+                  f"{time.perf_counter() - started:.0f} s", soft_wrap=True)

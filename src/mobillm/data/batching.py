@@ -18,6 +18,7 @@ import torch
 from mobillm.data.examples import Example
 from mobillm.data.templates import PromptTemplate
 from mobillm.exceptions import ConfigError, DataError
+from mobillm.truncation import cut_text, too_small
 
 __all__ = ["BaseBatcher", "Batcher", "EncodedBatch"]
 
@@ -93,10 +94,7 @@ class Batcher(BaseBatcher):
 
     # ------------------------------------------------------------------------------------------------- tokenization
     def _too_small(self, fixed: int) -> ConfigError:
-        return ConfigError(
-            f"max_length={self.max_length} leaves no room for text: the template alone takes {fixed} tokens; "
-            "raise max_length or shorten the template"
-        )
+        return too_small(self.max_length, fixed)
 
     def _fast_ids(self, texts: Sequence[str]) -> list[list[int]]:
         prefix, prompts = self.template.prefix, [self.template.format(t) for t in texts]
@@ -107,18 +105,9 @@ class Batcher(BaseBatcher):
         out = []
         rows = zip(texts, enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"])
         for text, ids, offsets, special in rows:
-            ids = list(ids)
             if len(ids) > self.max_length:
-                start, end, n = len(prefix), len(prefix) + len(text), len(ids)
-                # [0, i): leading specials + prefix; [i, j): tokens touching the text; [j, n): suffix (+ specials)
-                i = next((k for k in range(n) if not special[k] and offsets[k][1] > start), n)
-                j = next((k for k in range(i, n) if special[k] or offsets[k][1] > end), n)
-                keep = self.max_length - i - (n - j)
-                if keep < 0:
-                    raise self._too_small(i + n - j)
-                ids = ids[: i + keep] + ids[j:]
                 self._truncated.add(text)
-            out.append(ids)
+            out.append(cut_text(ids, offsets, special, len(prefix), len(prefix) + len(text), self.max_length))
         return out
 
     def _piecewise_ids(self, texts: Sequence[str]) -> list[list[int]]:

@@ -1,0 +1,143 @@
+"""Run a device bundle with ONNX Runtime, ``tokenizers`` and numpy — never torch or transformers (design §3).
+
+:class:`Bundle` gives the device what :class:`~mobillm.device.taps.TappedBackbone` gives the torch device: the
+shortcut layers' hidden states at every position (:meth:`Bundle.taps`), a generation step on a KV cache
+(:meth:`Bundle.step`) and the frozen head (:meth:`Bundle.logits`). :class:`BundleTokenizer` produces the ids
+and right-padded batches the torch batcher produces for the same prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from mobillm.bundle.config import (
+    GENERATE_NAME, HEAD_NAME, TAPS_NAME, TOKENIZER_NAME, BundleConfig, cache_names, tap_name,
+)
+from mobillm.exceptions import ConfigError, ModelLoadError
+from mobillm.truncation import cut_text
+
+__all__ = ["Bundle", "BundleTokenizer", "TokenBatch"]
+
+Cache = list[np.ndarray]  # past key, past value per decoder layer: (B, kv, P, d) float32 each
+
+
+@dataclass
+class TokenBatch:
+    """A right-padded batch, as :class:`mobillm.data.batching.EncodedBatch` holds it (numpy, int64)."""
+
+    input_ids: np.ndarray  # (B, T)
+    attention_mask: np.ndarray  # (B, T), 1 = real token
+    last_index: np.ndarray  # (B,) position of each row's last real token
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+class BundleTokenizer:
+    """``tokenizer.json`` with the torch batcher's conventions: special tokens added, right padding with ``pad_id``."""
+
+    def __init__(self, tokenizer: Tokenizer, pad_id: int):
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        self.tokenizer, self.pad_id = tokenizer, pad_id
+
+    @classmethod
+    def from_file(cls, path: str | Path, pad_id: int) -> "BundleTokenizer":
+        return cls(Tokenizer.from_file(str(path)), pad_id)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def prompt_ids(self, prefix: str, texts: Sequence[str], suffix: str, max_length: int) -> list[list[int]]:
+        """Ids of ``prefix + text + suffix`` for each text, the text cut from its end to fit ``max_length``
+        (the classification prompts of :class:`mobillm.data.batching.Batcher`, with a fast tokenizer)."""
+        if max_length < 1:
+            raise ConfigError(f"max_length must be a positive number of tokens, got {max_length!r}")
+        encodings = self.tokenizer.encode_batch([prefix + t + suffix for t in texts], add_special_tokens=True)
+        start = len(prefix)
+        return [
+            cut_text(e.ids, e.offsets, e.special_tokens_mask, start, start + len(t), max_length)
+            for t, e in zip(texts, encodings)
+        ]
+
+    def pad(self, rows: Sequence[Sequence[int]]) -> TokenBatch:
+        """Right-pad token rows to the longest."""
+        if not rows or any(not r for r in rows):
+            raise ConfigError("cannot pad an empty batch or an empty row")
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        ids = np.full((len(rows), int(lengths.max())), self.pad_id, dtype=np.int64)
+        for b, row in enumerate(rows):
+            ids[b, : len(row)] = row
+        mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+        return TokenBatch(ids, mask, lengths - 1)
+
+
+class Bundle:
+    """A loaded device bundle. The generation graph and the head are opened on first use (training needs neither)."""
+
+    def __init__(self, directory: Path, config: BundleConfig, tokenizer: BundleTokenizer, threads: int):
+        self.directory, self.config, self.tokenizer, self.threads = directory, config, tokenizer, threads
+        self._taps = self._session(TAPS_NAME)
+        self._generate: ort.InferenceSession | None = None
+        self._head: ort.InferenceSession | None = None
+        self.tap_names = [tap_name(s) for s in config.shortcuts]
+        self.present_names = cache_names(config.cache_layers, "present")
+        self.past_names = cache_names(config.cache_layers, "past")
+
+    @classmethod
+    def load(cls, directory: str | Path, threads: int = 1) -> "Bundle":
+        """Open the bundle in ``directory`` (written by ``mobillm export``), running on ``threads`` CPU threads."""
+        directory = Path(directory)
+        config = BundleConfig.load(directory)
+        missing = [n for n in (TAPS_NAME, TOKENIZER_NAME) if not (directory / n).is_file()]
+        if missing:
+            raise ModelLoadError(f"{directory}: bundle incomplete, missing {missing}; re-run `mobillm export`")
+        if threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        return cls(directory, config, BundleTokenizer.from_file(directory / TOKENIZER_NAME, config.pad_token_id), threads)
+
+    def _session(self, name: str) -> ort.InferenceSession:
+        path = self.directory / name
+        if not path.is_file():
+            raise ModelLoadError(f"{self.directory}: bundle has no {name}; re-run `mobillm export`")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # warnings about unused initializers etc. are not the user's concern
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def taps(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
+        """(B, T) int64 ids and mask -> one (B, T, H) float32 hidden state per shortcut layer, bottom to top."""
+        feed = {"input_ids": np.asarray(input_ids, np.int64), "attention_mask": np.asarray(attention_mask, np.int64)}
+        return self._taps.run(self.tap_names, feed)
+
+    def step(self, input_ids: np.ndarray, cache: Cache | None = None) -> tuple[list[np.ndarray], Cache]:
+        """Generation: taps (B, T, H) of the new tokens on top of ``cache``; returns ``(taps, cache)``.
+
+        Rows are unpadded (every position real), as in :meth:`TappedBackbone.step`."""
+        if self._generate is None:
+            self._generate = self._session(GENERATE_NAME)
+        input_ids = np.asarray(input_ids, np.int64)
+        if cache is None:
+            c = self.config
+            empty = np.zeros((input_ids.shape[0], c.kv_heads, 0, c.head_dim), np.float32)
+            cache = [empty] * len(self.past_names)
+        outputs = self._generate.run(self.tap_names + self.present_names, {"input_ids": input_ids, **dict(zip(self.past_names, cache))})
+        return outputs[: len(self.tap_names)], outputs[len(self.tap_names):]
+
+    def logits(self, hidden: np.ndarray) -> np.ndarray:
+        """The frozen head (final norm, LM head) on top hidden states: (N, H) -> (N, V) float32."""
+        if self._head is None:
+            self._head = self._session(HEAD_NAME)
+        hidden = np.asarray(hidden, np.float32)
+        return self._head.run(["logits"], {"hidden": hidden.reshape(-1, hidden.shape[-1])})[0]
+

@@ -1,0 +1,110 @@
+"""The side network's forward pass in numpy, for a device without torch (the same maths as
+:class:`mobillm.sidenet.SideNetwork`; a test holds them equal within 1e-5).
+
+It reads a saved side network (``side_config.json`` + ``side_network.safetensors``) or a config dict and numpy
+tensors. The config is read as a plain dict: :mod:`mobillm.sidenet`'s package imports torch (its block
+registry), so its validated ``SideConfig`` is not available here; the server validated it when it trained.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from mobillm.exceptions import ConfigError
+from mobillm.files import SIDE_CONFIG_NAME, SIDE_WEIGHTS_NAME
+
+_EPS_RMS = float(np.finfo(np.float32).eps)  # nn.RMSNorm(eps=None) in float32
+_EPS_LN = 1e-5  # nn.LayerNorm's default
+_erf = np.vectorize(math.erf, otypes=[np.float64])  # exact GELU; side activations are tiny (width r)
+
+
+def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + _EPS_LN) * weight + bias
+
+
+def _linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    y = x @ weight.T
+    return y if bias is None else y + bias
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(np.float32)
+
+
+class NpSideNetwork:
+    """Backbone taps (B, [T,] M, H) -> the corrected top hidden state (B, [T,] H), as ``SideNetwork.hidden``."""
+
+    def __init__(self, config: Mapping, state: Mapping[str, np.ndarray]):
+        self.config = dict(config)
+        self.block = self.config.get("block", "attention")
+        if self.block not in ("mlp", "attention"):
+            raise ConfigError(f"side block {self.block!r}: the numpy side network runs 'mlp' and 'attention' blocks")
+        self.heads = int(self.config.get("attention_heads", 4))
+        self.width = int(self.config.get("width", 64))
+        self.num_layers = len(self.config["shortcuts"])
+        self.state = {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}
+        missing = [k for k in ("gate", "up.weight", "up.bias") if k not in self.state]
+        if missing:
+            raise ConfigError(f"side network tensors missing: {missing}")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "NpSideNetwork":
+        directory = Path(directory)
+        config_path, weights_path = directory / SIDE_CONFIG_NAME, directory / SIDE_WEIGHTS_NAME
+        if not config_path.is_file() or not weights_path.is_file():
+            raise ConfigError(f"{directory}: expected {SIDE_CONFIG_NAME} and {SIDE_WEIGHTS_NAME} (a saved side network)")
+        return cls(json.loads(config_path.read_text()), load_file(str(weights_path)))
+
+    @property
+    def token_wise(self) -> bool:
+        return self.block == "mlp"
+
+    def _mlp(self, prefix: str, x: np.ndarray) -> np.ndarray:
+        s = self.state
+        h = _layer_norm(x, s[f"{prefix}.norm.weight"], s[f"{prefix}.norm.bias"])
+        h = _gelu(_linear(h, s[f"{prefix}.mlp.0.weight"], s[f"{prefix}.mlp.0.bias"]))
+        return x + _linear(h, s[f"{prefix}.mlp.3.weight"], s[f"{prefix}.mlp.3.bias"])
+
+    def _attention(self, prefix: str, x: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray:
+        """Causal multi-head self-attention + MLP over (B, T, r), as ``AttentionBlock``."""
+        s = self.state
+        B, T, r = x.shape
+        d = r // self.heads
+        h = _layer_norm(x, s[f"{prefix}.norm1.weight"], s[f"{prefix}.norm1.bias"])
+        qkv = _linear(h, s[f"{prefix}.attn.in_proj_weight"], s[f"{prefix}.attn.in_proj_bias"])  # (B, T, 3r)
+        q, k, v = (qkv[..., i * r:(i + 1) * r].reshape(B, T, self.heads, d).transpose(0, 2, 1, 3) for i in range(3))
+        scores = q @ k.transpose(0, 1, 3, 2) / np.float32(math.sqrt(d))  # (B, heads, T, T)
+        blocked = np.triu(np.ones((T, T), dtype=bool), 1)[None, None]
+        if attention_mask is not None:
+            blocked = blocked | (np.asarray(attention_mask) == 0)[:, None, None, :]
+        scores = np.where(blocked, -np.inf, scores)
+        weights = np.exp(scores - scores.max(-1, keepdims=True))
+        weights = weights / weights.sum(-1, keepdims=True)
+        attended = (weights @ v).transpose(0, 2, 1, 3).reshape(B, T, r)
+        x = x + _linear(attended, s[f"{prefix}.attn.out_proj.weight"], s[f"{prefix}.attn.out_proj.bias"])
+        return self._mlp(f"{prefix}.mlp", x)
+
+    def hidden(self, acts: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+        """(B, [T,] M, H) shortcut activations -> (B, [T,] H) corrected top hidden state."""
+        acts = np.asarray(acts, np.float32)
+        if acts.shape[-2] != self.num_layers:
+            raise ConfigError(f"activations of shape {acts.shape}: expected (..., {self.num_layers}, H)")
+        if self.block == "attention" and acts.ndim != 4:
+            raise ConfigError("the attention side block needs every position: activations of shape (B, T, M, H)")
+        s = self.state
+        mu = 1.0 / (1.0 + np.exp(-s["gate"]))  # (M,)
+        h = np.zeros((*acts.shape[:-2], self.width), np.float32)  # (B, [T,] r)
+        for i in range(self.num_layers):
+            a = acts[..., i, :]
+            normed = a / np.sqrt((a * a).mean(-1, keepdims=True) + _EPS_RMS)
+            x = mu[i] * h + (1 - mu[i]) * _linear(normed, s[f"down.{i}.weight"], s[f"down.{i}.bias"])
+            h = self._mlp(f"blocks.{i}", x) if self.token_wise else self._attention(f"blocks.{i}", x, attention_mask)
+        return acts[..., -1, :] + _linear(h, s["up.weight"], s["up.bias"])  # (B, [T,] H)
