@@ -14,13 +14,13 @@ from helpers import make_tiny_tokenizer
 
 from mobillm.backbone import FrozenHead
 from mobillm.bundle import BundleConfig
-from mobillm.bundle.export import export_bundle, quantize_bundle
 from mobillm.bundle.generate import BundleGenerator
 from mobillm.bundle.runtime import Bundle
 from mobillm.bundle.sidenet import NpSideNetwork
 from mobillm.device.generate import Generator, Sampling
 from mobillm.device.taps import TappedBackbone
 from mobillm.exceptions import ConfigError
+from mobillm.export import export_bundle, quantize_bundle
 from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.wire.codecs import get_codec
 from mobillm.wire.np_codecs import get_np_codec

@@ -10,15 +10,19 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mobillm"
 
 # area -> the areas it may import. An area is a subpackage or a top-level module of mobillm.
 BASE = {"mobillm", "exceptions", "files", "procfs"}
+TEXT = {"truncation"}  # shared by the torch batcher and the bundle's tokenizer
 ALLOWED: dict[str, set[str]] = {
     "mobillm": set(),
     "exceptions": set(),
     "files": set(),
     "procfs": set(),
+    "truncation": BASE,
     "ports": BASE,
     "metrics": BASE,
     "wire": BASE | {"sidenet", "train_config"},  # the Hello carries the typed configs
-    "data": BASE,
+    "data": BASE | TEXT,
+    # the device bundle's runtime: onnxruntime + numpy + tokenizers, never torch (tests/test_bundle.py checks it)
+    "bundle": BASE | TEXT | {"wire"},
     "backbone": BASE | {"wire"},
     "sidenet": BASE | {"backbone"},
     "train_config": BASE | {"sidenet"},
@@ -26,11 +30,13 @@ ALLOWED: dict[str, set[str]] = {
     "device": BASE | {"backbone", "data", "metrics", "scoring", "sidenet", "wire"},
     "training": BASE | {"backbone", "metrics", "scoring", "sidenet", "train_config", "wire"},
     "server": BASE | {"backbone", "metrics", "scoring", "sidenet", "train_config", "training", "wire"},
+    # writing a bundle: traces the device's TappedBackbone with torch.onnx
+    "export": BASE | {"backbone", "bundle", "device", "wire"},
     "recipes": BASE | {"backbone", "data", "device", "metrics", "ports", "scoring", "sidenet", "train_config",
                        "training", "wire"},
     "bench": BASE | {"backbone", "data", "device", "metrics", "ports", "recipes", "scoring", "sidenet",
                      "train_config", "training", "wire", "server"},
-    "cli": BASE | {"backbone", "bench", "data", "device", "metrics", "ports", "recipes", "scoring", "server",
+    "cli": BASE | {"backbone", "bench", "bundle", "export", "data", "device", "metrics", "ports", "recipes", "scoring", "server",
                    "sidenet", "train_config", "training", "wire"},
     "__main__": {"cli"},
 }

@@ -538,8 +538,8 @@ def export(
     bundle's shortcut layers must be the ones the side network is trained with (--shortcuts).
     """
     from mobillm.backbone import decoder_layers, load_pretrained, parse_shortcuts
-    from mobillm.bundle.export import export_bundle
-    from mobillm.device.weights import META_NAME
+    from mobillm.backbone.weights import META_NAME
+    from mobillm.export import export_bundle
 
     started = time.perf_counter()
     try:

@@ -1,6 +1,6 @@
 """The device bundle: the frozen backbone as ONNX graphs, run by ONNX Runtime with no training framework (design §3).
 
-``mobillm.bundle.export`` (torch side) writes a bundle; ``mobillm.bundle.runtime`` (numpy + onnxruntime +
+``mobillm.export`` (torch side) writes a bundle; ``mobillm.bundle.runtime`` (numpy + onnxruntime +
 tokenizers, never torch) runs it. This package imports neither, so the device imports only the runtime.
 """
 

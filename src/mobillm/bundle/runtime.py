@@ -17,7 +17,13 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from mobillm.bundle.config import (
-    GENERATE_NAME, HEAD_NAME, TAPS_NAME, TOKENIZER_NAME, BundleConfig, cache_names, tap_name,
+    GENERATE_NAME,
+    HEAD_NAME,
+    TAPS_NAME,
+    TOKENIZER_NAME,
+    BundleConfig,
+    cache_names,
+    tap_name,
 )
 from mobillm.exceptions import ConfigError, ModelLoadError
 from mobillm.truncation import cut_text

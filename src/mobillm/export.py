@@ -28,7 +28,14 @@ from torch import nn
 
 from mobillm.backbone import FrozenHead, decoder_layers, fingerprint
 from mobillm.bundle.config import (
-    GENERATE_NAME, HEAD_NAME, TAPS_NAME, TOKENIZER_NAME, WEIGHT_FORMATS, BundleConfig, cache_names, tap_name,
+    GENERATE_NAME,
+    HEAD_NAME,
+    TAPS_NAME,
+    TOKENIZER_NAME,
+    WEIGHT_FORMATS,
+    BundleConfig,
+    cache_names,
+    tap_name,
 )
 from mobillm.device.taps import TappedBackbone
 from mobillm.exceptions import ConfigError, ModelLoadError
