@@ -12,16 +12,19 @@ Because ``up`` starts at zero, step 0 reproduces the backbone's own (zero-shot) 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mobillm.backbone import FrozenHead
 from mobillm.exceptions import ConfigError
 from mobillm.files import SIDE_CONFIG_NAME, SIDE_WEIGHTS_NAME
 from mobillm.sidenet.blocks import SIDE_BLOCKS
 from mobillm.sidenet.config import SideConfig
+
+if TYPE_CHECKING:  # a head is passed in; the side network never loads or builds one
+    from mobillm.backbone import FrozenHead
 
 
 class SideNetwork(nn.Module):
