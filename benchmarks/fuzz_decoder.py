@@ -34,13 +34,12 @@ def main() -> None:
     with atheris.instrument_imports():  # coverage feedback from the decoder and the codecs
         for module in ("mobillm.wire.messages", "mobillm.wire.codecs", "mobillm.server.job"):
             importlib.import_module(module)
-    from mobillm.exceptions import WireError
-
     import torch
-    from test_hostile import B, H, LABELS, batch_message, offer
-
     from conftest import tiny_model
+    from test_hostile import LABELS, B, H, batch_message, offer
+
     from mobillm.backbone import FrozenHead
+    from mobillm.exceptions import WireError
     from mobillm.server.job import Job
     from mobillm.sidenet import SideConfig
     from mobillm.train_config import TrainConfig

@@ -33,8 +33,8 @@ def measure(codec: str, samples: int) -> dict:
     from mobillm.device.inference import TapStats, evaluate_tapped, tap_examples, zero_shot_tapped
     from mobillm.device.taps import TappedBackbone
     from mobillm.metrics import peak_rss_bytes
-    from mobillm.sidenet import SideNetwork
     from mobillm.recipes.task import TaskOptions, prepare_task
+    from mobillm.sidenet import SideNetwork
     from mobillm.wire.codecs import get_codec
 
     task = prepare_task(TaskOptions(task="causal-lm", data=str(DATA), codec=codec, max_train_samples=1), seed=0)

@@ -40,7 +40,16 @@ async def device(url: str, hello, token: str, batches: int, window: int, latenci
     from websockets.asyncio.client import connect
 
     from mobillm.wire.codecs import get_codec
-    from mobillm.wire.messages import Ack, Batch, Done, Error, GetSideNet, SideNet, decode_message, encode_message
+    from mobillm.wire.messages import (
+        Ack,
+        Batch,
+        Done,
+        Error,
+        GetSideNet,
+        SideNet,
+        decode_message,
+        encode_message,
+    )
 
     codec = get_codec("int8")
     sent: dict[int, float] = {}

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 import psutil
+from load import ROOT, B, run, start_server, tiny_jobs
 
 from mobillm.bench.io import machine, pyplot, write_rows
-from load import ROOT, B, run, start_server, tiny_jobs
 
 
 def tree(pid: int) -> list[psutil.Process]:

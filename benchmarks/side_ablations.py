@@ -19,15 +19,21 @@ from pathlib import Path
 
 import torch
 
-from mobillm.backbone import FrozenHead, default_shortcuts, label_token_ids, load_pretrained, uniform_shortcuts
+from mobillm.backbone import (
+    FrozenHead,
+    default_shortcuts,
+    label_token_ids,
+    load_pretrained,
+    uniform_shortcuts,
+)
+from mobillm.bench.io import write_rows
 from mobillm.data import Batcher, default_template, load_dataset
 from mobillm.device.inference import TappedBatch, tap_examples
 from mobillm.device.taps import TappedBackbone
+from mobillm.recipes.local import fit_side
 from mobillm.sidenet import SideConfig
 from mobillm.train_config import TrainConfig
-from mobillm.recipes.local import fit_side
 from mobillm.wire.codecs import get_codec
-from mobillm.bench.io import write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"

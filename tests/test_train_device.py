@@ -99,3 +99,24 @@ def test_resolve_device(monkeypatch):
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
     with pytest.raises(ConfigError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\), cuda:0..cuda:1"):
         resolve_device("cuda:2")
+
+
+def test_the_server_trains_where_serve_device_says(tmp_path):
+    """``SessionManager(device=...)`` resolves once and every job's trainer (side network, head copy) lives there."""
+    from mobillm.server.manager import SessionManager
+
+    assert SessionManager(tmp_path, device="cpu").device == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--device cuda"):
+            SessionManager(tmp_path, device="cuda")
+
+
+def test_serve_refuses_a_cuda_device_it_does_not_have_before_listening(tmp_path):
+    from typer.testing import CliRunner
+
+    from mobillm.cli import app
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = CliRunner().invoke(app, ["serve", "--device", "cuda:0", "--jobs-dir", str(tmp_path), "--no-auth"])
+    assert result.exit_code == 2 and "--device cuda:0" in result.output and "listening" not in result.output

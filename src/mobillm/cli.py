@@ -198,6 +198,10 @@ def serve(
              "one); --jobs-dir must then be the same shared path on every node")] = None,
     ray_actors: Annotated[Optional[int], typer.Option(help="with --ray: job actors (default: one per GPU, at least 1)")] = None,
     ray_namespace: Annotated[str, typer.Option(help="with --ray: front ends of one namespace share its jobs")] = "mobillm",
+    device: Annotated[str, typer.Option(
+        "--device", metavar="auto|cpu|cuda[:N]",
+        help="where side networks train: 'auto' = the first CUDA device when there is one, else the CPU (with --ray: "
+             "each actor's reserved GPU share)")] = "auto",
 ) -> None:
     """Run the server: trains side networks from the activations devices stream to it."""
     import asyncio
@@ -213,12 +217,16 @@ def serve(
             _fail(MobillmError("--ray-actors places jobs on Ray actors: give --ray too"))
         from mobillm.server.manager import SessionManager
 
-        manager = SessionManager(jobs_dir, **cache)
+        try:
+            manager = SessionManager(jobs_dir, device=device, **cache)
+        except MobillmError as err:
+            _fail(err)
+        logging.getLogger("mobillm.server").info("side networks train on %s", manager.device)
     else:
         try:
             from mobillm.server.ray_manager import RayManager
 
-            manager = RayManager(ray, jobs_dir, ray_actors, namespace=ray_namespace, **cache)
+            manager = RayManager(ray, jobs_dir, ray_actors, namespace=ray_namespace, device=device, **cache)
         except MobillmError as err:
             _fail(err)
     limits = Limits(window=window, max_message_bytes=max_message_mb << 20, max_sessions=max_sessions, idle_timeout=idle_timeout)

@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     from mobillm.bench.models import device_checkpoint
     from mobillm.device.inference import TappedBatch, tap_examples
     from mobillm.device.taps import TappedBackbone
+    from mobillm.recipes.local import fit_side
     from mobillm.recipes.task import TaskOptions, prepare_task
     from mobillm.train_config import TrainConfig
-    from mobillm.recipes.local import fit_side
     from mobillm.wire.codecs import encoded_nbytes, expected_nbytes, get_codec
 
     options = TaskOptions(model=str(device_checkpoint("smollm2-135m", "fp32")), data=str(sst2), codec="none",

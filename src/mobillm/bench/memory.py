@@ -45,8 +45,8 @@ def measure(model_name: str, method: str, batch: int, length: int, warmup: bool,
     from mobillm.backbone import FrozenHead, default_shortcuts, load_pretrained
     from mobillm.device.taps import TappedBackbone
     from mobillm.sidenet import SideConfig, SideNetwork
-    from mobillm.training.baselines import baseline_logits, prepare_baseline
     from mobillm.train_config import TrainConfig
+    from mobillm.training.baselines import baseline_logits, prepare_baseline
     from mobillm.training.side_trainer import SideTrainer
     from mobillm.wire.codecs import get_codec
 

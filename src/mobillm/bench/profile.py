@@ -24,7 +24,6 @@ from mobillm.bench.io import machine, pyplot, results_dir, write_rows
 from mobillm.procfs import status_mib
 
 
-
 def stages(source: str, batch: int, length: int) -> dict:
     """VmRSS (MiB) after each stage of a device's start, in this (fresh) process."""
     out = {"python": status_mib("VmRSS")}
@@ -57,8 +56,8 @@ def profile_steps(batch: int, length: int, sources: dict[str, str]) -> tuple[lis
 
     from mobillm.backbone import default_shortcuts, load_pretrained
     from mobillm.device.taps import TappedBackbone
-    from mobillm.training.baselines import baseline_logits, prepare_baseline
     from mobillm.train_config import TrainConfig
+    from mobillm.training.baselines import baseline_logits, prepare_baseline
     from mobillm.wire.codecs import get_codec
 
     torch.manual_seed(0)

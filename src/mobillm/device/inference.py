@@ -17,8 +17,8 @@ from mobillm.backbone import FrozenHead
 from mobillm.data import EncodedBatch
 from mobillm.data.batching import BaseBatcher
 from mobillm.device.taps import TappedBackbone
-from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.scoring import Evaluator, loss_logits
+from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.wire.codecs import Codec, decode_layers, encoded_nbytes
 
 

@@ -19,8 +19,8 @@ from mobillm.device.inference import evaluate_tapped, tap_examples, zero_shot_ta
 from mobillm.device.taps import TappedBackbone
 from mobillm.files import METRICS_NAME, write_summary
 from mobillm.metrics import MetricsLog, peak_rss_bytes
-from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.recipes.task import TaskOptions, prepare_task
+from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.train_config import TrainConfig
 from mobillm.wire.codecs import get_codec
 from mobillm.wire.messages import Hello

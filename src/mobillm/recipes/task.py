@@ -7,7 +7,6 @@ examples, the same prompts and the same side network configuration.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field

@@ -17,7 +17,7 @@ import torch
 from mobillm.backbone import FrozenHead
 from mobillm.exceptions import ProtocolError
 from mobillm.metrics import MetricsLog, peak_rss_bytes
-from mobillm.scoring import Evaluator, best_fields, loss_logits, selection_score
+from mobillm.scoring import Evaluator, best_fields, selection_score
 from mobillm.server.cache import ActivationCache
 from mobillm.server.checks import check_batch, check_hello
 from mobillm.server.feed import BatchFeed
@@ -34,16 +34,17 @@ from mobillm.wire.protocol import ReceiveOrder
 class Job:
     def __init__(
         self, hello: Hello, head: FrozenHead, directory: Path, cache_memory_bytes: int, progress: bool = False,
-        cache_limit_bytes: int | None = None, resume: bool = False,
+        cache_limit_bytes: int | None = None, resume: bool = False, device: torch.device | str = "cpu",
     ):
         """A new job, or with ``resume`` the one a previous server process left in ``directory``: its cached
-        batches (up to the first gap), the device's finished epochs and the last epoch checkpoint."""
+        batches (up to the first gap), the device's finished epochs and the last epoch checkpoint. The side
+        network, its optimizer, the decoded batches and a copy of the frozen head live on ``device``."""
         self.spec = check_hello(hello, head)
         self.hello, self.side_config, self.config = hello, hello.side_config, hello.train_config
         self.dir = JobDir(directory)
         torch.manual_seed(self.config.seed)
         self.trainer = SideTrainer(SideNetwork(self.side_config), head, self.side_config.codec, self.config,
-                                   self.spec.steps_per_epoch * self.config.num_epochs)
+                                   self.spec.steps_per_epoch * self.config.num_epochs, device=device)
         if not resume:
             self.dir.start_fresh(hello)
         self.cache = ActivationCache(self.dir.cache_dir, cache_memory_bytes, cache_limit_bytes)
@@ -186,11 +187,11 @@ class Job:
     @torch.no_grad()
     def evaluate(self) -> tuple[dict, list[int], list[int]]:
         """Scores of the eval batches, and (classification) each sample's predicted class."""
-        side = self.trainer.side.eval()
+        self.trainer.side.eval()
         scores = Evaluator(self.side_config.task, self.side_config.num_labels)
         for seq in self.feed.eval_seqs:
             groups, t, extra = self._load(seq)
-            scores.add(*loss_logits(side, self.trainer.head, self.trainer.activations(groups), t["labels"], *extra), t["sample_ids"])
+            scores.add(*self.trainer.logits(groups, t["labels"], *extra), t["sample_ids"])
         return scores.scores(), scores.sample_ids, scores.predictions
 
     def _validate(self) -> dict:

@@ -11,6 +11,7 @@ from mobillm.server.job import Job
 from mobillm.server.jobdir import JobDir
 from mobillm.server.sessions import LocalSession
 from mobillm.server.status import JobStatus
+from mobillm.training.device import resolve_device
 from mobillm.wire.errors import ErrorCode
 from mobillm.wire.messages import Hello
 
@@ -20,11 +21,14 @@ class SessionManager:
 
     def __init__(
         self, jobs_dir: str | Path, cache_memory_bytes: int = 2 << 30, progress: bool = False,
-        cache_limit_bytes: int | None = None,
+        cache_limit_bytes: int | None = None, device: str = "auto",
     ):
+        """``device``: where jobs train (``auto|cpu|cuda|cuda:N``, :func:`~mobillm.training.device.resolve_device`),
+        resolved once here, so a bad value fails at start-up, not at the first Hello."""
         self.jobs_dir = Path(jobs_dir)
         self.cache_memory_bytes = cache_memory_bytes
         self.cache_limit_bytes = cache_limit_bytes  # per job, memory + disk; None: unlimited
+        self.device = resolve_device(device)
         self.progress = progress
         self.jobs: dict[str, Job] = {}
         self._heads: dict[str, tuple[FrozenHead, str]] = {}
@@ -65,7 +69,7 @@ class SessionManager:
                 _same_config(stored, hello)
             job = self.jobs[hello.job] = Job(
                 hello, head, self.jobs_dir / hello.job, self.cache_memory_bytes, self.progress, self.cache_limit_bytes,
-                resume=resume,
+                resume=resume, device=self.device,
             )
             return LocalSession(job)
 

@@ -64,6 +64,7 @@ class ClusterSettings:
     actors: int
     cache_memory_bytes: int
     cache_limit_bytes: int | None
+    device: str = "auto"  # in each actor: CUDA when Ray gave it a GPU (its reserved fraction), else the CPU
 
 
 def share(total: float, actors: int) -> float:
@@ -90,7 +91,8 @@ class JobActor:
 
     def __init__(self, settings: ClusterSettings):
         self.manager = SessionManager(
-            settings.jobs_dir, settings.cache_memory_bytes, cache_limit_bytes=settings.cache_limit_bytes
+            settings.jobs_dir, settings.cache_memory_bytes, cache_limit_bytes=settings.cache_limit_bytes,
+            device=settings.device,
         )
 
     def _session(self, job: str) -> LocalSession:
@@ -220,6 +222,7 @@ class RayManager:
     def __init__(
         self, address: str, jobs_dir: str | Path, actors: int | None = None, cache_memory_bytes: int = 2 << 30,
         cache_limit_bytes: int | None = None, namespace: str = DEFAULT_NAMESPACE, open_timeout: float = 60.0,
+        device: str = "auto",
     ):
         if actors is not None and actors < 1:
             raise ConfigError(f"--ray-actors must be at least 1, got {actors}")
@@ -227,7 +230,9 @@ class RayManager:
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0.0)
         actors = actors or max(1, int(gpus))
-        self.settings = ClusterSettings(str(Path(jobs_dir).resolve()), actors, cache_memory_bytes, cache_limit_bytes)
+        if device.strip().lower().startswith("cuda") and not gpus:
+            raise ConfigError(f"--device {device}: the Ray cluster has no GPUs for its actors; pass --device cpu or auto")
+        self.settings = ClusterSettings(str(Path(jobs_dir).resolve()), actors, cache_memory_bytes, cache_limit_bytes, device)
         self.namespace, self.open_timeout = namespace, open_timeout
         self.resources = {"num_cpus": share(resources.get("CPU", 0.0), actors), "num_gpus": share(gpus, actors)}
         self._join()

@@ -38,7 +38,12 @@ import torch
 
 from mobillm.exceptions import CodecError
 from mobillm.wire.codec_tables import (  # noqa: F401 (the constants stay importable from here)
-    BLOCK_4BIT, FP4_CODE, FP4_ORDER, MAX_ELEMENTS, MAX_NDIM, NF4_CODE,
+    BLOCK_4BIT,
+    FP4_CODE,
+    FP4_ORDER,
+    MAX_ELEMENTS,
+    MAX_NDIM,
+    NF4_CODE,
 )
 
 __all__ = [
