@@ -10,13 +10,14 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "mobillm"
 
 # area -> the areas it may import. An area is a subpackage or a top-level module of mobillm.
-BASE = {"mobillm", "exceptions", "files", "procfs"}
+BASE = {"mobillm", "exceptions", "files", "procfs", "configs"}
 TEXT = {"truncation"}  # shared by the torch batcher and the bundle's tokenizer
 ALLOWED: dict[str, set[str]] = {
     "mobillm": set(),
     "exceptions": set(),
     "files": set(),
     "procfs": set(),
+    "configs": {"exceptions"},
     "truncation": BASE,
     "ports": BASE,
     "metrics": BASE,

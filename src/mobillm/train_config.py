@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from mobillm.exceptions import ConfigError
-from mobillm.sidenet.config import validation_problems
+from mobillm.configs import Config
 
 Method = Literal["side", "lora", "bitfit", "full"]
 Schedule = Literal["constant", "linear", "cosine", "rsqrt"]
@@ -17,10 +16,8 @@ DEFAULT_LR: dict[str, float] = {"side": 1e-3, "lora": 5e-4, "bitfit": 1e-3, "ful
 DEFAULT_EPOCHS: dict[str, int] = {"side": 6, "lora": 1, "bitfit": 1, "full": 1}
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(Config):
     """Optimisation settings. ``lr``/``epochs`` left at ``None`` take the method's default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Method = "side"
     lr: float | None = Field(None, gt=0)
@@ -50,10 +47,3 @@ class TrainConfig(BaseModel):
     @property
     def num_epochs(self) -> int:
         return self.epochs if self.epochs is not None else DEFAULT_EPOCHS[self.method]
-
-    @classmethod
-    def parse(cls, data: dict) -> "TrainConfig":
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            raise ConfigError(validation_problems(err)) from None

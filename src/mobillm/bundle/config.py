@@ -11,14 +11,13 @@ Large graphs keep their weights beside them (``<graph>.data``, ONNX external dat
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from mobillm import __version__
-from mobillm.exceptions import ConfigError
+from mobillm.configs import Config
 
 CONFIG_NAME = "bundle.json"
 TAPS_NAME = "taps.onnx"
@@ -41,10 +40,8 @@ def cache_names(num_layers: int, kind: Literal["past", "present"]) -> list[str]:
     return [f"{kind}_{part}_{i}" for i in range(num_layers) for part in ("key", "value")]
 
 
-class BundleConfig(BaseModel):
+class BundleConfig(Config):
     """Everything a device needs to run a bundle and to open a session with a server that holds the model."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = Field(description="the public model id (alias, hub id, path) the server must load")
     fingerprint: str = Field(description="mobillm.backbone.fingerprint of the source model")
@@ -81,12 +78,5 @@ class BundleConfig(BaseModel):
 
     @classmethod
     def load(cls, directory: str | Path) -> "BundleConfig":
-        path = Path(directory) / CONFIG_NAME
-        if not path.is_file():
-            raise ConfigError(f"{directory}: no {CONFIG_NAME} — not a device bundle (write one with `mobillm export`)")
-        try:
-            return cls.model_validate(json.loads(path.read_text()))
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON ({err.msg})") from None
-        except ValidationError as err:
-            raise ConfigError([f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]) from None
+        return cls.read(Path(directory) / CONFIG_NAME,
+                        f"{directory}: no {CONFIG_NAME} — not a device bundle (write one with `mobillm export`)")

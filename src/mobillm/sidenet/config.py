@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from mobillm.exceptions import ConfigError
+from mobillm.configs import Config
 from mobillm.files import SIDE_CONFIG_NAME
 
 Task = Literal["classification", "causal-lm"]
@@ -21,10 +20,8 @@ def _version() -> str:
     return __version__
 
 
-class SideConfig(BaseModel):
+class SideConfig(Config):
     """Shape of the ladder of parallel adapters (design §2). Saved as ``side_config.json``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     hidden_size: int = Field(gt=0, description="backbone width H")
     num_backbone_layers: int = Field(gt=0, description="L, to validate the shortcut layers")
@@ -83,28 +80,4 @@ class SideConfig(BaseModel):
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "SideConfig":
         """The config of a saved side network (``side_config.json``)."""
-        path = Path(directory) / SIDE_CONFIG_NAME
-        if not path.is_file():
-            raise ConfigError(f"{directory}: no {SIDE_CONFIG_NAME} (not a saved side network)")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON ({err.msg})") from None
-        return cls.parse(data)
-
-    @classmethod
-    def parse(cls, data: dict) -> "SideConfig":
-        """Validate untrusted JSON (from disk or the wire) into a config, with a :class:`ConfigError`."""
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            raise ConfigError(validation_problems(err)) from None
-
-
-def validation_problems(err: ValidationError) -> list[str]:
-    """Pydantic's errors as 'field: message' lines, for a ConfigError that names every problem."""
-    lines = []
-    for e in err.errors():
-        msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{'.'.join(map(str, e['loc']))}: {msg}" if e["loc"] else msg)
-    return lines
+        return cls.read(Path(directory) / SIDE_CONFIG_NAME, f"{directory}: no {SIDE_CONFIG_NAME} (not a saved side network)")
