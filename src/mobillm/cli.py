@@ -48,6 +48,9 @@ MaxTrain = Annotated[Optional[int], typer.Option(help="seeded subset of the trai
 MaxEval = Annotated[Optional[int], typer.Option(help="cap on validation samples; test is never capped")]
 Seed = Annotated[int, typer.Option(help="seed of data order, subsets and initialisation")]
 OutputDir = Annotated[Path, typer.Option(help="where summary.json, metrics.jsonl and the side network go")]
+Noise = Annotated[float, typer.Option(
+    help="defence: Gaussian noise on the taps before the codec, std = NOISE x each token's RMS, drawn once per sample "
+         "from $MOBILLM_NOISE_SECRET or OUTPUT_DIR/noise_secret (0: none; docs/privacy.md)")]
 SideDir = Annotated[Path, typer.Option("--side-network", help="a saved side network (side_config.json + side_network.safetensors)")]
 
 
@@ -125,7 +128,7 @@ def train(
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1,
     max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000, seed: Seed = 0,
-    output_dir: OutputDir = Path("runs/train"),
+    noise: Noise = 0.0, output_dir: OutputDir = Path("runs/train"),
 ) -> None:
     """Fine-tune in one process: side tuning (forward-only backbone) or an on-device PEFT baseline."""
     args = dict(locals())  # first: only the command's options
@@ -263,7 +266,8 @@ def device(
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
-    device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, output_dir: OutputDir = Path("runs/device"),
+    device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, noise: Noise = 0.0,
+    output_dir: OutputDir = Path("runs/device"),
     token: Annotated[Optional[str], typer.Option(envvar="MOBILLM_TOKEN", help="the job's token (or $MOBILLM_TOKEN)")] = None,
     cafile: Annotated[Optional[str], typer.Option(help="CA certificate(s) to verify a wss:// server")] = None,
 ) -> None:
@@ -284,7 +288,8 @@ def finetune(
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
-    device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, output_dir: OutputDir = Path("runs/finetune"),
+    device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, noise: Noise = 0.0,
+    output_dir: OutputDir = Path("runs/finetune"),
 ) -> None:
     """Server and device on this machine: starts `mobillm serve` as a separate process, runs the device, stops it."""
     args = dict(locals())
