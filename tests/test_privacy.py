@@ -87,3 +87,26 @@ def test_the_audit_runs_every_attack_on_a_tiny_model(tmp_path):
     assert a2["token_recovery_low"] <= a2["token_recovery"] <= a2["token_recovery_high"]
     assert all(0.0 <= r.get("token_recovery", r.get("bag_f1")) <= 1.0 for r in rows)
     assert examples and {"original", "reconstruction"} <= set(examples[0])
+
+
+def test_privacy_audit_command_writes_its_results(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mobillm.cli import app
+
+    model_dir = save_tiny_model(tmp_path / "model", hidden=64)
+    attacker = write_toy_sentiment(tmp_path / "attacker", n_train=64, n_eval=8, seed=1)
+    victim = write_toy_sentiment(tmp_path / "victim", n_train=8, n_eval=32, seed=2)
+    out = tmp_path / "results"
+    done = CliRunner().invoke(app, [
+        "privacy-audit", "--model", str(model_dir), "--shortcuts", "2,4", "--attacker", str(attacker), "--victim", str(victim),
+        "--codecs", "nf4", "--cells", "4", "--attacker-prompts", "64", "--victim-prompts", "3", "--canary-prompts", "1",
+        "--k", "4", "--wide", str(VOCAB), "--noise", "0,0.5", "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    a2 = {r["noise"]: r for r in rows if r["attack"] == "A2-sequential"}
+    assert set(a2) == {0.0, 0.5} and a2[0.0]["token_recovery"] >= 0.8  # both strengths audited; no noise: inverted
+    assert (out / "results.csv").is_file() and (out / "privacy.png").is_file()
+    assert json.loads((out / "reconstructions.json").read_text())

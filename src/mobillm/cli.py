@@ -460,7 +460,7 @@ def convert(
     console.print(f"wrote {output_dir}: {weights} weights, {weights_nbytes(backbone) / 2**20:.1f} MiB", soft_wrap=True)
 
 
-BENCHMARKS = ("memory", "codecs", "bandwidth", "convergence", "profile")
+BENCHMARKS = ("memory", "codecs", "bandwidth", "convergence", "profile", "privacy")
 
 
 # --help goes through to the benchmark (its own argparse help); `mobillm bench --help` prints this command's.
@@ -486,3 +486,12 @@ def bench(
         started = time.perf_counter()
         importlib.import_module(f"mobillm.bench.{each}").main([*ctx.args, *(["--quick"] if quick else [])])
         console.print(f"bench {each}: {time.perf_counter() - started:.0f} s")
+
+
+@app.command("privacy-audit", add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def privacy_audit(ctx: typer.Context) -> None:
+    """What a curious server holding the public model recovers from a job's taps, per layer, codec, mode and noise
+    (results under results/privacy); options go to the audit — `mobillm privacy-audit --help`."""
+    from mobillm.bench.privacy import main
+
+    main(list(ctx.args))
