@@ -3,7 +3,6 @@ afterwards: predict, evaluate, generate."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -65,6 +64,9 @@ MaxTrain = Annotated[Optional[int], typer.Option(help="seeded subset of the trai
 MaxEval = Annotated[Optional[int], typer.Option(help="cap on validation samples; test is never capped")]
 Seed = Annotated[int, typer.Option(help="seed of data order, subsets and initialisation")]
 OutputDir = Annotated[Path, typer.Option(help="where summary.json, metrics.jsonl and the side network go")]
+Noise = Annotated[float, typer.Option(
+    help="defence: Gaussian noise on the taps before the codec, std = NOISE x each token's RMS, drawn once per sample "
+         "from $MOBILLM_NOISE_SECRET or OUTPUT_DIR/noise_secret (0: none; docs/privacy.md)")]
 SideDir = Annotated[Path, typer.Option("--side-network", help="a saved side network (side_config.json + side_network.safetensors)")]
 
 
@@ -156,7 +158,7 @@ def train(
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1,
     max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000, seed: Seed = 0,
-    output_dir: OutputDir = Path("runs/train"),
+    noise: Noise = 0.0, output_dir: OutputDir = Path("runs/train"),
 ) -> None:
     """Fine-tune in one process: side tuning (forward-only backbone) or an on-device PEFT baseline."""
     args = dict(locals())  # first: only the command's options
@@ -303,7 +305,8 @@ def device(
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
-    device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, output_dir: OutputDir = Path("runs/device"),
+    device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, noise: Noise = 0.0,
+    output_dir: OutputDir = Path("runs/device"),
     token: Annotated[Optional[str], typer.Option(envvar="MOBILLM_TOKEN", help="the job's token (or $MOBILLM_TOKEN)")] = None,
     cafile: Annotated[Optional[str], typer.Option(help="CA certificate(s) to verify a wss:// server")] = None,
 ) -> None:
@@ -325,7 +328,8 @@ def finetune(
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
-    device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, output_dir: OutputDir = Path("runs/finetune"),
+    device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, noise: Noise = 0.0,
+    output_dir: OutputDir = Path("runs/finetune"),
 ) -> None:
     """Server and device on this machine: starts `mobillm serve` as a separate process, runs the device, stops it."""
     args = dict(locals())
@@ -505,14 +509,16 @@ def convert(
     console.print(f"wrote {output_dir}: {weights} weights, {weights_nbytes(backbone) / 2**20:.1f} MiB", soft_wrap=True)
 
 
-BENCHMARKS = ("memory", "codecs", "bandwidth", "convergence", "profile", "samples")
+#: ``bench all`` runs the paper's tables; the longer studies (sample efficiency, the privacy audit) run by name.
+PAPER_BENCHMARKS = ("memory", "codecs", "bandwidth", "convergence", "profile")
+BENCHMARKS = (*PAPER_BENCHMARKS, "samples", "privacy")
 
 
 # --help goes through to the benchmark (its own argparse help); `mobillm bench --help` prints this command's.
 @app.command(add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help=f"{' | '.join(BENCHMARKS)} | all")],
+    name: Annotated[str, typer.Argument(help=f"{' | '.join(BENCHMARKS)} | all (the paper's tables: {', '.join(PAPER_BENCHMARKS)})")],
     quick: Annotated[bool, typer.Option(help="reduced sizes: every table in minutes, not hours")] = False,
 ) -> None:
     """Run a benchmark (results under results/NAME); extra options go to it — `mobillm bench NAME --help`."""
@@ -521,7 +527,7 @@ def bench(
     if name in ("--help", "-h") or (name == "all" and {"--help", "-h"} & set(ctx.args)):
         console.print(ctx.get_help())
         return
-    names = BENCHMARKS if name == "all" else (name,)
+    names = PAPER_BENCHMARKS if name == "all" else (name,)
     if name not in (*BENCHMARKS, "all"):
         _fail(MobillmError(f"unknown benchmark {name!r}: choose {', '.join(BENCHMARKS)} or all"))
     if name == "all" and ctx.args:
@@ -545,8 +551,7 @@ def export(
     A device runs the bundle with ONNX Runtime, tokenizers and numpy only — no torch, no transformers. The
     bundle's shortcut layers must be the ones the side network is trained with (--shortcuts).
     """
-    from mobillm.backbone import decoder_layers, load_pretrained, parse_shortcuts
-    from mobillm.backbone.weights import META_NAME
+    from mobillm.backbone import decoder_layers, load_pretrained, parse_shortcuts, public_model_id
     from mobillm.export import export_bundle
 
     started = time.perf_counter()
@@ -554,12 +559,19 @@ def export(
         console.print(f"loading {model}")
         backbone, tokenizer = load_pretrained(model)
         layers = parse_shortcuts(shortcuts, len(decoder_layers(backbone)))
-        checkpoint = Path(model) / META_NAME  # a device checkpoint: the server loads the model it was made from
-        source = json.loads(checkpoint.read_text())["source"] if checkpoint.is_file() else model
-        export_bundle(backbone, tokenizer, output_dir, layers, weights, source=source,
+        export_bundle(backbone, tokenizer, output_dir, layers, weights, source=public_model_id(model),
                       log=lambda line: console.print(f"  {escape(line)}", soft_wrap=True))
     except MobillmError as err:
         _fail(err)
     size = sum(f.stat().st_size for f in output_dir.iterdir()) / 2**20
     console.print(f"wrote {output_dir}: {weights} bundle, shortcuts {layers}, {size:.1f} MiB, "
                   f"{time.perf_counter() - started:.0f} s", soft_wrap=True)
+
+
+@app.command("privacy-audit", add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def privacy_audit(ctx: typer.Context) -> None:
+    """What a curious server holding the public model recovers from a job's taps, per layer, codec, mode and noise
+    (results under results/privacy); options go to the audit — `mobillm privacy-audit --help`."""
+    from mobillm.bench.privacy import main
+
+    main(list(ctx.args))

@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from mobillm.data.batching import BaseBatcher
 from mobillm.device.inference import TapStats, tap_batches
+from mobillm.device.noise import ActivationNoise
 from mobillm.device.taps import TappedBackbone
 from mobillm.exceptions import ServerRefused
 from mobillm.wire.codecs import Codec
@@ -176,13 +177,15 @@ async def stream(
     cafile: str | None = None,
     reconnects: int = 30,
     backoff: float = 2.0,
+    noise: ActivationNoise | None = None,
 ) -> tuple[Frame, StreamStats]:
     """Run one job from the device's side; return the ``SideNet`` frame and what it cost.
 
     Connects to ``{url}/jobs/{job}``, presenting ``token`` in the handshake; a ``wss://`` URL is verified
     against the system's CAs or ``cafile``. A dropped connection is re-opened up to ``reconnects`` times
     (``backoff`` seconds apart) without losing or repeating a batch. ``on_sent(stats, samples)`` is called
-    after every batch.
+    after every batch. ``noise`` is added to every tap before the codec (the same draw for a sample in every
+    epoch and resend).
     """
     stats = StreamStats()
     session = DeviceSession(hello, max_bytes=max_message_bytes)
@@ -205,7 +208,7 @@ async def stream(
                 on_sent(stats, len(b))
 
         async def forward_and_send(split: str, epoch: int, batches, tap_stats: TapStats | None, keep: list | None = None) -> None:
-            iterator = tap_batches(backbone, codec, batches, pivot, tap_stats)
+            iterator = tap_batches(backbone, codec, batches, pivot, tap_stats, noise, split)
             while (tapped := await asyncio.to_thread(next, iterator, None)) is not None:
                 await send(split, epoch, tapped)
                 if keep is not None:

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from mobillm.backbone import FrozenHead
 from mobillm.data import EncodedBatch
 from mobillm.data.batching import BaseBatcher
+from mobillm.device.noise import ActivationNoise
 from mobillm.device.taps import TappedBackbone
 from mobillm.scoring import Evaluator, loss_logits
 from mobillm.sidenet import SideConfig, SideNetwork
@@ -48,14 +49,16 @@ def scored_positions(batch: EncodedBatch) -> torch.Tensor:
     return mask
 
 
-def tap_batches(backbone: TappedBackbone, codec: Codec, batches, pivot: bool, stats: TapStats | None = None):
-    """Run the frozen backbone on each batch; yield :class:`TappedBatch` with the encoded taps."""
+def tap_batches(backbone: TappedBackbone, codec: Codec, batches, pivot: bool, stats: TapStats | None = None,
+                noise: ActivationNoise | None = None, split: str = "train"):
+    """Run the frozen backbone on each batch; yield :class:`TappedBatch` with the encoded taps.
+
+    With ``noise`` each tap gets the sample's own noise (seeded by ``split`` and the sample id) before the codec."""
     for batch in batches:
         start = time.perf_counter()
-        taps = backbone(
-            batch.input_ids, batch.attention_mask, batch.last_index if pivot else None, codec.encode,
-            keep_top=scored_positions(batch),
-        )
+        last_index = batch.last_index if pivot else None
+        encode = codec.encode if noise is None else noise.encoder(codec.encode, split, batch.sample_ids, last_index)
+        taps = backbone(batch.input_ids, batch.attention_mask, last_index, encode, keep_top=scored_positions(batch))
         if stats is not None:
             stats.seconds += time.perf_counter() - start
             stats.samples += len(batch)
@@ -68,11 +71,12 @@ def tap_batches(backbone: TappedBackbone, codec: Codec, batches, pivot: bool, st
 def tap_examples(
     backbone: TappedBackbone, codec: Codec, batcher: BaseBatcher, examples: list, batch_size: int, pivot: bool,
     desc: str, stats: TapStats | None = None, shuffle: bool = False, seed: int = 0,
+    noise: ActivationNoise | None = None, split: str = "train",
 ) -> list[TappedBatch]:
     """Forward a whole split once and keep its encoded taps (reused for zero-shot and final scoring)."""
     steps = (len(examples) + batch_size - 1) // batch_size
     batches = tqdm(batcher.batches(examples, batch_size, shuffle=shuffle, seed=seed), total=steps, desc=desc, leave=False, disable=None)
-    return list(tap_batches(backbone, codec, batches, pivot, stats))
+    return list(tap_batches(backbone, codec, batches, pivot, stats, noise, split))
 
 
 def side_extras(config: SideConfig, batch: EncodedBatch) -> tuple:

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from mobillm.backbone import FrozenHead, fingerprint, public_model_id
 from mobillm.device.client import DEFAULT_MAX_MESSAGE_BYTES, stream
 from mobillm.device.inference import evaluate_tapped, tap_examples, zero_shot_tapped
+from mobillm.device.noise import device_noise
 from mobillm.device.taps import TappedBackbone
 from mobillm.files import METRICS_NAME, write_summary
 from mobillm.metrics import MetricsLog, peak_rss_bytes
@@ -53,9 +54,12 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
     backbone = TappedBackbone(model, shortcuts)
     codec = get_codec(side_config.codec)
     pivot = side_config.pivot_only
+    noise = device_noise(options.noise, out)
 
     # Zero-shot: the bare backbone's own predictions, from the raw top hidden states of the same forward pass.
-    test_taps = tap_examples(backbone, codec, batcher, data.test, config.batch_size, pivot, "device forward (test)")
+    # the test taps get noise too (their own draws): the side network is scored on what it was trained on
+    test_taps = tap_examples(backbone, codec, batcher, data.test, config.batch_size, pivot, "device forward (test)",
+                             noise=noise, split="test")
     zero_shot = zero_shot_tapped(side_config, head, test_taps).scores()
 
     metrics = MetricsLog(out / METRICS_NAME)
@@ -76,6 +80,7 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
             options.server, hello, backbone, codec, batcher, data.train, validation,
             batch_size=config.batch_size, seed=config.seed, pivot=pivot, device_epochs=options.device_epochs,
             max_message_bytes=options.max_message_bytes, on_sent=on_sent, token=options.token, cafile=options.cafile,
+            noise=noise,
         ))
     side = SideNetwork.from_state(SideConfig.parse(frame.header.config), frame.tensors)
     side.save_pretrained(out / "side_network")
@@ -94,7 +99,7 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
     n = max(1, stats.forward.samples)
     summary = {
         "method": "mobillm", "task": side_config.task, "model": options.model, "data": options.data,
-        "data_notes": data.notes, "codec": options.codec, "shortcuts": shortcuts, "n_train": len(data.train),
+        "data_notes": data.notes, "codec": options.codec, "noise": options.noise, "shortcuts": shortcuts, "n_train": len(data.train),
         "n_validation": len(validation), "n_test": len(data.test), "zero_shot_test": zero_shot, "test": final,
         **agreement, "server_steps": frame.header.step,
         "device_seconds_per_sample": stats.forward.seconds / n, "bytes_per_sample": stats.forward.bytes / n,

@@ -25,6 +25,7 @@ from mobillm.device.inference import (
     tap_examples,
     zero_shot_tapped,
 )
+from mobillm.device.noise import ActivationNoise, device_noise
 from mobillm.device.taps import TappedBackbone
 from mobillm.exceptions import ConfigError
 from mobillm.files import METRICS_NAME, write_summary
@@ -65,10 +66,14 @@ def train(options: RunOptions, config: TrainConfig) -> dict:
 
     if options.task == "causal-lm" and config.method != "side":
         raise ConfigError(f"--task causal-lm trains with --method side; the {config.method} baseline classifies only")
+    if options.noise and config.method != "side":
+        raise ConfigError(f"--noise defends the activations sent in side tuning; the {config.method} baseline sends none")
     task = prepare_task(options, config.seed)
     data, batcher = task.data, task.batcher
-    run = _train_side if config.method == "side" else train_baseline
-    summary = run(task, config, metrics, out)
+    if config.method == "side":
+        summary = _train_side(task, config, metrics, out, device_noise(options.noise, out))
+    else:
+        summary = train_baseline(task, config, metrics, out)
 
     truncated = batcher.truncated
     if truncated:
@@ -83,7 +88,8 @@ def train(options: RunOptions, config: TrainConfig) -> dict:
     return summary
 
 
-def _train_side(task: Task, config: TrainConfig, metrics: MetricsLog, out: Path) -> dict:
+def _train_side(task: Task, config: TrainConfig, metrics: MetricsLog, out: Path,
+                noise: ActivationNoise | None = None) -> dict:
     side_config, batcher, data = task.side_config, task.batcher, task.data
     head = FrozenHead.from_model(task.model)
     backbone = TappedBackbone(task.model, side_config.shortcuts)
@@ -93,10 +99,13 @@ def _train_side(task: Task, config: TrainConfig, metrics: MetricsLog, out: Path)
     # --- device: one forward pass per sample; the encoded taps are cached (the server's activation cache)
     train_stats = TapStats()
     train_cache = tap_examples(
-        backbone, codec, batcher, data.train, config.batch_size, pivot, "device forward (train)", train_stats, shuffle=True, seed=config.seed
+        backbone, codec, batcher, data.train, config.batch_size, pivot, "device forward (train)", train_stats, shuffle=True,
+        seed=config.seed, noise=noise,
     )
-    val_cache = tap_examples(backbone, codec, batcher, data.validation, config.batch_size, pivot, "device forward (validation)")
-    test_cache = tap_examples(backbone, codec, batcher, data.test, config.batch_size, pivot, "device forward (test)")
+    val_cache = tap_examples(backbone, codec, batcher, data.validation, config.batch_size, pivot, "device forward (validation)",
+                             noise=noise, split="eval")
+    test_cache = tap_examples(backbone, codec, batcher, data.test, config.batch_size, pivot, "device forward (test)",
+                              noise=noise, split="test")
 
     result = fit_side(side_config, head, config, train_cache, val_cache, test_cache, metrics, layers=decoder_layers(task.model))
     result["side"].save_pretrained(out / "side_network")

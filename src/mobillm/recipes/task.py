@@ -41,6 +41,7 @@ class TaskOptions(BaseModel):
     max_length: int = Field(128, gt=1)
     max_train_samples: int | None = Field(None, gt=0)
     max_eval_samples: int | None = Field(1000, gt=0, description="cap on validation samples (test is never capped)")
+    noise: float = Field(0.0, ge=0.0, description="Gaussian noise on the taps before the codec, std relative to each row's RMS (device/noise.py)")
 
 
 NO_HEADER_CAUSAL_LM = "--no-header reads TSV/CSV classification files; causal-LM data is JSONL: drop --no-header"

@@ -1,0 +1,112 @@
+"""The privacy audit on tiny models: metrics on known inputs, the attacks run, and A2 inverts a tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import VOCAB, save_tiny_model, tiny_model, write_toy_sentiment
+from helpers import make_tiny_tokenizer
+
+from mobillm.data import Batcher, default_template
+from mobillm.privacy import AuditConfig, reconstruction_scores, run_audit
+from mobillm.privacy.attacks import Ridge, sequential_verification
+from mobillm.privacy.metrics import bag_f1, bootstrap_ci, canary_recovered, lcs_length, rouge_l, token_hits
+from mobillm.privacy.observe import raw_taps, server_view
+from mobillm.privacy.prompts import plant_canaries, tokenize_prompts
+from mobillm.wire.codecs import get_codec
+
+
+def test_metrics_on_known_inputs():
+    assert lcs_length("ABCBDAB", "BDCABA") == 4 and lcs_length("", "abc") == 0 and lcs_length("abc", "abc") == 3
+    assert rouge_l([1, 2, 3, 4], [1, 2, 3, 4]) == 1.0 and rouge_l([1, 2], [3, 4]) == 0.0
+    assert math.isclose(rouge_l([1, 2, 3, 4], [1, 9, 3]), 2 * 2 / 7)  # LCS 2: precision 2/3, recall 2/4
+    assert token_hits([5, 6, 7, 8], [5, 0, 7, 8], [False, True, True, True]) == (2, 3)
+    assert canary_recovered([1, 2, 3, 4], [9, 2, 3, 9], (1, 3)) and not canary_recovered([1, 2, 3, 4], [9, 2, 0, 9], (1, 3))
+    assert bag_f1({1, 2, 3, 4}, {3, 4, 5, 6}) == 0.5 and bag_f1(set(), set()) == 1.0 and bag_f1({1}, set()) == 0.0
+    assert bootstrap_ci([0.5] * 20) == (0.5, 0.5, 0.5)
+    est, lo, hi = bootstrap_ci([1, 0] * 50, [2, 2] * 50)  # 50 of 200 tokens
+    assert est == 0.25 and lo < 0.25 < hi and hi - lo < 0.3
+
+
+def test_prompts_split_text_from_template_and_locate_canaries():
+    words = ["Review", "Sentiment", "positive", "negative", "or", "(", ")", ":", "the", "movie", "Zorvak", "Dexolu", "4719"]
+    batcher = Batcher(make_tiny_tokenizer(words=words, bos=True), default_template())
+    [p] = tokenize_prompts(batcher, ["the movie Zorvak Dexolu 4719 the"], [(10, 27)])
+    # <s> Review : | the movie Zorvak Dexolu 4719 the | Sentiment ( positive or negative ) :
+    assert p.text_mask == [False] * 3 + [True] * 6 + [False] * 7
+    assert p.canaries == [(5, 8)]
+    (planted, (start, end)), = plant_canaries(["a b c"], seed=1)
+    canary = planted[start:end]
+    assert planted.replace(canary, "").split() == ["a", "b", "c"] and canary.split()[-1].isdigit()
+
+
+def test_ridge_recovers_a_linear_map():
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(400, 8, generator=g), torch.randn(8, 3, generator=g)
+    ridge = Ridge.selected(x, x @ w + 1.5, lambda pred, rows: -(pred - (x[rows] @ w + 1.5)).pow(2).mean().item())
+    assert torch.allclose(ridge.predict(x), x @ w + 1.5, atol=0.05)
+
+
+@pytest.mark.parametrize("codec", ["none", "nf4"])
+def test_a2_inverts_a_tiny_random_model_from_its_top_layer(codec):
+    model, tokenizer = tiny_model("llama", layers=4, hidden=64), make_tiny_tokenizer(bos=True)
+    batcher = Batcher(tokenizer, default_template())
+    prompts = tokenize_prompts(batcher, ["the movie was really good and fun", "i hate this boring plot , it was bad"])
+    raw = raw_taps(model, [4], batcher, prompts)
+    seen = [v for r in raw for v in server_view(r, get_codec(codec), pivot=False)]
+    guesses = []
+    for v in seen:
+        ranked = torch.randperm(VOCAB, generator=torch.Generator().manual_seed(1)).expand(len(v), VOCAB)  # no A1 help
+        guess, widened = sequential_verification(model, [4], get_codec(codec), v, ranked, [], k=8, wide=VOCAB)
+        guesses.append(guess)
+        assert widened > 0  # a random top-8 misses the token at most positions
+    scores = reconstruction_scores(prompts, guesses)
+    assert scores["token_recovery"] >= 0.9  # chance: 1 / 96
+    assert scores["template_recovery"] >= 0.9
+
+
+def test_the_audit_runs_every_attack_on_a_tiny_model(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "model", hidden=64)
+    attacker = write_toy_sentiment(tmp_path / "attacker", n_train=128, n_eval=16, seed=1)
+    victim = write_toy_sentiment(tmp_path / "victim", n_train=16, n_eval=48, seed=2)
+    config = AuditConfig(model=str(model_dir), shortcuts="2,4", attacker_data=str(attacker), victim_data=str(victim),
+                         codecs=["none", "int8"], a2_cells=["4"], attacker_prompts=128, victim_prompts=6,
+                         canary_prompts=2, k=8, wide=VOCAB, max_words=12)
+    rows, examples = run_audit(config, log=lambda *_: None)
+    attacks = {(r["codec"], r["mode"], r["layers"], r["attack"]) for r in rows}
+    for codec in ("none", "int8"):
+        for layer in ("2", "4"):
+            assert {(codec, "all", layer, a) for a in ("A0-lens", "A0-lens-next", "A0-nearest", "A1-ridge")} <= attacks
+        assert (codec, "all", "all", "A1-ridge") in attacks and (codec, "all", "4", "A2-sequential") in attacks
+        assert (codec, "all", "2", "A2-sequential") not in attacks
+        assert {(codec, "pivot", cell, a) for cell in ("2", "4", "all") for a in ("bag-of-words", "bag-prior")} <= attacks
+    a2 = next(r for r in rows if r["attack"] == "A2-sequential" and r["codec"] == "none")
+    assert a2["token_recovery"] >= 0.8 and a2["prompts"] == 8 and a2["canaries"] == 2
+    assert a2["token_recovery_low"] <= a2["token_recovery"] <= a2["token_recovery_high"]
+    assert all(0.0 <= r.get("token_recovery", r.get("bag_f1")) <= 1.0 for r in rows)
+    assert examples and {"original", "reconstruction"} <= set(examples[0])
+
+
+def test_privacy_audit_command_writes_its_results(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mobillm.cli import app
+
+    model_dir = save_tiny_model(tmp_path / "model", hidden=64)
+    attacker = write_toy_sentiment(tmp_path / "attacker", n_train=64, n_eval=8, seed=1)
+    victim = write_toy_sentiment(tmp_path / "victim", n_train=8, n_eval=32, seed=2)
+    out = tmp_path / "results"
+    done = CliRunner().invoke(app, [
+        "privacy-audit", "--model", str(model_dir), "--shortcuts", "2,4", "--attacker", str(attacker), "--victim", str(victim),
+        "--codecs", "nf4", "--cells", "4", "--attacker-prompts", "64", "--victim-prompts", "3", "--canary-prompts", "1",
+        "--k", "4", "--wide", str(VOCAB), "--noise", "0,0.5", "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    a2 = {r["noise"]: r for r in rows if r["attack"] == "A2-sequential"}
+    assert set(a2) == {0.0, 0.5} and a2[0.0]["token_recovery"] >= 0.8  # both strengths audited; no noise: inverted
+    assert (out / "results.csv").is_file() and (out / "privacy.png").is_file()
+    assert json.loads((out / "reconstructions.json").read_text())
