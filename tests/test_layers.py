@@ -34,11 +34,13 @@ ALLOWED: dict[str, set[str]] = {
     "server": BASE | {"backbone", "metrics", "scoring", "sidenet", "train_config", "training", "wire"},
     # writing a bundle: traces the device's TappedBackbone with torch.onnx
     "export": BASE | {"backbone", "bundle", "device", "wire"},
+    # the privacy audit plays the curious server with the public model: it taps and encodes as the device does
+    "privacy": BASE | {"backbone", "data", "device", "wire"},
     "recipes": BASE | {"backbone", "data", "device", "metrics", "ports", "scoring", "sidenet", "train_config",
                        "training", "wire"},
-    "bench": BASE | {"backbone", "data", "device", "metrics", "ports", "recipes", "scoring", "sidenet",
+    "bench": BASE | {"privacy", "backbone", "data", "device", "metrics", "ports", "recipes", "scoring", "sidenet",
                      "train_config", "training", "wire", "server"},
-    "cli": BASE | {"backbone", "bench", "bundle", "export", "data", "device", "metrics", "ports", "recipes", "scoring", "server",
+    "cli": BASE | {"privacy", "backbone", "bench", "bundle", "export", "data", "device", "metrics", "ports", "recipes", "scoring", "server",
                    "sidenet", "train_config", "training", "wire"},
     "__main__": {"cli"},
 }
