@@ -34,7 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "server": BASE | {"backbone", "metrics", "scoring", "sidenet", "train_config", "training", "wire"},
     # writing a bundle: traces the device's TappedBackbone with torch.onnx
     "export": BASE | {"backbone", "bundle", "device", "wire"},
-    "recipes": BASE | {"backbone", "data", "device", "metrics", "ports", "scoring", "sidenet", "train_config",
+    "recipes": BASE | {"backbone", "bundle", "data", "device", "metrics", "ports", "scoring", "sidenet", "train_config",
                        "training", "wire"},
     "bench": BASE | {"backbone", "data", "device", "metrics", "ports", "recipes", "scoring", "sidenet",
                      "train_config", "training", "wire", "server"},

@@ -10,15 +10,15 @@ import asyncio
 import time
 from pathlib import Path
 
-from pydantic import Field
 from tqdm.auto import tqdm
 
 from mobillm.backbone import FrozenHead, fingerprint, public_model_id
-from mobillm.device.client import DEFAULT_MAX_MESSAGE_BYTES, stream
+from mobillm.device.client import stream
 from mobillm.device.inference import evaluate_tapped, tap_examples, zero_shot_tapped
 from mobillm.device.taps import TappedBackbone
 from mobillm.files import METRICS_NAME, write_summary
 from mobillm.metrics import MetricsLog, peak_rss_bytes
+from mobillm.recipes.options import StreamOptions
 from mobillm.recipes.task import TaskOptions, prepare_task
 from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.train_config import TrainConfig
@@ -26,16 +26,8 @@ from mobillm.wire.codecs import get_codec
 from mobillm.wire.messages import Hello
 
 
-class DeviceOptions(TaskOptions):
-    """The task (:class:`TaskOptions`) plus where the server is and how to stream to it."""
-
-    server: str = "ws://127.0.0.1:8765"
-    job: str = "default"
-    token: str | None = Field(None, repr=False, description="the job's token (mobillm token create), sent in the handshake")
-    cafile: str | None = Field(None, description="CA certificate(s) to verify a wss:// server with")
-    device_epochs: int = Field(1, ge=1)
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    output_dir: Path = Path("runs/device")
+class DeviceOptions(TaskOptions, StreamOptions):
+    """The task (:class:`TaskOptions`) plus where the server is and how to stream to it (:class:`StreamOptions`)."""
 
 
 def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
