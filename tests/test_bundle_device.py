@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 from conftest import save_tiny_model, write_toy_sentiment
+from servers import ThreadServer
 
 from mobillm.backbone import load_pretrained
 from mobillm.bundle.sidenet import NpSideNetwork
 from mobillm.export import export_bundle
 from mobillm.server.manager import SessionManager
-from servers import ThreadServer
 
 DEVICE = """
 import json, sys

@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from mobillm.device.stats import TapStats
 from mobillm.exceptions import ServerRefused
+from mobillm.procfs import peak_rss_bytes
 from mobillm.wire.errors import ErrorCode
 from mobillm.wire.frame import DEFAULT_MAX_MESSAGE_BYTES, Framework
 from mobillm.wire.messages import Batch, Frame, Hello
@@ -53,6 +54,24 @@ class StreamStats:
     #: the eval batches' taps, kept to score the downloaded side network locally without a second forward
     eval_taps: list = field(default_factory=list)
     reconnects: int = 0
+
+    def totals(self) -> dict:
+        """What the run cost, for its summary: per training sample, bytes, waits and the peak memory so far."""
+        n = max(1, self.forward.samples)
+        return {
+            "device_seconds_per_sample": self.forward.seconds / n, "bytes_per_sample": self.forward.bytes / n,
+            "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received, "batches_sent": self.batches_sent,
+            "window_wait_seconds": self.window_wait_seconds, "peak_memory_bytes": peak_rss_bytes(),
+        }
+
+    def record(self, elapsed: float) -> dict:
+        """One ``metrics.jsonl`` line of progress, ``elapsed`` seconds into the run."""
+        return dict(
+            time=time.time(), batches_sent=self.batches_sent, bytes_sent=self.bytes_sent, bytes_received=self.bytes_received,
+            forward_seconds=self.forward.seconds, samples_per_s=self.forward.samples / elapsed,
+            server_step=self.acked_steps[-1] if self.acked_steps else 0,
+            server_loss=self.losses[-1] if self.losses else None, device_peak_memory_bytes=peak_rss_bytes(),
+        )
 
 
 class _Link:
@@ -226,9 +245,9 @@ async def stream_tensors(
 async def stream(
     url: str,
     hello: Hello,
-    backbone: "TappedBackbone",
-    codec: "Codec",
-    batcher: "BaseBatcher",
+    backbone: TappedBackbone,
+    codec: Codec,
+    batcher: BaseBatcher,
     train: list,
     evaluation: list,
     *,

@@ -30,7 +30,7 @@ from mobillm.device.client import BatchSource, StreamStats, stream_tensors
 from mobillm.device.stats import TapStats
 from mobillm.exceptions import ConfigError
 from mobillm.files import METRICS_NAME, SIDE_CONFIG_NAME, SIDE_WEIGHTS_NAME, write_summary
-from mobillm.metrics import MetricsLog, classification_scores, peak_rss_bytes
+from mobillm.metrics import MetricsLog, classification_scores
 from mobillm.recipes.options import SideOptions, StreamOptions
 from mobillm.sidenet.config import SideConfig
 from mobillm.train_config import TrainConfig
@@ -163,13 +163,7 @@ def run_bundle_device(options: BundleDeviceOptions, config: TrainConfig) -> dict
 
         def on_sent(stats: StreamStats, samples: int) -> None:
             bar.update(samples)
-            elapsed = time.perf_counter() - started
-            metrics.write(
-                time=time.time(), batches_sent=stats.batches_sent, bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
-                forward_seconds=stats.forward.seconds, samples_per_s=stats.forward.samples / elapsed,
-                server_step=stats.acked_steps[-1] if stats.acked_steps else 0,
-                server_loss=stats.losses[-1] if stats.losses else None, device_peak_memory_bytes=peak_rss_bytes(),
-            )
+            metrics.write(**stats.record(time.perf_counter() - started))
 
         frame, stats = asyncio.run(stream_tensors(
             options.server, hello, task.source(data.validation, size, shuffle=False, seed=seed),
@@ -187,7 +181,6 @@ def run_bundle_device(options: BundleDeviceOptions, config: TrainConfig) -> dict
     server_preds = dict(zip(frame.header.eval_sample_ids, frame.header.eval_predictions))
     agree = sum(int(server_preds.get(i) == p) for i, p in local_eval.items())
 
-    n = max(1, stats.forward.samples)
     summary = {
         "method": "mobillm", "runtime": "onnx", "bundle": str(options.bundle), "weights": bundle.config.weights,
         "task": side_config.task, "model": bundle.config.model, "data": options.data, "data_notes": data.notes,
@@ -195,9 +188,7 @@ def run_bundle_device(options: BundleDeviceOptions, config: TrainConfig) -> dict
         "n_validation": len(data.validation), "n_test": len(data.test), "zero_shot_test": zero_shot, "test": final,
         "best_val_accuracy": frame.header.val_accuracy, "eval_agreement": agree / max(1, len(local_eval)),
         "server_steps": frame.header.step,
-        "device_seconds_per_sample": stats.forward.seconds / n, "bytes_per_sample": stats.forward.bytes / n,
-        "bytes_sent": stats.bytes_sent, "bytes_received": stats.bytes_received, "batches_sent": stats.batches_sent,
-        "window_wait_seconds": stats.window_wait_seconds, "peak_memory_bytes": peak_rss_bytes(),
+        **stats.totals(),
         "wall_seconds": time.perf_counter() - started,
     }
     metrics.write(event="device_finished", **{k: v for k, v in summary.items() if k != "data_notes"})

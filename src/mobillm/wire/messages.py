@@ -34,7 +34,15 @@ from mobillm.files import JOB_NAME_PATTERN
 from mobillm.sidenet.config import SideConfig
 from mobillm.train_config import TrainConfig
 from mobillm.wire.errors import ErrorCode
-from mobillm.wire.frame import MAX_HEADER_BYTES, METADATA_KEY, Framework, is_torch, read_frame, strict_json, write_frame
+from mobillm.wire.frame import (
+    MAX_HEADER_BYTES,
+    METADATA_KEY,
+    Framework,
+    is_torch,
+    read_frame,
+    strict_json,
+    write_frame,
+)
 
 __all__ = [
     "PROTOCOL_VERSION", "METADATA_KEY", "MAX_HEADER_BYTES", "MESSAGE_TYPES",
