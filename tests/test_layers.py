@@ -36,7 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     "export": BASE | {"backbone", "bundle", "device", "wire"},
     # the privacy audit plays the curious server with the public model: it taps and encodes as the device does
     "privacy": BASE | {"backbone", "data", "device", "wire"},
-    "recipes": BASE | {"backbone", "data", "device", "metrics", "ports", "scoring", "sidenet", "train_config",
+    "recipes": BASE | {"backbone", "bundle", "data", "device", "metrics", "ports", "scoring", "sidenet", "train_config",
                        "training", "wire"},
     "bench": BASE | {"privacy", "backbone", "data", "device", "metrics", "ports", "recipes", "scoring", "sidenet",
                      "train_config", "training", "wire", "server"},

@@ -34,6 +34,7 @@ BlockName = Literal["attention", "mlp"]
 MethodName = Literal["side", "lora", "bitfit", "full"]
 ScheduleName = Literal["constant", "linear", "cosine", "rsqrt"]
 SplitName = Literal["test", "validation"]
+RuntimeName = Literal["torch", "onnx"]
 WeightFormat = Literal["fp32", "int8", "nf4"]
 
 # Options shared by several commands, declared once.
@@ -286,9 +287,19 @@ def token_create(
 
 
 def _device(args: dict) -> dict:
+    config = _train_config(args, "evals_per_epoch", "idle_replays", method="side")
+    runtime, bundle, threads = args.pop("runtime", "torch"), args.pop("bundle", None), args.pop("threads", 1)
+    if runtime == "onnx":  # torch and transformers are never imported on this path
+        from mobillm.recipes.bundle_device import BundleDeviceOptions, run_bundle_device
+
+        if bundle is None:
+            raise MobillmError("--runtime onnx runs a device bundle: give --bundle DIR (write one with `mobillm export`)")
+        args.pop("model")  # the bundle names the backbone
+        return run_bundle_device(BundleDeviceOptions(**args, bundle=bundle, threads=threads), config)
+    if bundle is not None:
+        raise MobillmError("--bundle is run by --runtime onnx; add --runtime onnx or drop --bundle")
     from mobillm.recipes.device import DeviceOptions, run_device
 
-    config = _train_config(args, "evals_per_epoch", "idle_replays", method="side")
     return run_device(DeviceOptions(**args), config)
 
 
@@ -309,6 +320,10 @@ def device(
     output_dir: OutputDir = Path("runs/device"),
     token: Annotated[Optional[str], typer.Option(envvar="MOBILLM_TOKEN", help="the job's token (or $MOBILLM_TOKEN)")] = None,
     cafile: Annotated[Optional[str], typer.Option(help="CA certificate(s) to verify a wss:// server")] = None,
+    runtime: Annotated[RuntimeName, typer.Option(
+        help="torch: the backbone in PyTorch (--model); onnx: a device bundle (--bundle) on ONNX Runtime, no torch")] = "torch",
+    bundle: Annotated[Optional[Path], typer.Option(help="with --runtime onnx: a device bundle (mobillm export); its backbone replaces --model")] = None,
+    threads: Annotated[int, typer.Option(help="with --runtime onnx: ONNX Runtime CPU threads")] = 1,
 ) -> None:
     """Run the device: forward passes only, taps streamed to the server; downloads and evaluates the side network."""
     args = dict(locals())

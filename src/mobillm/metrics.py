@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-
-import torch
 
 from mobillm.procfs import peak_rss_bytes  # noqa: F401 - re-exported: metrics lines carry it
 
@@ -63,18 +62,25 @@ class MetricsLog:
                 curve.add(record["step"], float(value))
 
 
-def classification_scores(predictions: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict[str, float]:
-    """Accuracy next to balanced accuracy and the majority-class baseline, honest on imbalanced data."""
-    predictions, labels = predictions.long().cpu(), labels.long().cpu()
-    if len(labels) == 0:
+def classification_scores(predictions: Sequence[int], labels: Sequence[int], num_labels: int) -> dict[str, float]:
+    """Accuracy next to balanced accuracy and the majority-class baseline, honest on imbalanced data.
+    ``predictions`` and ``labels``: class ids (lists, or torch/numpy vectors)."""
+    predictions, labels = _ids(predictions), _ids(labels)
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    if not labels:
         return {"accuracy": float("nan"), "balanced_accuracy": float("nan"), "majority_baseline": float("nan"), "n": 0}
-    recalls = [
-        float((predictions[labels == c] == c).float().mean()) for c in range(num_labels) if bool((labels == c).any())
-    ]
-    majority = Counter(labels.tolist()).most_common(1)[0][1] / len(labels)
+    hits, counts = Counter(), Counter(labels)
+    for p, y in zip(predictions, labels):
+        hits[y] += p == y
+    recalls = [hits[c] / counts[c] for c in range(num_labels) if counts[c]]
     return {
-        "accuracy": float((predictions == labels).float().mean()),
+        "accuracy": sum(hits.values()) / len(labels),
         "balanced_accuracy": sum(recalls) / len(recalls),
-        "majority_baseline": majority,
+        "majority_baseline": counts.most_common(1)[0][1] / len(labels),
         "n": len(labels),
     }
+
+
+def _ids(values) -> list[int]:
+    return [int(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]

@@ -9,13 +9,13 @@ with tokens removed from the middle (a slow tokenizer falls back to tokenizing p
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from mobillm.data.examples import Example
+from mobillm.data.order import batch_chunks
 from mobillm.data.templates import PromptTemplate
 from mobillm.exceptions import ConfigError, DataError
 from mobillm.truncation import cut_text, too_small
@@ -72,15 +72,7 @@ class BaseBatcher:
         self, examples: list, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, drop_last: bool = False,
     ) -> Iterator[EncodedBatch]:
         """Batches over ``examples``; with ``shuffle`` the order is a pure function of (seed, epoch)."""
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        order = list(range(len(examples)))
-        if shuffle:
-            random.Random(f"mobillm-batches:{seed}:{epoch}").shuffle(order)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            if drop_last and len(chunk) < batch_size:
-                return
+        for chunk in batch_chunks(len(examples), batch_size, shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last):
             yield self.encode([examples[i] for i in chunk], chunk)
 
 

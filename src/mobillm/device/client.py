@@ -4,6 +4,9 @@ The session's rules (Hello, Welcome, the window, what to resend after a reconnec
 :class:`~mobillm.wire.session.DeviceSession`'s; this adapter connects, reconnects with a backoff and moves
 bytes. Forward passes run in a worker thread so the connection stays responsive; the device waits only when
 ``window`` batches are unacked, never for a training step.
+
+:func:`stream_tensors` streams any source of Batch tensors (torch or numpy) and imports no torch: the bundle
+runtime's device uses it as is; :func:`stream` is the torch backbone's source on top of it.
 """
 
 from __future__ import annotations
@@ -11,25 +14,32 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from mobillm.data.batching import BaseBatcher
-from mobillm.device.inference import TapStats, tap_batches
-from mobillm.device.noise import ActivationNoise
-from mobillm.device.taps import TappedBackbone
+from mobillm.device.stats import TapStats
 from mobillm.exceptions import ServerRefused
-from mobillm.wire.codecs import Codec
+from mobillm.procfs import peak_rss_bytes
 from mobillm.wire.errors import ErrorCode
-from mobillm.wire.frame import DEFAULT_MAX_MESSAGE_BYTES
+from mobillm.wire.frame import DEFAULT_MAX_MESSAGE_BYTES, Framework
 from mobillm.wire.messages import Batch, Frame, Hello
 from mobillm.wire.session import Acked, DeviceSession, Opened, SideNetArrived
 
+if TYPE_CHECKING:
+    from mobillm.data.batching import BaseBatcher
+    from mobillm.device.noise import ActivationNoise
+    from mobillm.device.taps import TappedBackbone
+    from mobillm.wire.codecs import Codec
+
 # ServerRefused and DEFAULT_MAX_MESSAGE_BYTES are re-exported for callers (their homes: exceptions, wire.frame)
-__all__ = ["ServerRefused", "StreamStats", "stream", "DEFAULT_MAX_MESSAGE_BYTES"]
+__all__ = ["ServerRefused", "StreamStats", "BatchSource", "stream", "stream_tensors", "DEFAULT_MAX_MESSAGE_BYTES"]
+
+#: One Batch to send: its tensors (``Batch.tensors``) and its number of samples.
+BatchSource = Iterable[tuple[Mapping[str, Any], int]]
 
 
 @dataclass
@@ -45,6 +55,24 @@ class StreamStats:
     #: the eval batches' taps, kept to score the downloaded side network locally without a second forward
     eval_taps: list = field(default_factory=list)
     reconnects: int = 0
+
+    def totals(self) -> dict:
+        """What the run cost, for its summary: per training sample, bytes, waits and the peak memory so far."""
+        n = max(1, self.forward.samples)
+        return {
+            "device_seconds_per_sample": self.forward.seconds / n, "bytes_per_sample": self.forward.bytes / n,
+            "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received, "batches_sent": self.batches_sent,
+            "window_wait_seconds": self.window_wait_seconds, "peak_memory_bytes": peak_rss_bytes(),
+        }
+
+    def record(self, elapsed: float) -> dict:
+        """One ``metrics.jsonl`` line of progress, ``elapsed`` seconds into the run."""
+        return dict(
+            time=time.time(), batches_sent=self.batches_sent, bytes_sent=self.bytes_sent, bytes_received=self.bytes_received,
+            forward_seconds=self.forward.seconds, samples_per_s=self.forward.samples / elapsed,
+            server_step=self.acked_steps[-1] if self.acked_steps else 0,
+            server_loss=self.losses[-1] if self.losses else None, device_peak_memory_bytes=peak_rss_bytes(),
+        )
 
 
 class _Link:
@@ -158,6 +186,63 @@ class _Connection:
         self.session.connection_lost()
 
 
+async def stream_tensors(
+    url: str,
+    hello: Hello,
+    evaluation: BatchSource,
+    train: Callable[[int], BatchSource],
+    *,
+    stats: StreamStats | None = None,
+    framework: Framework = "pt",
+    device_epochs: int = 1,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    on_sent: Callable[[StreamStats, int], None] | None = None,
+    token: str | None = None,
+    cafile: str | None = None,
+    reconnects: int = 30,
+    backoff: float = 2.0,
+) -> tuple[Frame, StreamStats]:
+    """Run one job from the device's side; return the ``SideNet`` frame (its tensors torch, or numpy with
+    ``framework="np"``) and what it cost.
+
+    Sends the ``evaluation`` batches first (the server can then score step 0 and every epoch), then for each
+    epoch ``train(epoch)``'s batches and a ``Done``. The sources are iterated in a worker thread (their forward
+    passes do not block the connection). Connects to ``{url}/jobs/{job}``, presenting ``token`` in the
+    handshake; a ``wss://`` URL is verified against the system's CAs or ``cafile``. A dropped connection is
+    re-opened up to ``reconnects`` times (``backoff`` seconds apart) without losing or repeating a batch.
+    ``on_sent(stats, samples)`` is called after every batch.
+    """
+    stats = stats if stats is not None else StreamStats()
+    session = DeviceSession(hello, max_bytes=max_message_bytes, framework=framework)
+    conn = _Connection(url, session, token, cafile, stats, reconnects, backoff)
+    await conn.open()
+    try:
+        async def send_all(split: str, epoch: int, source: BatchSource) -> None:
+            iterator: Iterator = iter(source)
+            while (item := await asyncio.to_thread(next, iterator, None)) is not None:
+                tensors, samples = item
+                waited = time.perf_counter()
+                await conn.run(lambda link: link.wait_for(lambda: not session.window_full))
+                stats.window_wait_seconds += time.perf_counter() - waited
+                data = session.batch(split, epoch, tensors)
+                await conn.send(data)
+                stats.bytes_sent += len(data)
+                stats.batches_sent += 1
+                if on_sent:
+                    on_sent(stats, samples)
+
+        await send_all("eval", 0, evaluation)
+        for epoch in range(device_epochs):
+            await send_all("train", epoch, train(epoch))
+            await conn.send(session.done(epoch))
+        await conn.run(lambda link: link.wait_for(lambda: session.all_acked))
+        await conn.send(session.get_side_net())
+        frame = await conn.run(lambda link: link.side_net)  # after a reconnect the session asks again
+    finally:
+        await conn.close()
+    return frame, stats
+
+
 async def stream(
     url: str,
     hello: Hello,
@@ -179,50 +264,27 @@ async def stream(
     backoff: float = 2.0,
     noise: ActivationNoise | None = None,
 ) -> tuple[Frame, StreamStats]:
-    """Run one job from the device's side; return the ``SideNet`` frame and what it cost.
+    """:func:`stream_tensors` with the torch backbone's taps of ``evaluation`` and ``train`` (each epoch in the
+    batcher's seeded order); the eval batches' taps are kept in ``stats.eval_taps`` for local scoring. ``noise``
+    is added to every tap before the codec (the same draw for a sample in every epoch and resend)."""
+    from mobillm.device.inference import tap_batches
 
-    Connects to ``{url}/jobs/{job}``, presenting ``token`` in the handshake; a ``wss://`` URL is verified
-    against the system's CAs or ``cafile``. A dropped connection is re-opened up to ``reconnects`` times
-    (``backoff`` seconds apart) without losing or repeating a batch. ``on_sent(stats, samples)`` is called
-    after every batch. ``noise`` is added to every tap before the codec (the same draw for a sample in every
-    epoch and resend).
-    """
     stats = StreamStats()
-    session = DeviceSession(hello, max_bytes=max_message_bytes)
-    conn = _Connection(url, session, token, cafile, stats, reconnects, backoff)
-    await conn.open()
-    try:
-        async def send(split: str, epoch: int, tapped) -> None:
-            waited = time.perf_counter()
-            await conn.run(lambda link: link.wait_for(lambda: not session.window_full))
-            stats.window_wait_seconds += time.perf_counter() - waited
+
+    def source(tapped_batches, keep: list | None = None) -> BatchSource:
+        for tapped in tapped_batches:
             b = tapped.batch
-            tensors = Batch.tensors(tapped.taps, sample_ids=b.sample_ids, labels=b.labels, loss_mask=b.loss_mask,
-                                    attention_mask=None if pivot else b.attention_mask,
-                                    last_index=None if pivot else b.last_index)
-            data = session.batch(split, epoch, tensors)
-            await conn.send(data)
-            stats.bytes_sent += len(data)
-            stats.batches_sent += 1
-            if on_sent:
-                on_sent(stats, len(b))
+            yield Batch.tensors(tapped.taps, sample_ids=b.sample_ids, labels=b.labels, loss_mask=b.loss_mask,
+                                attention_mask=None if pivot else b.attention_mask,
+                                last_index=None if pivot else b.last_index), len(b)
+            if keep is not None:
+                keep.append(tapped)
 
-        async def forward_and_send(split: str, epoch: int, batches, tap_stats: TapStats | None, keep: list | None = None) -> None:
-            iterator = tap_batches(backbone, codec, batches, pivot, tap_stats, noise, split)
-            while (tapped := await asyncio.to_thread(next, iterator, None)) is not None:
-                await send(split, epoch, tapped)
-                if keep is not None:
-                    keep.append(tapped)
-
-        # Validation first: the server can then score step 0 and every epoch.
-        await forward_and_send("eval", 0, batcher.batches(evaluation, batch_size, shuffle=False, seed=seed), None, stats.eval_taps)
-        for epoch in range(device_epochs):
-            batches = batcher.batches(train, batch_size, shuffle=True, seed=seed, epoch=epoch)
-            await forward_and_send("train", epoch, batches, stats.forward)
-            await conn.send(session.done(epoch))
-        await conn.run(lambda link: link.wait_for(lambda: session.all_acked))
-        await conn.send(session.get_side_net())
-        frame = await conn.run(lambda link: link.side_net)  # after a reconnect the session asks again
-    finally:
-        await conn.close()
-    return frame, stats
+    evaluation_batches = batcher.batches(evaluation, batch_size, shuffle=False, seed=seed)
+    return await stream_tensors(
+        url, hello, source(tap_batches(backbone, codec, evaluation_batches, pivot, None, noise, "eval"), stats.eval_taps),
+        lambda epoch: source(tap_batches(backbone, codec, batcher.batches(train, batch_size, shuffle=True, seed=seed,
+                                                                          epoch=epoch), pivot, stats.forward, noise, "train")),
+        stats=stats, device_epochs=device_epochs, max_message_bytes=max_message_bytes, on_sent=on_sent, token=token,
+        cafile=cafile, reconnects=reconnects, backoff=backoff,
+    )

@@ -17,19 +17,11 @@ from mobillm.backbone import FrozenHead
 from mobillm.data import EncodedBatch
 from mobillm.data.batching import BaseBatcher
 from mobillm.device.noise import ActivationNoise
+from mobillm.device.stats import TapStats  # noqa: F401 - re-exported: the torch recipes count with it
 from mobillm.device.taps import TappedBackbone
 from mobillm.scoring import Evaluator, loss_logits
 from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.wire.codecs import Codec, decode_layers, encoded_nbytes
-
-
-@dataclass
-class TapStats:
-    """What the device spent: forward seconds, samples and encoded bytes."""
-
-    seconds: float = 0.0
-    samples: int = 0
-    bytes: int = 0
 
 
 @dataclass

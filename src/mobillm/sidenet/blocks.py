@@ -7,11 +7,15 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from mobillm.sidenet.config import BLOCK_TOKEN_WISE
+
 SIDE_BLOCKS: dict[str, type["SideBlock"]] = {}
 
 
 def register_block(cls: type["SideBlock"]) -> type["SideBlock"]:
+    """Register a block type under ``cls.name`` (and its ``token_wise`` in the torch-free table of configs)."""
     SIDE_BLOCKS[cls.name] = cls
+    BLOCK_TOKEN_WISE[cls.name] = cls.token_wise
     return cls
 
 

@@ -13,6 +13,10 @@ from mobillm.files import SIDE_CONFIG_NAME
 Task = Literal["classification", "causal-lm"]
 HeadKind = Literal["verbalizer", "linear", "lm"]
 
+#: Every side block type and whether it is token-wise, without importing the torch blocks (a device without torch
+#: validates configs too); :func:`mobillm.sidenet.blocks.register_block` adds a new type here.
+BLOCK_TOKEN_WISE: dict[str, bool] = {"mlp": True, "attention": False}
+
 
 def _version() -> str:
     from mobillm import __version__
@@ -46,11 +50,9 @@ class SideConfig(Config):
 
     @model_validator(mode="after")
     def _check(self) -> "SideConfig":
-        from mobillm.sidenet.blocks import SIDE_BLOCKS
-
         problems = []
-        if self.block not in SIDE_BLOCKS:
-            problems.append(f"block: {self.block!r} unknown — choose one of {sorted(SIDE_BLOCKS)}")
+        if self.block not in BLOCK_TOKEN_WISE:
+            problems.append(f"block: {self.block!r} unknown — choose one of {sorted(BLOCK_TOKEN_WISE)}")
         if any(not 1 <= s <= self.num_backbone_layers for s in self.shortcuts) or self.shortcuts != sorted(set(self.shortcuts)):
             problems.append(f"shortcuts: {self.shortcuts} must increase strictly within 1..{self.num_backbone_layers}")
         if self.task == "causal-lm" and self.head != "lm":
@@ -68,9 +70,7 @@ class SideConfig(Config):
     @property
     def token_wise(self) -> bool:
         """True when the side network reads each token alone, so classification needs only the pivot token."""
-        from mobillm.sidenet.blocks import SIDE_BLOCKS
-
-        return SIDE_BLOCKS[self.block].token_wise
+        return BLOCK_TOKEN_WISE[self.block]
 
     @property
     def pivot_only(self) -> bool:

@@ -5,6 +5,10 @@ holds the message header as a JSON string under ``METADATA_KEY``.
 dtypes, exact and contiguous data spans) before safetensors reads them, so a forged length or an overlapping
 tensor is refused without allocating anything; :func:`write_frame` is its inverse. What the header *says* is
 the business of :mod:`mobillm.wire.messages`.
+
+Tensors are torch tensors (the server, the torch device) or numpy arrays (a device without torch: the bundle
+runtime); the same tensors give the same bytes either way (``safetensors`` serializes both alike), and torch is
+imported only by a process that already holds torch tensors or asks for them (``framework="pt"``).
 """
 
 from __future__ import annotations
@@ -12,15 +16,19 @@ from __future__ import annotations
 import json
 import math
 import struct
-from typing import Any
+import sys
+from typing import Any, Literal
 
-import safetensors.torch
-import torch
+import numpy as np
+import safetensors.numpy
 
 from mobillm.exceptions import PayloadTooBig, ProtocolError
 from mobillm.wire.errors import ErrorCode
 
-__all__ = ["METADATA_KEY", "MAX_HEADER_BYTES", "DEFAULT_MAX_MESSAGE_BYTES", "read_frame", "write_frame", "strict_json"]
+__all__ = [
+    "METADATA_KEY", "MAX_HEADER_BYTES", "DEFAULT_MAX_MESSAGE_BYTES", "Framework", "read_frame", "write_frame",
+    "strict_json", "is_torch",
+]
 
 METADATA_KEY = "mobillm"
 MAX_HEADER_BYTES = 1 << 20  # the safetensors JSON header (tensor index + our header); a forged length stops here
@@ -36,13 +44,28 @@ DTYPE_SIZES = {
 
 _BAD_FRAME = ErrorCode.BAD_FRAME
 
-
-def write_frame(tensors: dict[str, torch.Tensor], header: str) -> bytes:
-    """One safetensors blob of ``tensors`` (detached, contiguous, on CPU) with ``header`` as its metadata."""
-    return safetensors.torch.save(_prepare(tensors), metadata={METADATA_KEY: header})
+#: What decoded tensors are: ``"pt"`` torch tensors, ``"np"`` numpy arrays (safetensors' names).
+Framework = Literal["pt", "np"]
 
 
-def _prepare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def is_torch(value: Any) -> bool:
+    """True for a torch tensor, without importing torch (a process that never imported it holds none)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def write_frame(tensors: dict[str, Any], header: str) -> bytes:
+    """One safetensors blob of ``tensors`` (all torch tensors, or all numpy arrays) with ``header`` as its
+    metadata; torch tensors are detached, made contiguous and moved to the CPU first."""
+    metadata = {METADATA_KEY: header}
+    if any(is_torch(t) for t in tensors.values()):
+        from safetensors.torch import save
+
+        return save(_prepare(tensors), metadata=metadata)
+    return safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
+
+
+def _prepare(tensors: dict[str, Any]) -> dict[str, Any]:
     """Detached, contiguous, CPU tensors; storage shared between two entries is copied (safetensors refuses it)."""
     out, seen = {}, set()
     for name, tensor in tensors.items():
@@ -56,9 +79,10 @@ def _prepare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_frame(data: Any, *, max_bytes: int | None = None) -> tuple[dict[str, torch.Tensor], str]:
-    """The tensors and the header text of untrusted bytes. Raises ``PayloadTooBig`` past ``max_bytes`` and
-    ``ProtocolError(bad_frame)`` for anything that is not one well-formed blob with a header."""
+def read_frame(data: Any, *, max_bytes: int | None = None, framework: Framework = "pt") -> tuple[dict[str, Any], str]:
+    """The tensors (torch, or numpy with ``framework="np"``) and the header text of untrusted bytes. Raises
+    ``PayloadTooBig`` past ``max_bytes`` and ``ProtocolError(bad_frame)`` for anything that is not one
+    well-formed blob with a header."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError(_BAD_FRAME, f"expected bytes, got {type(data).__name__}")
     size = data.nbytes if isinstance(data, memoryview) else len(data)
@@ -69,8 +93,12 @@ def read_frame(data: Any, *, max_bytes: int | None = None) -> tuple[dict[str, to
     except (TypeError, ValueError, BufferError):
         raise ProtocolError(_BAD_FRAME, "unreadable buffer") from None
     header = _check_frame(data)
+    if framework == "pt":
+        from safetensors.torch import load
+    else:
+        load = safetensors.numpy.load
     try:
-        tensors = safetensors.torch.load(data)
+        tensors = load(data)
     except Exception as err:
         raise ProtocolError(_BAD_FRAME, f"safetensors refused the blob: {type(err).__name__}") from None
     return tensors, header

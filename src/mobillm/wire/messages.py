@@ -14,6 +14,9 @@ pydantic model per message type (discriminated by ``type``, versioned by ``v``).
 
 ``decode_message`` is the one entry point for untrusted bytes: it raises only ``WireError`` subclasses
 (``PayloadTooBig``, or ``ProtocolError`` with an ``ErrorCode``), whatever the bytes.
+
+Tensors are torch tensors or numpy arrays (a device without torch); the checks read only dtype names and
+shapes, so one implementation serves both and this module never imports torch itself.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, Mapping, Sequence
 
-import torch
+import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from mobillm.exceptions import ProtocolError
@@ -31,7 +34,15 @@ from mobillm.files import JOB_NAME_PATTERN
 from mobillm.sidenet.config import SideConfig
 from mobillm.train_config import TrainConfig
 from mobillm.wire.errors import ErrorCode
-from mobillm.wire.frame import MAX_HEADER_BYTES, METADATA_KEY, read_frame, strict_json, write_frame
+from mobillm.wire.frame import (
+    MAX_HEADER_BYTES,
+    METADATA_KEY,
+    Framework,
+    is_torch,
+    read_frame,
+    strict_json,
+    write_frame,
+)
 
 __all__ = [
     "PROTOCOL_VERSION", "METADATA_KEY", "MAX_HEADER_BYTES", "MESSAGE_TYPES",
@@ -40,6 +51,8 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+
+Tensor = Any  # a torch.Tensor or a numpy array; the two are never mixed in one message
 
 _FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -60,7 +73,7 @@ class Message(BaseModel):
     v: int = PROTOCOL_VERSION
 
     @classmethod
-    def check_tensors(cls, tensors: Mapping[str, torch.Tensor]) -> None:
+    def check_tensors(cls, tensors: Mapping[str, Tensor]) -> None:
         """Refuse tensors that do not belong to this message type (raises ``ProtocolError``)."""
         if tensors and not cls.carries_tensors:
             names = ", ".join(sorted(tensors)[:5])
@@ -119,25 +132,28 @@ class Batch(Message):
 
     @staticmethod
     def tensors(
-        activations: Sequence[Mapping[str, torch.Tensor]], *, sample_ids, labels, loss_mask=None,
+        activations: Sequence[Mapping[str, Tensor]], *, sample_ids, labels, loss_mask=None,
         attention_mask=None, last_index=None,
-    ) -> dict[str, torch.Tensor]:
-        """Build a Batch's tensors from the encoded activations of each shortcut layer, in layer order."""
-        out = {"sample_ids": _as_int64(sample_ids, "sample_ids"), "labels": _as_int64(labels, "labels")}
+    ) -> dict[str, Tensor]:
+        """Build a Batch's tensors from the encoded activations of each shortcut layer, in layer order: torch
+        tensors when the activations are torch tensors, numpy arrays otherwise."""
+        torch_tensors = any(is_torch(t) for encoded in activations for t in encoded.values())
+        out = {"sample_ids": _as_int64(sample_ids, "sample_ids", torch_tensors),
+               "labels": _as_int64(labels, "labels", torch_tensors)}
         for name, value in (("loss_mask", loss_mask), ("attention_mask", attention_mask)):
             if value is not None:
-                out[name] = torch.as_tensor(value)
+                out[name] = _as_array(value, torch_tensors)
         if last_index is not None:
-            out["last_index"] = _as_int64(last_index, "last_index")
+            out["last_index"] = _as_int64(last_index, "last_index", torch_tensors)
         for i, encoded in enumerate(activations):
             for name, tensor in encoded.items():
                 out[f"act.{i}.{name}"] = tensor
         return out
 
     @staticmethod
-    def activation_groups(tensors: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    def activation_groups(tensors: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
         """The encoded activations ``act.{i}.{name}`` grouped by layer i, in order; indices must be 0..M-1."""
-        groups: dict[int, dict[str, torch.Tensor]] = {}
+        groups: dict[int, dict[str, Tensor]] = {}
         for key, tensor in tensors.items():
             if not key.startswith("act."):
                 continue
@@ -150,12 +166,12 @@ class Batch(Message):
         return [groups[i] for i in range(len(groups))]
 
     @classmethod
-    def check_tensors(cls, tensors: Mapping[str, torch.Tensor]) -> None:
-        def need(name: str, dtypes: tuple[torch.dtype, ...], dims: tuple[int, ...]) -> torch.Tensor:
+    def check_tensors(cls, tensors: Mapping[str, Tensor]) -> None:
+        def need(name: str, dtypes: tuple[str, ...], dims: tuple[int, ...]) -> Tensor:
             t = tensors[name]
-            if t.dtype not in dtypes:
-                raise ProtocolError(ErrorCode.BAD_BATCH, f"{name} must be {'/'.join(map(str, dtypes))}, got {t.dtype}")
-            if t.dim() not in dims or t.shape[0] != batch:
+            if dtype_name(t) not in dtypes:
+                raise ProtocolError(ErrorCode.BAD_BATCH, f"{name} must be {'/'.join(dtypes)}, got {dtype_name(t)}")
+            if t.ndim not in dims or t.shape[0] != batch:
                 raise ProtocolError(ErrorCode.BAD_BATCH, f"{name} of shape {tuple(t.shape)} does not fit batch size {batch}")
             return t
 
@@ -166,18 +182,18 @@ class Batch(Message):
         if unknown:
             raise ProtocolError(ErrorCode.BAD_BATCH, f"unknown Batch tensors {sorted(unknown)[:5]}")
         ids = tensors["sample_ids"]
-        if ids.dtype != torch.int64 or ids.dim() != 1 or ids.shape[0] < 1:
-            raise ProtocolError(ErrorCode.BAD_BATCH, f"sample_ids must be int64 (B,) with B >= 1, got {ids.dtype} {tuple(ids.shape)}")
+        if dtype_name(ids) != "int64" or ids.ndim != 1 or ids.shape[0] < 1:
+            raise ProtocolError(ErrorCode.BAD_BATCH, f"sample_ids must be int64 (B,) with B >= 1, got {dtype_name(ids)} {tuple(ids.shape)}")
         batch = ids.shape[0]
-        labels = need("labels", (torch.int64,), (1, 2))
+        labels = need("labels", ("int64",), (1, 2))
         if "loss_mask" in tensors:
-            mask = need("loss_mask", (torch.bool, torch.uint8), (2,))
-            if labels.dim() == 2 and mask.shape != labels.shape:
+            mask = need("loss_mask", ("bool", "uint8"), (2,))
+            if labels.ndim == 2 and tuple(mask.shape) != tuple(labels.shape):
                 raise ProtocolError(ErrorCode.BAD_BATCH, f"loss_mask {tuple(mask.shape)} differs from labels {tuple(labels.shape)}")
         if "attention_mask" in tensors:
-            need("attention_mask", (torch.bool, torch.uint8, torch.int64), (2,))
+            need("attention_mask", ("bool", "uint8", "int64"), (2,))
         if "last_index" in tensors:
-            need("last_index", (torch.int64,), (1,))
+            need("last_index", ("int64",), (1,))
         if not cls.activation_groups(tensors):
             raise ProtocolError(ErrorCode.BAD_BATCH, "Batch without activations (act.0.*)")
 
@@ -223,8 +239,8 @@ class SideNet(Message):
         return self
 
     @classmethod
-    def check_tensors(cls, tensors: Mapping[str, torch.Tensor]) -> None:
-        bad = [k for k, t in tensors.items() if not t.dtype.is_floating_point]
+    def check_tensors(cls, tensors: Mapping[str, Tensor]) -> None:
+        bad = [k for k, t in tensors.items() if dtype_name(t) not in _FLOAT_DTYPES]
         if bad:
             raise ProtocolError(ErrorCode.UNEXPECTED_TENSORS, f"SideNet tensors must be floating point: {sorted(bad)[:5]}")
 
@@ -237,23 +253,44 @@ _ACT_KEY = re.compile(r"act\.(0|[1-9][0-9]{0,5})\.([A-Za-z0-9_]+)")
 _BATCH_NAMES = frozenset({"sample_ids", "labels", "loss_mask", "attention_mask", "last_index"})
 
 
-def _as_int64(value, name: str) -> torch.Tensor:
-    t = torch.as_tensor(value)
-    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-        raise ProtocolError(ErrorCode.BAD_BATCH, f"{name} must hold integers, got {t.dtype}")
+_FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2"})
+_INT_DTYPES = frozenset({"int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"})
+
+
+def dtype_name(tensor: Tensor) -> str:
+    """A torch tensor's or a numpy array's dtype by the same name: ``"int64"``, ``"bfloat16"``, ``"bool"``..."""
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def _as_array(value, torch_tensors: bool) -> Tensor:
+    if torch_tensors:
+        import torch
+
+        return torch.as_tensor(value)
+    return value.numpy() if is_torch(value) else np.asarray(value)
+
+
+def _as_int64(value, name: str, torch_tensors: bool) -> Tensor:
+    t = _as_array(value, torch_tensors)
+    if dtype_name(t) not in _INT_DTYPES:
+        raise ProtocolError(ErrorCode.BAD_BATCH, f"{name} must hold integers, got {dtype_name(t)}")
+    if not torch_tensors:
+        return t.astype(np.int64, copy=False)
+    import torch
+
     return t.to(torch.int64)
 
 
 # -- frames -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Frame:
-    """A decoded message: its validated header and its tensors (on CPU)."""
+    """A decoded message: its validated header and its tensors (on CPU; torch or numpy, as decoded)."""
 
     header: Message
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    tensors: dict[str, Tensor] = field(default_factory=dict)
 
 
-def encode_message(header: Message, tensors: Mapping[str, torch.Tensor] | None = None) -> bytes:
+def encode_message(header: Message, tensors: Mapping[str, Tensor] | None = None) -> bytes:
     """One safetensors blob: ``tensors`` (made contiguous, on CPU) plus ``header`` as JSON metadata.
 
     Raises ``ProtocolError`` for what the other side would refuse (tensors on a tensor-less message, a bad
@@ -261,9 +298,13 @@ def encode_message(header: Message, tensors: Mapping[str, torch.Tensor] | None =
     if not isinstance(header, Message) or type(header) not in MESSAGE_TYPES.values():
         raise TypeError(f"encode_message needs one of {sorted(MESSAGE_TYPES)} headers, got {type(header).__name__}")
     tensors = dict(tensors or {})
+    kinds = set()
     for name, tensor in tensors.items():
-        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"tensors must map str to torch.Tensor, got {type(name).__name__} -> {type(tensor).__name__}")
+        kinds.add("torch" if is_torch(tensor) else "numpy" if isinstance(tensor, np.ndarray) else None)
+        if not isinstance(name, str) or None in kinds:
+            raise TypeError(f"tensors must map str to torch.Tensor or numpy array, got {type(name).__name__} -> {type(tensor).__name__}")
+    if len(kinds) > 1:
+        raise TypeError("tensors mix torch tensors and numpy arrays; give one kind")
     type(header).check_tensors(tensors)
     try:
         text = json.dumps(header.model_dump(), allow_nan=False, separators=(",", ":"))
@@ -272,10 +313,11 @@ def encode_message(header: Message, tensors: Mapping[str, torch.Tensor] | None =
     return write_frame(tensors, text)
 
 
-def decode_message(data: bytes, *, max_bytes: int | None = None) -> Frame:
-    """Parse and validate untrusted bytes. Raises only ``PayloadTooBig`` or ``ProtocolError`` (both
-    ``WireError``): bad_frame, bad_version, unknown_type, bad_header, unexpected_tensors, bad_batch."""
-    tensors, header_text = read_frame(data, max_bytes=max_bytes)
+def decode_message(data: bytes, *, max_bytes: int | None = None, framework: Framework = "pt") -> Frame:
+    """Parse and validate untrusted bytes into torch tensors (numpy arrays with ``framework="np"``). Raises only
+    ``PayloadTooBig`` or ``ProtocolError`` (both ``WireError``): bad_frame, bad_version, unknown_type,
+    bad_header, unexpected_tensors, bad_batch."""
+    tensors, header_text = read_frame(data, max_bytes=max_bytes, framework=framework)
     header = _parse_header(header_text)
     type(header).check_tensors(tensors)
     return Frame(header, tensors)

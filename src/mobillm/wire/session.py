@@ -22,11 +22,9 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import torch
-
 from mobillm.exceptions import JobLost, PayloadTooBig, ProtocolError, ServerRefused, WireError
 from mobillm.wire.errors import ErrorCode
-from mobillm.wire.frame import DEFAULT_MAX_MESSAGE_BYTES
+from mobillm.wire.frame import DEFAULT_MAX_MESSAGE_BYTES, Framework
 from mobillm.wire.messages import (
     Ack,
     Batch,
@@ -80,10 +78,12 @@ class SideNetArrived:
 
 
 class DeviceSession:
-    """The device's end of one job's session, across reconnects. ``window`` exists from the first Welcome."""
+    """The device's end of one job's session, across reconnects. ``window`` exists from the first Welcome.
+    Batches carry torch tensors or numpy arrays; the side network arrives as ``framework`` says (``"np"``:
+    numpy, for a device without torch)."""
 
-    def __init__(self, hello: Hello, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
-        self.hello_message, self.max_bytes = hello, max_bytes
+    def __init__(self, hello: Hello, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, framework: Framework = "pt"):
+        self.hello_message, self.max_bytes, self.framework = hello, max_bytes, framework
         self.state = State.CLOSED
         self.window: SendWindow | None = None
         self.done_epochs: list[int] = []
@@ -107,7 +107,7 @@ class DeviceSession:
         for bytes that are not a message."""
         if isinstance(data, str):
             raise ProtocolError(ErrorCode.BAD_FRAME, "the server sent a text frame; the protocol is binary")
-        frame = decode_message(data, max_bytes=self.max_bytes)
+        frame = decode_message(data, max_bytes=self.max_bytes, framework=self.framework)
         message = frame.header
         if isinstance(message, Error):
             self.state = State.CLOSED
@@ -143,7 +143,7 @@ class DeviceSession:
     def all_acked(self) -> bool:
         return not self._window().pending
 
-    def batch(self, split: str, epoch: int, tensors: Mapping[str, torch.Tensor]) -> bytes:
+    def batch(self, split: str, epoch: int, tensors: Mapping) -> bytes:
         """The next ``Batch`` (next seq), kept until acked. Raises ``ProtocolError(window_full)`` when full."""
         return self._window().add(lambda seq: encode_message(Batch(seq=seq, split=split, epoch=epoch), tensors))
 

