@@ -30,9 +30,10 @@ DATA = ROOT / "results" / "causal_lm" / "sst2_instructions"
 def measure(codec: str, samples: int) -> dict:
     """One codec, in this process (run by the parent in a fresh subprocess)."""
     from mobillm.backbone import FrozenHead
-    from mobillm.device.inference import TapStats, evaluate_tapped, tap_examples, zero_shot_tapped
+    from mobillm.device.inference import evaluate_tapped, tap_examples, zero_shot_tapped
+    from mobillm.device.stats import TapStats
     from mobillm.device.taps import TappedBackbone
-    from mobillm.metrics import peak_rss_bytes
+    from mobillm.procfs import peak_rss_bytes
     from mobillm.recipes.task import TaskOptions, prepare_task
     from mobillm.sidenet import SideNetwork
     from mobillm.wire.codecs import get_codec

@@ -11,7 +11,8 @@ from servers import ThreadServer, device_setup
 
 from mobillm.backbone import DEFAULT_MODEL, load_pretrained, public_model_id
 from mobillm.backbone.weights import META_NAME, save_device_model
-from mobillm.device.client import ServerRefused, stream
+from mobillm.device.client import stream
+from mobillm.exceptions import ServerRefused
 from mobillm.server.manager import SessionManager
 from mobillm.wire.errors import ErrorCode
 

@@ -17,8 +17,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from mobillm.cli import app
-from mobillm.device.client import ServerRefused, stream
-from mobillm.exceptions import ConfigError
+from mobillm.device.client import stream
+from mobillm.exceptions import ConfigError, ServerRefused
 from mobillm.server.auth import TOKEN_FILE, TokenStore
 from mobillm.server.manager import SessionManager
 from mobillm.sidenet import SideConfig

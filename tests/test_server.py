@@ -13,8 +13,9 @@ import time
 import pytest
 from servers import ThreadServer, device_setup, start_server
 
-from mobillm.device.client import ServerRefused, stream
+from mobillm.device.client import stream
 from mobillm.device.taps import TappedBackbone
+from mobillm.exceptions import ServerRefused
 from mobillm.server.auth import TokenStore
 from mobillm.server.manager import SessionManager
 from mobillm.train_config import TrainConfig

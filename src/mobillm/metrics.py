@@ -8,8 +8,6 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from mobillm.procfs import peak_rss_bytes  # noqa: F401 - re-exported: metrics lines carry it
-
 
 class Curve:
     """``(step, value)`` points of one metric in fixed memory: it keeps the steps that are multiples of

@@ -35,8 +35,7 @@ if TYPE_CHECKING:
     from mobillm.device.taps import TappedBackbone
     from mobillm.wire.codecs import Codec
 
-# ServerRefused and DEFAULT_MAX_MESSAGE_BYTES are re-exported for callers (their homes: exceptions, wire.frame)
-__all__ = ["ServerRefused", "StreamStats", "BatchSource", "stream", "stream_tensors", "DEFAULT_MAX_MESSAGE_BYTES"]
+__all__ = ["StreamStats", "BatchSource", "stream", "stream_tensors"]
 
 #: One Batch to send: its tensors (``Batch.tensors``) and its number of samples.
 BatchSource = Iterable[tuple[Mapping[str, Any], int]]

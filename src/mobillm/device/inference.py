@@ -17,7 +17,7 @@ from mobillm.backbone import FrozenHead
 from mobillm.data import EncodedBatch
 from mobillm.data.batching import BaseBatcher
 from mobillm.device.noise import ActivationNoise
-from mobillm.device.stats import TapStats  # noqa: F401 - re-exported: the torch recipes count with it
+from mobillm.device.stats import TapStats
 from mobillm.device.taps import TappedBackbone
 from mobillm.scoring import Evaluator, loss_logits
 from mobillm.sidenet import SideConfig, SideNetwork

@@ -19,17 +19,18 @@ from safetensors.torch import load_file, save_file
 from mobillm.backbone import FrozenHead, decoder_layers
 from mobillm.device.inference import (
     TappedBatch,
-    TapStats,
     evaluate_tapped,
     side_extras,
     tap_examples,
     zero_shot_tapped,
 )
 from mobillm.device.noise import ActivationNoise, device_noise
+from mobillm.device.stats import TapStats
 from mobillm.device.taps import TappedBackbone
 from mobillm.exceptions import ConfigError
 from mobillm.files import METRICS_NAME, write_summary
-from mobillm.metrics import MetricsLog, classification_scores, peak_rss_bytes
+from mobillm.metrics import MetricsLog, classification_scores
+from mobillm.procfs import peak_rss_bytes
 from mobillm.recipes.task import Task, TaskOptions, prepare_task
 from mobillm.scoring import best_fields, selection_score
 from mobillm.sidenet import SideConfig, SideNetwork

@@ -16,7 +16,8 @@ import torch
 
 from mobillm.backbone import FrozenHead
 from mobillm.exceptions import ProtocolError
-from mobillm.metrics import MetricsLog, peak_rss_bytes
+from mobillm.metrics import MetricsLog
+from mobillm.procfs import peak_rss_bytes
 from mobillm.scoring import Evaluator, best_fields, selection_score
 from mobillm.server.cache import ActivationCache
 from mobillm.server.checks import check_batch, check_hello
