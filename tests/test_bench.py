@@ -64,10 +64,59 @@ def test_memory_measurement_of_an_int8_device(tmp_path):
 
     model, tokenizer = load_pretrained(str(save_tiny_model(tmp_path / "tiny")))
     save_device_model(model, tokenizer, tmp_path / "int8", "int8", source="tiny")
-    row = measure("tiny", "mobillm-int8", batch=2, length=8, warmup=True, steps=1, source=str(tmp_path / "int8"))
+    row = measure("tiny", "mobillm-int8", batch=2, length=8, warmup=True, steps=1, source=str(tmp_path / "int8"), threads=1)
     assert row["weights"] == "int8" and row["batch"] == 2
     assert row["peak_mib"] >= row["rss_after_load_mib"] >= row["rss_after_imports_mib"] > 0
     assert row["seconds_per_sample"] > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    """An fp32 bundle of the tiny Llama, shortcuts 1 and 2."""
+    from conftest import tiny_model
+    from helpers import make_tiny_tokenizer
+
+    from mobillm.export import export_bundle
+
+    directory = tmp_path_factory.mktemp("bundle")
+    export_bundle(tiny_model("llama"), make_tiny_tokenizer(), directory, [1, 2], "fp32", source="tiny")
+    return directory
+
+
+def test_memory_measurement_of_a_bundle_device_never_imports_torch(tiny_bundle):
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "mobillm.bench.memory", "--one", "tiny", "bundle-fp32", "2", "8",
+                           "1", "1", str(tiny_bundle), "1"], capture_output=True, text=True, check=True)
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert row["weights"] == "fp32" and row["threads"] == 1
+    assert row["torch_imported"] is False
+    assert row["peak_mib"] >= row["rss_after_load_mib"] >= row["rss_after_imports_mib"] > 0
+
+
+def test_the_codecs_benchmarks_bundle_backbone_taps_what_the_torch_device_taps(tiny_bundle):
+    import torch
+    from conftest import tiny_model
+
+    from mobillm.bench.codecs import BundleBackbone
+    from mobillm.device.taps import TappedBackbone
+    from mobillm.wire.codecs import get_codec
+
+    ids = torch.randint(4, 30, (3, 6))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    keep = mask.bool()
+    torch_device, onnx_device = TappedBackbone(tiny_model("llama"), [1, 2]), BundleBackbone(tiny_bundle)
+    want, got = (b(ids, mask, None, get_codec("none").encode, keep_top=keep) for b in (torch_device, onnx_device))
+    assert len(got) == 2
+    codec = get_codec("none")
+    for w, g in zip(want, got):
+        assert g["shape"].tolist() == [3, 6, torch_device.decoder.config.hidden_size]
+        torch.testing.assert_close(codec.decode(g)[keep], codec.decode(w)[keep], atol=1e-5, rtol=1e-4)
+    assert onnx_device.kept_top.shape[0] == int(keep.sum())
+    torch.testing.assert_close(onnx_device.kept_top, torch_device.kept_top, atol=1e-5, rtol=1e-4)
 
 
 def test_codecs_table_compares_each_seed_with_its_own_none_and_summarises_over_seeds(tmp_path, capsys):

@@ -38,7 +38,7 @@ ALLOWED: dict[str, set[str]] = {
     "privacy": BASE | {"backbone", "data", "device", "wire"},
     "recipes": BASE | {"backbone", "bundle", "data", "device", "metrics", "ports", "scoring", "sidenet", "train_config",
                        "training", "wire"},
-    "bench": BASE | {"privacy", "backbone", "data", "device", "metrics", "ports", "recipes", "scoring", "sidenet",
+    "bench": BASE | {"privacy", "backbone", "bundle", "export", "data", "device", "metrics", "ports", "recipes", "scoring", "sidenet",
                      "train_config", "training", "wire", "server"},
     "cli": BASE | {"privacy", "backbone", "bench", "bundle", "export", "data", "device", "metrics", "ports", "recipes", "scoring", "server",
                    "sidenet", "train_config", "training", "wire"},

@@ -559,7 +559,7 @@ def export(
     output_dir: Annotated[Path, typer.Argument(help="the device bundle folder to write")],
     model: Model = "smollm2-135m",
     shortcuts: Shortcuts = None,
-    weights: Annotated[str, typer.Option(help="bundle weight format: fp32 | int8 | int4 (MatMulNBits, weight-only)")] = "fp32",
+    weights: Annotated[str, typer.Option(help="bundle weight format: fp32 | int8 | int8-dynamic | int4 (see `mobillm.export`)")] = "fp32",
 ) -> None:
     """Write a device bundle once (needs torch): ONNX graphs of the frozen backbone, tokenizer.json, bundle.json.
 

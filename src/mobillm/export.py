@@ -4,15 +4,20 @@ The graphs are traced from today's torch device path — :class:`~mobillm.device
 truncated at the top shortcut, taps at every position, no LM head) and :class:`~mobillm.backbone.FrozenHead` —
 with ``torch.onnx.export(dynamo=True)``, so the bundle computes what the torch device computes: the same
 position ids (Llama: 0..T-1 whatever the padding; OPT: from the attention mask) and the same masks, with
-dynamic batch, length and cache length. Weight formats (weight-only; activations stay fp32):
+dynamic batch, length and cache length. Weight formats:
 
-    fp32   the traced graphs as they are
-    int8   MatMulNBits 8-bit, symmetric, block 32 (onnxruntime.quantization.MatMulNBitsQuantizer)
-    int4   MatMulNBits 4-bit, asymmetric (zero points), block 32
+    fp32          the traced graphs as they are
+    int8          MatMulNBits 8-bit, symmetric, block 32 (onnxruntime.quantization.MatMulNBitsQuantizer);
+                  weight-only: activations and the matmuls' arithmetic stay fp32
+    int8-dynamic  int8 weights per output channel *and* int8 activations, quantized per tensor at run time
+                  (onnxruntime.quantization.quantize_dynamic): the matmuls run on the CPU's integer units
+    int4          MatMulNBits 4-bit, asymmetric (zero points), block 32, weight-only
 
-8-bit ``MatMulNBits`` was chosen over ``quantize_dynamic`` (per-channel int8 weights *and* int8 activations,
-per tensor): on SmolLM2-135M the dynamic scheme puts a 0.19–0.38 relative error on the taps (the backbone's
-outlier channels make per-tensor activation scales coarse), the weight-only one ~0.04 (issue 14).
+Only the weight matmuls are quantized; attention's activation-by-activation matmuls stay fp32 in every format.
+The trade-off, measured on SmolLM2-135M (BENCHMARKS §19): ``int8`` is close to exact (relative error of the taps
+~0.04) but no faster than fp32 on an x86 CPU; ``int8-dynamic`` is the fastest by far but its per-tensor
+activation scales are coarse against the backbone's outlier channels (tap error 0.19–0.38) — what matters is
+the accuracy of a side network trained on those taps, which ``mobillm bench codecs --weights`` measures.
 """
 
 from __future__ import annotations
@@ -41,9 +46,11 @@ from mobillm.device.taps import TappedBackbone
 from mobillm.exceptions import ConfigError, ModelLoadError
 
 OPSET = 18
-#: MatMulNBitsQuantizer settings per weight format (block 32: the finest block the CPU kernels support well).
+#: Quantizer settings per weight format: MatMulNBitsQuantizer's (block 32: the finest block the CPU kernels
+#: support well), or ``dynamic`` for quantize_dynamic.
 QUANTIZATION: dict[str, dict] = {
     "int8": {"bits": 8, "block_size": 32, "is_symmetric": True},
+    "int8-dynamic": {"dynamic": True},
     "int4": {"bits": 4, "block_size": 32, "is_symmetric": False},
 }
 # Protobuf caps a single .onnx file at 2 GiB: bigger graphs keep their weights in external data.
@@ -121,9 +128,7 @@ def export_bundle(
 def quantize_bundle(
     source: str | Path, directory: str | Path, weights: str, log: Callable[[str], None] = lambda line: None,
 ) -> BundleConfig:
-    """Write a copy of the fp32 bundle ``source`` with ``weights`` (``int8`` | ``int4``) MatMulNBits weights."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
+    """Write a copy of the fp32 bundle ``source`` with ``weights`` (``int8`` | ``int8-dynamic`` | ``int4``)."""
     if weights not in QUANTIZATION:
         raise ConfigError(f"--weights {weights!r}: quantized formats are {', '.join(QUANTIZATION)}")
     source, directory = Path(source), Path(directory)
@@ -133,17 +138,37 @@ def quantize_bundle(
     directory.mkdir(parents=True, exist_ok=True)
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # one INFO line per node otherwise
     for name in (TAPS_NAME, GENERATE_NAME, HEAD_NAME):
-        log(f"quantizing {name} to {weights} (MatMulNBits, {QUANTIZATION[weights]['bits']}-bit, block 32)")
+        log(f"quantizing {name} to {weights}")
         big = (source / name).with_name(name + ".data").exists()
-        quantizer = MatMulNBitsQuantizer(str(source / name), op_types_to_quantize=("MatMul",), **QUANTIZATION[weights])
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(directory / name), use_external_data_format=big)
+        _quantize(source / name, directory / name, weights, big)
         _check(directory / name)
     shutil.copyfile(source / TOKENIZER_NAME, directory / TOKENIZER_NAME)
     config = config.model_copy(update={"weights": weights})
     config.save(directory)
     log(f"wrote {directory}")
     return config
+
+
+def _quantize(source: Path, target: Path, weights: str, big: bool) -> None:
+    """Quantize the weight matmuls of one fp32 graph ``source`` into ``target`` (``big``: external data)."""
+    settings = QUANTIZATION[weights]
+    if settings.get("dynamic"):
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        # the quantizer re-runs ONNX shape inference, which refuses some of the exporter's recorded intermediate
+        # shapes (OPT's attention reshapes): drop them, they are only hints
+        model = onnx.load(str(source))
+        del model.graph.value_info[:]
+        # MatMulConstBOnly: weights only, attention's activation matmuls stay fp32
+        quantize_dynamic(model, target, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+                         use_external_data_format=big, extra_options={"MatMulConstBOnly": True})
+        return
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(str(source), op_types_to_quantize=("MatMul",), **settings)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=big)
 
 
 def _export_fp32(model, tokenizer, directory: Path, shortcuts: list[int], source: str, log) -> BundleConfig:

@@ -9,8 +9,10 @@ codecs work token by token, so this equals tapping with the codec) and a side ne
 the same ``fit_side`` as ``mobillm train --method side``. Same samples, seeds and side network for every codec;
 ``--seeds 0,1,2`` trains each codec once per seed and reports the mean and spread, since one seed's noise on
 872 test sentences is as large as the differences between codecs.
-Each ``--weights`` format other than fp32 taps again through its own device checkpoint (``mobillm convert``)
-and trains with the ``nf4`` codec.
+Each ``--weights`` format other than fp32 taps again through its own device checkpoint (``mobillm convert``:
+``int8``, ``nf4``) or device bundle on ONNX Runtime (``mobillm export``: ``bundle-fp32``, ``bundle-int8``,
+``bundle-int8-dynamic``, ``bundle-int4``; the same batches, tokenized by the checkpoint's tokenizer, which the
+bundle's ``tokenizer.json`` equals) and trains with the ``nf4`` codec.
 
     mobillm bench codecs [--quick] [--train-samples 2000] [--codecs none,fp16,…] [--weights fp32,int8,nf4]
                          [--seeds 0]
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-samples", type=int, default=1000)
     parser.add_argument("--test-samples", type=int, default=None, help="the first N test sentences (default: all 872)")
     parser.add_argument("--codecs", default="none,fp16,bf16,fp8,int8,fp4,nf4")
-    parser.add_argument("--weights", default="fp32,int8,nf4", help="device backbone weight formats (nf4 codec)")
+    parser.add_argument("--weights", default="fp32,int8,nf4",
+                        help="device backbone weight formats (nf4 codec): fp32, int8, nf4, bundle-<bundle format>")
     parser.add_argument("--block", default="attention")
     parser.add_argument("--seeds", default="0", type=number_list(int),
                         help="comma-separated side-network seeds (initialisation and epoch order); the same taps for each, "
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     sst2 = require_sst2()
 
     from mobillm.backbone import FrozenHead, load_pretrained
-    from mobillm.bench.models import device_checkpoint
+    from mobillm.bench.models import device_bundle, device_checkpoint
     from mobillm.device.inference import TappedBatch, tap_examples
     from mobillm.device.taps import TappedBackbone
     from mobillm.recipes.local import fit_side
@@ -65,16 +68,17 @@ def main(argv: list[str] | None = None) -> None:
     task.data.test = task.data.test[: args.test_samples]
     raw = get_codec("none")
 
-    def tap(model) -> dict:
-        backbone, pivot = TappedBackbone(model, task.side_config.shortcuts), task.side_config.pivot_only
+    def tap(backbone) -> dict:
+        pivot = task.side_config.pivot_only
         started = time.perf_counter()
         splits = {
             "train": tap_examples(backbone, raw, task.batcher, task.data.train, 16, pivot, "taps (train)", shuffle=True, seed=0),
             "validation": tap_examples(backbone, raw, task.batcher, task.data.validation, 16, pivot, "taps (validation)"),
             "test": tap_examples(backbone, raw, task.batcher, task.data.test, 16, pivot, "taps (test)"),
         }
-        print(f"device pass: {time.perf_counter() - started:.0f} s", flush=True)
-        return splits
+        seconds = time.perf_counter() - started
+        print(f"device pass: {seconds:.0f} s", flush=True)
+        return splits, {"device_pass_seconds": seconds}
 
     def train(splits: dict, name: str, head, seed: int) -> dict:
         codec = get_codec(name)
@@ -101,16 +105,46 @@ def main(argv: list[str] | None = None) -> None:
     weights = args.weights.split(",")
     rows = []
     if "fp32" in weights:
-        splits = tap(task.model)
+        splits, timing = tap(TappedBackbone(task.model, task.side_config.shortcuts))
         head = FrozenHead.from_model(task.model)
-        rows += [{"weights": "fp32", **train(splits, name, head, seed)} for seed in args.seeds for name in args.codecs.split(",")]
+        rows += [{"weights": "fp32", **train(splits, name, head, seed), **timing} for seed in args.seeds
+                 for name in args.codecs.split(",")]
     for fmt in (w for w in weights if w != "fp32"):
-        model, _ = load_pretrained(str(device_checkpoint("smollm2-135m", fmt)))
-        splits, head = tap(model), FrozenHead.from_model(model)
-        rows += [{"weights": fmt, **train(splits, "nf4", head, seed)} for seed in args.seeds]
+        if fmt.startswith(BUNDLE):  # the bundle's taps; the frozen head the server holds: the fp32 model's
+            splits, timing = tap(BundleBackbone(device_bundle("smollm2-135m", fmt.removeprefix(BUNDLE))))
+            head = FrozenHead.from_model(task.model)
+        else:
+            model, _ = load_pretrained(str(device_checkpoint("smollm2-135m", fmt)))
+            (splits, timing), head = tap(TappedBackbone(model, task.side_config.shortcuts)), FrozenHead.from_model(model)
+        rows += [{"weights": fmt, **train(splits, "nf4", head, seed), **timing} for seed in args.seeds]
     write_rows(args.out, rows, machine=machine(), block=args.block, train_samples=args.train_samples)
     _table(rows, args.block)
     _plot(rows, args.out / "codecs.png")
+
+
+BUNDLE = "bundle-"
+
+
+class BundleBackbone:
+    """A device bundle behind :class:`TappedBackbone`'s call (every position, encoded per layer, the raw top
+    hidden states kept where ``keep_top`` marks), so the same tap loop runs the torch and the ONNX device."""
+
+    def __init__(self, directory: Path):
+        import torch
+
+        from mobillm.bundle.runtime import Bundle
+
+        self.bundle = Bundle.load(directory, threads=torch.get_num_threads())
+        self.kept_top = None
+
+    def __call__(self, input_ids, attention_mask, last_index=None, encode=None, keep_top=None):
+        import torch
+
+        if last_index is not None:
+            raise SystemExit("bench codecs taps every position: the bundle rows do not take a pivot-only side block")
+        taps = [torch.from_numpy(t) for t in self.bundle.taps(input_ids.numpy(), attention_mask.numpy())]
+        self.kept_top = None if keep_top is None else taps[-1][keep_top].clone()
+        return [encode(t) if encode else t for t in taps]
 
 
 def _table(rows: list[dict], block: str) -> None:

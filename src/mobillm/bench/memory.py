@@ -4,11 +4,15 @@ Methods: ``mobillm`` (the device: frozen backbone forward under inference_mode, 
 the hooks — what `mobillm device` runs per batch) with fp32, ``int8`` or ``nf4`` backbone weights
 (``mobillm-int8``…), ``mobillm-gguf`` (the same, loading the GGUF file directly: its dequantisation transient
 counts), ``side-local`` (LST-style side tuning done on the device: the same forward plus the side network's
-training), and the PEFT baselines ``lora``, ``bitfit``, ``full`` (forward + backward + AdamW on the device).
-Every method except ``mobillm-gguf`` loads a device checkpoint (``mobillm convert``, made once beforehand in a
-process of its own). Random token ids of the given length. VmHWM counts the whole process, loading included.
+training), the PEFT baselines ``lora``, ``bitfit``, ``full`` (forward + backward + AdamW on the device), and
+the device on ONNX Runtime: ``bundle-fp32``, ``bundle-int8``, ``bundle-int8-dynamic``, ``bundle-int4`` (a device
+bundle's taps graph, taps encoded with nf4 in numpy — what ``mobillm device --runtime onnx`` runs per batch, in a
+process that never imports torch). Every other method except ``mobillm-gguf`` loads a device checkpoint (``mobillm
+convert``); checkpoints and bundles are made once beforehand in a process of their own. Random token ids of the
+given length. VmHWM counts the whole process, loading included. Every method runs on ``--threads`` CPU threads
+(default 1: the same for the device and the baselines).
 
-    mobillm bench memory [--quick] [--model smollm2-135m|opt-1.3b]
+    mobillm bench memory [--quick] [--model smollm2-135m|opt-1.3b] [--methods …] [--threads 1]
     python benchmarks/memory.py ...                                 # the same
 
 ``--quick``: batch 16, length 128 only, one timed step after the warm-up step (full: three). ``opt-1.3b``
@@ -29,18 +33,61 @@ import time
 from pathlib import Path
 
 from mobillm.bench.io import machine, number_list, plot_lines, results_dir, write_rows
+from mobillm.bundle.config import WEIGHT_FORMATS as BUNDLE_FORMATS
 from mobillm.procfs import status_mib
 
-METHODS = ("mobillm-gguf", "mobillm", "mobillm-int8", "mobillm-nf4", "side-local", "lora", "bitfit", "full")
-
+BUNDLE = "bundle-"
+METHODS = ("mobillm-gguf", "mobillm", "mobillm-int8", "mobillm-nf4", "side-local", "lora", "bitfit", "full",
+           *(BUNDLE + w for w in BUNDLE_FORMATS))
 
 
 def _weights(method: str) -> str:
+    if method.startswith(BUNDLE):
+        return method.removeprefix(BUNDLE)
     return method.rpartition("-")[2] if method.startswith("mobillm-") and method != "mobillm-gguf" else "fp32"
 
 
-def measure(model_name: str, method: str, batch: int, length: int, warmup: bool, steps: int, source: str) -> dict:
+def _timed(step, warmup: bool, steps: int, batch: int) -> float:
+    """Seconds per sample of ``steps`` calls of ``step`` (after one untimed call when ``warmup``)."""
+    if warmup:
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / (steps * batch)
+
+
+def measure_bundle(source: str, batch: int, length: int, warmup: bool, steps: int, threads: int) -> dict:
+    """The bundle device's per-batch work, torch-free: the taps graph, then nf4 encoding of every tap."""
+    import numpy as np
+
+    from mobillm.bundle.runtime import Bundle
+    from mobillm.wire.np_codecs import get_np_codec
+
+    after_imports = status_mib("VmRSS")
+    bundle = Bundle.load(source, threads=threads)
+    after_load = status_mib("VmRSS")
+    ids = np.random.default_rng(0).integers(10, bundle.config.vocab_size, (batch, length))
+    mask = np.ones_like(ids)
+    codec = get_np_codec("nf4")
+
+    def step():
+        return [codec.encode(tap) for tap in bundle.taps(ids, mask)]
+
+    seconds = _timed(step, warmup, steps, batch)
+    return {"peak_mib": status_mib("VmHWM"), "rss_after_imports_mib": after_imports, "rss_after_load_mib": after_load,
+            "seconds_per_sample": seconds, "torch_imported": "torch" in sys.modules}
+
+
+def measure(model_name: str, method: str, batch: int, length: int, warmup: bool, steps: int, source: str,
+            threads: int) -> dict:
+    row = {"model": model_name, "method": method, "weights": _weights(method), "batch": batch, "length": length,
+           "threads": threads, "timed_steps": steps}
+    if method.startswith(BUNDLE):
+        return {**row, **measure_bundle(source, batch, length, warmup, steps, threads)}
     import torch
+
+    torch.set_num_threads(threads)
 
     from mobillm.backbone import FrozenHead, default_shortcuts, load_pretrained
     from mobillm.device.taps import TappedBackbone
@@ -84,15 +131,9 @@ def measure(model_name: str, method: str, batch: int, length: int, warmup: bool,
             loss.backward()
             optimizer.step()
 
-    if warmup:
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = (time.perf_counter() - start) / (steps * batch)
-    return {"model": model_name, "method": method, "weights": _weights(method), "batch": batch, "length": length,
-            "peak_mib": status_mib("VmHWM"), "rss_after_imports_mib": after_imports, "rss_after_load_mib": after_load,
-            "seconds_per_sample": seconds, "timed_steps": steps}
+    seconds = _timed(step, warmup, steps, batch)
+    return {**row, "peak_mib": status_mib("VmHWM"), "rss_after_imports_mib": after_imports,
+            "rss_after_load_mib": after_load, "seconds_per_sample": seconds}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,18 +144,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--batches", default=None, type=number_list(int), help="comma-separated batch sizes (default 8,16,32)")
     parser.add_argument("--lengths", default=None, type=number_list(int), help="comma-separated lengths (default 64,128,256; opt-1.3b: 64)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of every method (torch and ONNX Runtime)")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--one", nargs=7, help=argparse.SUPPRESS)  # internal: model method batch length warmup steps source
+    parser.add_argument("--one", nargs=8, help=argparse.SUPPRESS)  # internal: model method batch length warmup steps source threads
     args = parser.parse_args(argv)
     if args.one:
-        model, method, batch, length, warmup, steps, source = args.one
-        print(json.dumps(measure(model, method, int(batch), int(length), warmup == "1", int(steps), source)))
+        model, method, batch, length, warmup, steps, source, threads = args.one
+        print(json.dumps(measure(model, method, int(batch), int(length), warmup == "1", int(steps), source, int(threads))))
         return
-    from mobillm.bench.models import device_checkpoint
+    from mobillm.bench.models import device_bundle, device_checkpoint
 
     big = args.model == "opt-1.3b"
-    default_methods = [m for m in METHODS if m != "mobillm-nf4" and not (big and m in ("full", "mobillm-gguf"))]
+    default_methods = [m for m in METHODS if m != "mobillm-nf4" and not (big and (m in ("full", "mobillm-gguf") or m.startswith(BUNDLE)))]
     methods = args.methods.split(",") if args.methods else default_methods
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if args.quick:
         batches, lengths = [16], [128]
     else:
@@ -122,13 +167,14 @@ def main(argv: list[str] | None = None) -> None:
         lengths = args.lengths or ([64] if big else [64, 128, 256])
     out = args.out or results_dir("memory" if not big else f"memory-{args.model}")
     warmup, steps = not big, 1 if big or args.quick else 3  # untimed warm-up step (not for opt-1.3b), timed steps
-    sources = {m: "smollm2-135m" if m == "mobillm-gguf" else str(device_checkpoint(args.model, _weights(m))) for m in methods}
+    sources = {m: "smollm2-135m" if m == "mobillm-gguf" else
+               str((device_bundle if m.startswith(BUNDLE) else device_checkpoint)(args.model, _weights(m))) for m in methods}
     rows = []
     for length in lengths:
         for batch in batches:
             for method in methods:
                 cmd = [sys.executable, "-m", "mobillm.bench.memory", "--one", args.model, method, str(batch), str(length),
-                       str(int(warmup)), str(steps), sources[method]]
+                       str(int(warmup)), str(steps), sources[method], str(args.threads)]
                 done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
                 if done.returncode:
                     raise SystemExit(f"{method} B={batch} T={length} failed:\n{done.stderr[-3000:]}")

@@ -1,5 +1,6 @@
-"""The backbones the benchmarks load: device checkpoints made once per (model, weight format), in a process
-of their own so that the conversion's memory never counts against the process being measured."""
+"""The backbones the benchmarks load: device checkpoints and device bundles made once per (model, weight
+format), in a process of their own so that the conversion's memory never counts against the process being
+measured."""
 
 from __future__ import annotations
 
@@ -37,6 +38,20 @@ def device_checkpoint(model: str, weights: str) -> Path:
     return path
 
 
+def device_bundle(model: str, weights: str) -> Path:
+    """``results/bundles/MODEL-WEIGHTS`` (``mobillm export``, default shortcuts), exported on first use; the
+    quantized formats are made from the fp32 bundle, as ``mobillm export --weights`` makes them."""
+    if MODELS.get(model) is None:  # opt-1.3b is random and has no tokenizer, which a bundle holds
+        raise SystemExit(f"device bundles are exported for {', '.join(m for m, s in MODELS.items() if s)}, not {model!r}")
+    path = results_dir("bundles") / f"{model}-{weights}"
+    if not (path / "bundle.json").is_file():
+        source = device_bundle(model, "fp32") if weights != "fp32" else device_checkpoint(model, "fp32")
+        print(f"exporting {model} to a {weights} device bundle in {path} …", flush=True)
+        subprocess.run([sys.executable, "-m", "mobillm.bench.models", "bundle", model, weights, str(path), str(source)],
+                       check=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    return path
+
+
 def _convert(model: str, weights: str, path: str) -> None:
     from mobillm.backbone import load_pretrained
     from mobillm.backbone.weights import save_device_model
@@ -45,5 +60,22 @@ def _convert(model: str, weights: str, path: str) -> None:
     save_device_model(backbone, tokenizer, path, weights, source=model)
 
 
+def _export(model: str, weights: str, path: str, source: str) -> None:
+    """The fp32 bundle from the fp32 device checkpoint ``source``, or a quantized one from the fp32 bundle."""
+    from mobillm.export import quantize_bundle
+
+    if weights != "fp32":
+        quantize_bundle(source, path, weights, log=print)
+        return
+    from mobillm.backbone import decoder_layers, default_shortcuts, load_pretrained
+    from mobillm.export import export_bundle
+
+    backbone, tokenizer = load_pretrained(source)
+    export_bundle(backbone, tokenizer, path, default_shortcuts(len(decoder_layers(backbone))), source=model, log=print)
+
+
 if __name__ == "__main__":
-    _convert(*sys.argv[1:4])
+    if sys.argv[1] == "bundle":
+        _export(*sys.argv[2:6])
+    else:
+        _convert(*sys.argv[1:4])

@@ -26,8 +26,8 @@ HEAD_NAME = "head.onnx"
 TOKENIZER_NAME = "tokenizer.json"
 BUNDLE_FILES = (CONFIG_NAME, TAPS_NAME, GENERATE_NAME, HEAD_NAME, TOKENIZER_NAME)
 
-WeightFormat = Literal["fp32", "int8", "int4"]
-WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "int8", "int4")
+WeightFormat = Literal["fp32", "int8", "int8-dynamic", "int4"]
+WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "int8", "int8-dynamic", "int4")
 
 
 def tap_name(layer: int) -> str:
