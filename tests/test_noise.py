@@ -52,6 +52,21 @@ def test_the_same_sample_gets_the_same_noise_and_other_samples_other_noise():
     assert torch.allclose(pivot, a[:, 6])
 
 
+def test_numpy_arrays_get_the_same_noise_as_torch_tensors():
+    """The bundle runtime (numpy) and the torch runtime draw the same noise for the same sample."""
+    import numpy as np
+
+    noise = ActivationNoise(0.5, SECRET)
+    x = torch.randn(3, 9, 16)
+    want = noise.apply(x, "train", torch.tensor([4, 5, 6]), layer=2)
+    got = noise.apply(x.numpy(), "train", np.array([4, 5, 6]), layer=2)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(got, x.numpy())
+    pivot = noise.apply(x[:, 6].numpy(), "train", np.array([4, 5, 6]), layer=2, last_index=np.array([6, 6, 6]))
+    np.testing.assert_allclose(pivot, want[:, 6].numpy(), rtol=1e-6, atol=1e-6)
+
+
 def test_the_strength_is_relative_to_each_rows_rms():
     x = torch.randn(16, 2, 4096) * torch.tensor([1.0, 100.0])[None, :, None]
     added = ActivationNoise(0.25, SECRET).apply(x, "train", torch.arange(16), layer=0) - x

@@ -14,6 +14,9 @@ whether all positions or only the pivot token are sent (the normal draws are a p
 This is no differential-privacy mechanism: the scale follows the data and nothing bounds the sensitivity, so no
 epsilon is claimed. Its effect is measured by ``mobillm privacy-audit`` (docs/privacy.md).
 
+It works on numpy arrays (the bundle runtime) and torch tensors (the torch runtime) alike, and imports torch
+only for the latter: the same sample gets the same draws on either.
+
 The secret: ``$MOBILLM_NOISE_SECRET`` (hex or any text) or else the file ``noise_secret`` in the device's
 output directory, created with 32 random bytes on first use (mode 0600); keep that directory to resume a job.
 """
@@ -25,19 +28,22 @@ import hmac
 import itertools
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
 
 from mobillm.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["NOISE_SECRET_ENV", "NOISE_SECRET_FILE", "ActivationNoise", "device_noise", "load_secret"]
 
 NOISE_SECRET_ENV = "MOBILLM_NOISE_SECRET"
 NOISE_SECRET_FILE = "noise_secret"
-Encoded = dict[str, torch.Tensor]
+Array = TypeVar("Array", np.ndarray, "torch.Tensor")
 
 
 def load_secret(directory: str | Path) -> bytes:
@@ -72,28 +78,38 @@ class ActivationNoise:
         seed = int.from_bytes(hmac.new(self._secret, key, hashlib.sha256).digest()[:16], "little")
         return np.random.default_rng(seed).standard_normal((positions, width), dtype=np.float32)
 
-    def apply(self, x: torch.Tensor, split: str, sample_ids: torch.Tensor, layer: int,
-              last_index: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` plus noise: (B, T, H) all positions, or (B, H) pivot tokens at ``last_index`` (B,)."""
-        x = x.float()
-        pivot = x.dim() == 2
-        if pivot and last_index is None:
+    def draws(self, split: str, sample_ids: Sequence[int], layer: int, shape: tuple[int, ...],
+              last_index: Sequence[int] | None = None) -> np.ndarray:
+        """Standard normal draws of ``shape``: (B, T, H) all positions, or (B, H) pivot tokens at ``last_index``."""
+        if len(shape) == 2 and last_index is None:
             raise ValueError("pivot activations (B, H) need last_index to place each row's noise")
         rows = []
-        for b, sample in enumerate(sample_ids.tolist()):
-            if pivot:  # the pivot's draw is the same as position last_index's in the all-positions mode
-                z = self._draws(split, sample, layer, int(last_index[b]) + 1, x.shape[-1])[-1]
+        for b, sample in enumerate(int(i) for i in sample_ids):
+            if len(shape) == 2:  # the pivot's draw is the same as position last_index's in the all-positions mode
+                rows.append(self._draws(split, sample, layer, int(last_index[b]) + 1, shape[-1])[-1])
             else:
-                z = self._draws(split, sample, layer, x.shape[1], x.shape[-1])
-            rows.append(torch.from_numpy(z))
-        z = torch.stack(rows)  # (B, H) or (B, T, H)
-        rms = x.pow(2).mean(dim=-1, keepdim=True).sqrt()
-        return x + self.sigma * rms * z
+                rows.append(self._draws(split, sample, layer, shape[1], shape[-1]))
+        return np.stack(rows)
 
-    def encoder(self, codec_encode: Callable[[torch.Tensor], Encoded], split: str, sample_ids: torch.Tensor,
-                last_index: torch.Tensor | None) -> Callable[[torch.Tensor], Encoded]:
-        """An ``encode`` for :class:`~mobillm.device.taps.TappedBackbone`: noise, then the codec; called once per
-        shortcut layer, bottom to top, within one forward pass."""
+    def apply(self, x: Array, split: str, sample_ids, layer: int, last_index=None) -> Array:
+        """``x`` plus noise: (B, T, H) all positions, or (B, H) pivot tokens at ``last_index`` (B,); numpy
+        arrays or torch tensors (``sample_ids`` and ``last_index`` of either kind)."""
+        ids = sample_ids.tolist()
+        index = None if last_index is None else last_index.tolist()
+        z = self.draws(split, ids, layer, tuple(x.shape), index)  # (B, H) or (B, T, H)
+        if isinstance(x, np.ndarray):
+            x = x.astype(np.float32, copy=False)
+            rms = np.sqrt(np.square(x).mean(axis=-1, keepdims=True))
+            return x + self.sigma * rms * z
+        import torch
+
+        x = x.float()
+        rms = x.pow(2).mean(dim=-1, keepdim=True).sqrt()
+        return x + self.sigma * rms * torch.from_numpy(z)
+
+    def encoder(self, codec_encode: Callable[[Array], dict], split: str, sample_ids, last_index) -> Callable[[Array], dict]:
+        """An ``encode`` for :class:`~mobillm.device.taps.TappedBackbone` (or the bundle runtime's taps): noise,
+        then the codec; called once per shortcut layer, bottom to top, within one forward pass."""
         layers = itertools.count()
         return lambda x: codec_encode(self.apply(x, split, sample_ids, next(layers), last_index))
 
