@@ -14,21 +14,23 @@ import pytest
 import torch
 from conftest import VOCAB, tiny_model, write_toy_sentiment
 from helpers import TINY_WORDS, make_tiny_tokenizer
+from test_install import base_distributions
 from typer.testing import CliRunner
 
 from mobillm.backbone import FrozenHead, label_token_ids, load_pretrained
 from mobillm.bundle.prompt import prompt_ids
-from mobillm.bundle.runtime import Bundle
 from mobillm.bundle.sidenet import NpSideNetwork
 from mobillm.cli import app
 from mobillm.data import Batcher, Example, PromptTemplate, default_template
 from mobillm.data.lm import LMBatcher
+from mobillm.device.generate import Generator, Sampling
 from mobillm.device.inference import evaluate_tapped, tap_batches
 from mobillm.device.taps import TappedBackbone
 from mobillm.export import export_bundle
 from mobillm.recipes.bundle_infer import BundleInference
+from mobillm.scoring import loss_logits
 from mobillm.sidenet import SideConfig, SideNetwork
-from mobillm.wire.codecs import get_codec
+from mobillm.wire.codecs import decode_layers, get_codec
 
 SHORTCUTS = [2, 4]
 #: a chat template in the tiny tokenizer's words, with the special-token variable transformers passes it
@@ -41,10 +43,15 @@ GENERATORS = [("attention", "none"), ("mlp", "int8")]
 #: every id of the tiny models' vocabulary a word, so that generated text shows (4 special tokens first)
 WORDS = [*TINY_WORDS, *(f"w{i}" for i in range(VOCAB - 4 - len(TINY_WORDS)))]
 
+#: runs one command; then prints the distributions its imports came from and whether torch or transformers came in
 DEVICE = """
-import json, sys
+import importlib.metadata as md, json, sys
+before = set(sys.modules)
 from mobillm.cli import app
 code = app(sys.argv[1:], standalone_mode=False)
+owners = md.packages_distributions()
+imported = {d for m in set(sys.modules) - before for d in owners.get(m.partition(".")[0], [])}
+print("DISTS " + json.dumps(sorted(imported)))
 print("MODULES " + json.dumps(sorted(m for m in ("torch", "transformers") if m in sys.modules)))
 sys.exit(code or 0)
 """
@@ -111,9 +118,6 @@ def test_label_logits_equal_the_torch_device(setup, family, block):
     batch = batcher.encode([Example(t, 0) for t in TEXTS], list(range(len(TEXTS))))
     codec, backbone, head = get_codec(cfg.codec), TappedBackbone(model, cfg.shortcuts), FrozenHead.from_model(model)
     tapped = list(tap_batches(backbone, codec, [batch], cfg.pivot_only))
-    from mobillm.scoring import loss_logits
-    from mobillm.wire.codecs import decode_layers
-
     masks = (None, None) if cfg.pivot_only else (batch.attention_mask, batch.last_index)
     with torch.no_grad():
         want, _ = loss_logits(side, head, decode_layers(codec, tapped[0].taps), batch.labels, *masks)
@@ -152,8 +156,6 @@ def test_generate_writes_the_torch_runtimes_tokens(setup, family, block):
     local = BundleInference.load(case["bundle"], side_dir, "causal-lm")
     for prompt in ("a good movie", ""):  # the chat template's turn, and a bare BOS (plain-text examples)
         assert prompt_ids(local.bundle, prompt) == batcher.prompt_ids(prompt), prompt
-    from mobillm.device.generate import Generator, Sampling
-
     side = SideNetwork.from_pretrained(side_dir)
     generator = Generator(TappedBackbone(model, SHORTCUTS), side, FrozenHead.from_model(model), get_codec(side.config.codec),
                           {batcher.eos_id})
@@ -178,11 +180,14 @@ def test_onnx_commands_never_import_torch(setup):
         "generate": _no_torch("generate", "a good movie", "--side-network", str(case["sides"]["lm-mlp"]),
                               "--max-new-tokens", "4", *bundle),
     }
+    base = base_distributions() | {"mobillm"}
     for name, run in runs.items():
         assert run.returncode == 0, (name, run.stderr[-3000:])
         lines = run.stdout.splitlines()
         assert lines[-1] == "MODULES []", (name, run.stdout[-2000:])  # neither torch nor transformers, ever
-        assert len(lines) >= 2 and lines[0].strip(), name  # it printed its answer first
+        imported = {d.lower().replace("_", "-") for d in json.loads(lines[-2].removeprefix("DISTS "))}
+        assert "onnxruntime" in imported and imported <= base, (name, imported - base)  # the base install suffices
+        assert len(lines) >= 3 and lines[0].strip(), name  # it printed its answer first
     assert runs["predict"].stdout.splitlines()[0].split("\t")[1] == TEXTS[0]
     assert "accuracy=" in runs["evaluate"].stdout
 

@@ -21,7 +21,27 @@ from mobillm import PROGRESS_LOGGER
 from mobillm.exceptions import MobillmError
 from mobillm.ports import free_port, wait_listening
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Server-assisted side tuning of LLMs for edge devices.")
+#: What the `torch` extra adds to the device-only base install (pyproject.toml), by import name.
+TORCH_EXTRA_MODULES = ("torch", "transformers", "gguf", "accelerate", "prometheus_client")
+DEVICE_ONLY_HINT = ("pip install 'mobillm[torch]' (or 'mobillm[all]'); on a device-only install, device, predict, "
+                    "evaluate and generate run a device bundle: --runtime onnx --bundle DIR")
+
+
+class _App(typer.Typer):
+    """The command, which on a device-only install says which extra a torch command needs instead of a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except ModuleNotFoundError as err:
+            if (err.name or "").partition(".")[0] not in TORCH_EXTRA_MODULES:
+                raise
+            console.print(f"[bold red]error:[/] this command needs {err.name}, which the device-only install leaves "
+                          f"out: {escape(DEVICE_ONLY_HINT)}", soft_wrap=True)
+            sys.exit(2)
+
+
+app = _App(add_completion=False, no_args_is_help=True, help="Server-assisted side tuning of LLMs for edge devices.")
 console = Console(stderr=True)
 
 # The fixed sets of choices, as Literals: typer refuses any other value (exit 2, the choices named) before a
