@@ -202,18 +202,23 @@ def test_mismatched_side_networks_and_options_are_refused(setup, tmp_path):
     llama, opt = setup["llama"], setup["opt"]
     on = lambda case: ["--runtime", "onnx", "--bundle", str(case["bundle"])]  # noqa: E731
     cls = str(llama["sides"]["mlp"])
-    # another backbone's width, and other shortcut layers
-    wide = SideConfig.from_pretrained(cls).model_dump() | {"hidden_size": 64}
-    (tmp_path / "wide").mkdir()
-    (tmp_path / "wide" / "side_config.json").write_text(json.dumps(wide))
-    (tmp_path / "wide" / "side_network.safetensors").write_bytes(Path(cls, "side_network.safetensors").read_bytes())
-    assert "trained on another backbone (H=64" in _refusal("predict", "x", "--side-network", str(tmp_path / "wide"), *on(llama))
-    other = SideConfig.from_pretrained(cls).model_dump() | {"shortcuts": [1, 4]}
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "side_config.json").write_text(json.dumps(other))
-    (tmp_path / "other" / "side_network.safetensors").write_bytes(Path(cls, "side_network.safetensors").read_bytes())
-    message = _refusal("evaluate", "--side-network", str(tmp_path / "other"), "--data", str(setup["data"]), *on(llama))
+
+    def altered(name: str, **fields) -> str:
+        """A copy of the llama classifier with other config fields."""
+        (tmp_path / name).mkdir()
+        config = SideConfig.from_pretrained(cls).model_dump() | fields
+        (tmp_path / name / "side_config.json").write_text(json.dumps(config))
+        (tmp_path / name / "side_network.safetensors").write_bytes(Path(cls, "side_network.safetensors").read_bytes())
+        return str(tmp_path / name)
+
+    # another backbone's width, other shortcut layers, another tokenizer
+    assert "trained on another backbone (H=64" in _refusal("predict", "x", "--side-network", altered("wide", hidden_size=64),
+                                                           *on(llama))
+    message = _refusal("evaluate", "--side-network", altered("other", shortcuts=[1, 4]), "--data", str(setup["data"]),
+                       *on(llama))
     assert "--bundle" in message and "mobillm export --shortcuts 1,4" in message
+    message = _refusal("predict", "x", "--side-network", altered("tokens", label_token_ids=[7, 8]), *on(llama))
+    assert "reads label tokens [7, 8]" in message and "trained on another model" in message
     # the command's task, and the runtime's options
     assert "use mobillm generate" in _refusal("predict", "x", "--side-network", str(opt["sides"]["lm-mlp"]), *on(opt))
     assert "use mobillm predict / evaluate" in _refusal("generate", "x", "--side-network", cls, *on(llama))

@@ -90,9 +90,14 @@ class BundleInference:
         if config.head == "linear":
             raise ConfigError(f"--side-network {side_network} has a linear classifier head, which the bundle runtime "
                               "does not run: use --runtime torch")
-        if config.label_token_ids and max(config.label_token_ids) >= c.vocab_size:
-            raise ConfigError(f"--side-network {side_network}: label tokens {config.label_token_ids} lie outside the "
-                              f"vocabulary of the bundle --bundle {bundle_dir} ({c.vocab_size}): another tokenizer")
+        if config.head == "verbalizer":  # the label words' tokens tell another model's tokenizer apart
+            words = [" " + n for n in config.label_names]  # default_template's label words
+            ids = [(bundle.tokenizer.encode(w, add_special_tokens=False) or [-1])[0] for w in words]
+            if ids != config.label_token_ids:
+                raise ConfigError(
+                    f"--side-network {side_network} reads label tokens {config.label_token_ids} for {words}, the "
+                    f"tokenizer of the bundle --bundle {bundle_dir} ({c.model}) gives {ids}: the side network was "
+                    "trained on another model; give the bundle exported from its model")
         side = NpSideNetwork(config.model_dump(), load_file(str(Path(side_network) / SIDE_WEIGHTS_NAME)))
         return cls(bundle, config, side)
 
