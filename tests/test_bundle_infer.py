@@ -241,3 +241,16 @@ def test_numpy_side_network_reads_the_gate_temperature(setup):
         want = side.hidden(acts).numpy()
     got = NpSideNetwork(side.config.model_dump(), {k: v.numpy() for k, v in side.state_dict().items()}).hidden(acts.numpy())
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.real
+def test_smollm2_chat_template_renders_as_transformers(smollm2):
+    """SmolLM2-Instruct's own chat template: the bundle's jinja2 rendering tokenizes to the torch device's prompt."""
+    from mobillm.bundle.prompt import render_user_turn
+
+    _, tokenizer = smollm2
+    special = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token}
+    backend = tokenizer.backend_tokenizer
+    for prompt in ("What is the sentiment of this review?\n\nA gorgeous, witty film.", "héllo — ünïcode"):
+        got = backend.encode(render_user_turn(tokenizer.chat_template, prompt, special), add_special_tokens=False).ids
+        assert got == LMBatcher(tokenizer).prompt_ids(prompt) and len(got) > 10, prompt
