@@ -21,7 +21,27 @@ from mobillm import PROGRESS_LOGGER
 from mobillm.exceptions import MobillmError
 from mobillm.ports import free_port, wait_listening
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Server-assisted side tuning of LLMs for edge devices.")
+#: What the `torch` extra adds to the device-only base install (pyproject.toml), by import name.
+TORCH_EXTRA_MODULES = ("torch", "transformers", "gguf", "accelerate", "prometheus_client")
+DEVICE_ONLY_HINT = ("pip install 'mobillm[torch]' (or 'mobillm[all]'); on a device-only install, device, predict, "
+                    "evaluate and generate run a device bundle: --runtime onnx --bundle DIR")
+
+
+class _App(typer.Typer):
+    """The command, which on a device-only install says which extra a torch command needs instead of a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except ModuleNotFoundError as err:
+            if (err.name or "").partition(".")[0] not in TORCH_EXTRA_MODULES:
+                raise
+            console.print(f"[bold red]error:[/] this command needs {err.name}, which the device-only install leaves "
+                          f"out: {escape(DEVICE_ONLY_HINT)}", soft_wrap=True)
+            sys.exit(2)
+
+
+app = _App(add_completion=False, no_args_is_help=True, help="Server-assisted side tuning of LLMs for edge devices.")
 console = Console(stderr=True)
 
 # The fixed sets of choices, as Literals: typer refuses any other value (exit 2, the choices named) before a
@@ -69,6 +89,22 @@ Noise = Annotated[float, typer.Option(
     help="defence: Gaussian noise on the taps before the codec, std = NOISE x each token's RMS, drawn once per sample "
          "from $MOBILLM_NOISE_SECRET or OUTPUT_DIR/noise_secret (0: none; docs/privacy.md)")]
 SideDir = Annotated[Path, typer.Option("--side-network", help="a saved side network (side_config.json + side_network.safetensors)")]
+Runtime = Annotated[RuntimeName, typer.Option(
+    help="torch: the backbone in PyTorch (--model); onnx: a device bundle (--bundle) on ONNX Runtime, no torch")]
+BundleDir = Annotated[Optional[Path], typer.Option(
+    help="with --runtime onnx: a device bundle (mobillm export); its backbone replaces --model")]
+Threads = Annotated[int, typer.Option(help="with --runtime onnx: ONNX Runtime CPU threads")]
+
+
+def _bundle_of(runtime: str, bundle: Path | None) -> Path | None:
+    """The bundle a command runs on (--runtime onnx), or None for the torch runtime; refuses a mismatched pair."""
+    if runtime == "onnx":
+        if bundle is None:
+            raise MobillmError("--runtime onnx runs a device bundle: give --bundle DIR (write one with `mobillm export`)")
+        return bundle
+    if bundle is not None:
+        raise MobillmError("--bundle is run by --runtime onnx; add --runtime onnx or drop --bundle")
+    return None
 
 
 def _fail(err: Exception) -> None:
@@ -288,16 +324,13 @@ def token_create(
 
 def _device(args: dict) -> dict:
     config = _train_config(args, "evals_per_epoch", "idle_replays", method="side")
-    runtime, bundle, threads = args.pop("runtime", "torch"), args.pop("bundle", None), args.pop("threads", 1)
-    if runtime == "onnx":  # torch and transformers are never imported on this path
+    bundle = _bundle_of(args.pop("runtime", "torch"), args.pop("bundle", None))
+    threads = args.pop("threads", 1)
+    if bundle is not None:  # torch and transformers are never imported on this path
         from mobillm.recipes.bundle_device import BundleDeviceOptions, run_bundle_device
 
-        if bundle is None:
-            raise MobillmError("--runtime onnx runs a device bundle: give --bundle DIR (write one with `mobillm export`)")
         args.pop("model")  # the bundle names the backbone
         return run_bundle_device(BundleDeviceOptions(**args, bundle=bundle, threads=threads), config)
-    if bundle is not None:
-        raise MobillmError("--bundle is run by --runtime onnx; add --runtime onnx or drop --bundle")
     from mobillm.recipes.device import DeviceOptions, run_device
 
     return run_device(DeviceOptions(**args), config)
@@ -320,10 +353,7 @@ def device(
     output_dir: OutputDir = Path("runs/device"),
     token: Annotated[Optional[str], typer.Option(envvar="MOBILLM_TOKEN", help="the job's token (or $MOBILLM_TOKEN)")] = None,
     cafile: Annotated[Optional[str], typer.Option(help="CA certificate(s) to verify a wss:// server")] = None,
-    runtime: Annotated[RuntimeName, typer.Option(
-        help="torch: the backbone in PyTorch (--model); onnx: a device bundle (--bundle) on ONNX Runtime, no torch")] = "torch",
-    bundle: Annotated[Optional[Path], typer.Option(help="with --runtime onnx: a device bundle (mobillm export); its backbone replaces --model")] = None,
-    threads: Annotated[int, typer.Option(help="with --runtime onnx: ONNX Runtime CPU threads")] = 1,
+    runtime: Runtime = "torch", bundle: BundleDir = None, threads: Threads = 1,
 ) -> None:
     """Run the device: forward passes only, taps streamed to the server; downloads and evaluates the side network."""
     args = dict(locals())
@@ -382,14 +412,13 @@ def _local_model(side_network: Path, model: str, task: str | None):
     ``task``: the task the command serves (None: whichever the side network was trained for)."""
     from mobillm.backbone import FrozenHead, load_pretrained
     from mobillm.device.taps import TappedBackbone
+    from mobillm.recipes.options import require_task
     from mobillm.sidenet import SideNetwork
     from mobillm.wire.codecs import get_codec
 
     side = SideNetwork.from_pretrained(side_network)
     cfg = side.config
-    if task is not None and cfg.task != task:
-        hint = "mobillm generate" if cfg.task == "causal-lm" else "mobillm predict / evaluate"
-        raise MobillmError(f"{side_network} was trained for {cfg.task}: use {hint}")
+    require_task(cfg, task, side_network)
     backbone_model, tokenizer = load_pretrained(model)
     if backbone_model.config.hidden_size != cfg.hidden_size or backbone_model.config.num_hidden_layers != cfg.num_backbone_layers:
         raise MobillmError(f"{side_network} was trained on another backbone (H={cfg.hidden_size}, L={cfg.num_backbone_layers})")
@@ -397,31 +426,41 @@ def _local_model(side_network: Path, model: str, task: str | None):
     return side, head, TappedBackbone(backbone_model, cfg.shortcuts), get_codec(cfg.codec), tokenizer
 
 
-def _classifier_batcher(side, tokenizer):
+def _classifier_batcher(side, tokenizer, max_length: int):
     from mobillm.data import Batcher, PromptTemplate
 
     cfg = side.config
-    return Batcher(tokenizer, PromptTemplate(template=cfg.prompt_template, label_words=[" " + n for n in cfg.label_names]))
+    template = PromptTemplate(template=cfg.prompt_template, label_words=[" " + n for n in cfg.label_names])
+    return Batcher(tokenizer, template, max_length=max_length)
 
 
 @app.command()
 def predict(
     texts: Annotated[list[str], typer.Argument(help="texts to classify")],
     side_network: SideDir = Path("runs/finetune/device/side_network"), model: Model = "smollm2-135m",
+    max_length: MaxLength = 128, runtime: Runtime = "torch", bundle: BundleDir = None, threads: Threads = 1,
 ) -> None:
     """Classify texts on the device with backbone + side network."""
     _setup_logging()
-    from mobillm.data import Example
-    from mobillm.device.inference import evaluate_tapped, tap_batches
-
     try:
-        side, head, backbone, codec, tokenizer = _local_model(side_network, model, "classification")
-    except (MobillmError, ValidationError) as err:
+        bundle = _bundle_of(runtime, bundle)
+        if bundle is not None:  # torch and transformers are never imported on this path
+            from mobillm.recipes.bundle_infer import BundleInference
+
+            local = BundleInference.load(bundle, side_network, "classification", threads)
+            preds, names = local.predict(texts, max_length), local.config.label_names
+        else:
+            from mobillm.data import Example
+            from mobillm.device.inference import evaluate_tapped, tap_batches
+
+            side, head, backbone, codec, tokenizer = _local_model(side_network, model, "classification")
+            batch = _classifier_batcher(side, tokenizer, max_length).encode([Example(t, 0) for t in texts], list(range(len(texts))))
+            tapped = list(tap_batches(backbone, codec, [batch], side.config.pivot_only))
+            preds, names = evaluate_tapped(side, head, codec, tapped).predictions, side.config.label_names
+    except (MobillmError, ValidationError, OSError) as err:
         _fail(err)
-    batch = _classifier_batcher(side, tokenizer).encode([Example(t, 0) for t in texts], list(range(len(texts))))
-    preds = evaluate_tapped(side, head, codec, list(tap_batches(backbone, codec, [batch], side.config.pivot_only))).predictions
     for text, p in zip(texts, preds):
-        print(f"{side.config.label_names[p]}\t{text}")
+        print(f"{names[p]}\t{text}")
 
 
 @app.command()
@@ -431,9 +470,21 @@ def evaluate(
     prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", split: Annotated[SplitName, typer.Option(help="the split to score")] = "test",
     batch_size: BatchSize = 16, max_length: MaxLength = 128, seed: Seed = 0,
+    runtime: Runtime = "torch", bundle: BundleDir = None, threads: Threads = 1,
 ) -> None:
     """Score backbone + side network on a data split, on the device (the task is the side network's)."""
     _setup_logging()
+    try:
+        bundle = _bundle_of(runtime, bundle)
+        if bundle is not None:  # torch and transformers are never imported on this path
+            from mobillm.recipes.bundle_infer import BundleInference
+
+            scores = BundleInference.load(bundle, side_network, None, threads).evaluate(
+                data, split, text_column=text_column, label_column=label_column, no_header=no_header, seed=seed,
+                batch_size=batch_size, max_length=max_length)
+            return _print_scores(scores)
+    except (MobillmError, ValidationError, OSError) as err:
+        _fail(err)
     from mobillm.data import load_dataset
     from mobillm.data.lm import LMBatcher, load_lm_dataset
     from mobillm.device.inference import evaluate_tapped, tap_examples
@@ -450,12 +501,15 @@ def evaluate(
             batcher = LMBatcher(tokenizer, max_length=max_length)
         else:
             dataset = load_dataset(data, text_column=text_column, label_column=label_column, no_header=no_header, seed=seed)
-            batcher = _classifier_batcher(side, tokenizer)
+            batcher = _classifier_batcher(side, tokenizer, max_length)
     except (MobillmError, ValidationError, OSError) as err:
         _fail(err)
     examples = getattr(dataset, split)
     tapped = tap_examples(backbone, codec, batcher, examples, batch_size, side.config.pivot_only, f"evaluate ({split})")
-    scores = evaluate_tapped(side, head, codec, tapped).scores()
+    _print_scores(evaluate_tapped(side, head, codec, tapped).scores())
+
+
+def _print_scores(scores: dict) -> None:
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in scores.items()))
 
 
@@ -468,28 +522,41 @@ def generate(
     top_p: Annotated[float, typer.Option(help="nucleus sampling mass (with temperature > 0)")] = 1.0,
     seed: Seed = 0,
     base: Annotated[bool, typer.Option("--base", help="the bare backbone (a fresh side network), to compare")] = False,
+    runtime: Runtime = "torch", bundle: BundleDir = None, threads: Threads = 1,
 ) -> None:
     """Write a response on the device with backbone (KV cache) + side network, streamed token by token."""
     _setup_logging(progress_lines=False)  # the output is the response, token by token
-    from mobillm.data.lm import LMBatcher
-    from mobillm.device.generate import Generator, Sampling
-    from mobillm.sidenet import SideNetwork
-
     try:
-        side, head, backbone, codec, tokenizer = _local_model(side_network, model, "causal-lm")
-        if base:
-            side = SideNetwork(side.config)
-        sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    except (MobillmError, ValidationError, ValueError) as err:
+        bundle = _bundle_of(runtime, bundle)
+        if bundle is not None:  # torch and transformers are never imported on this path; greedy only
+            from mobillm.recipes.bundle_infer import BundleInference
+
+            if temperature != 0:
+                raise MobillmError("--runtime onnx decodes greedily: drop --temperature, or sample with --runtime torch")
+            local = BundleInference.load(bundle, side_network, "causal-lm", threads)
+            tokens, eos = local.generate(prompt, max_new_tokens, base), local.eos_ids
+            decode = local.bundle.tokenizer.decode
+        else:
+            from mobillm.data.lm import LMBatcher
+            from mobillm.device.generate import Generator, Sampling
+            from mobillm.sidenet import SideNetwork
+
+            side, head, backbone, codec, tokenizer = _local_model(side_network, model, "causal-lm")
+            if base:
+                side = SideNetwork(side.config)
+            sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+            batcher = LMBatcher(tokenizer)
+            eos = {batcher.eos_id} if batcher.eos_id is not None else set()
+            tokens = Generator(backbone, side, head, codec, eos).generate(batcher.prompt_ids(prompt), sampling)
+            decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    except (MobillmError, ValidationError, ValueError, OSError) as err:
         _fail(err)
-    batcher = LMBatcher(tokenizer)
-    eos = {batcher.eos_id} if batcher.eos_id is not None else set()
-    tokens, shown = [], ""
-    for token in Generator(backbone, side, head, codec, eos).generate(batcher.prompt_ids(prompt), sampling):
+    response, shown = [], ""
+    for token in tokens:
         if token in eos:
             break
-        tokens.append(token)
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        response.append(token)
+        text = decode(response)
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             sys.stdout.write(text[len(shown):])
             sys.stdout.flush()

@@ -49,6 +49,7 @@ class NpSideNetwork:
             raise ConfigError(f"side block {self.block!r}: the numpy side network runs 'mlp' and 'attention' blocks")
         self.heads = int(self.config.get("attention_heads", 4))
         self.width = int(self.config.get("width", 64))
+        self.gate_temperature = float(self.config.get("gate_temperature", 1.0))
         self.num_layers = len(self.config["shortcuts"])
         self.state = {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}
         missing = [k for k in ("gate", "up.weight", "up.bias") if k not in self.state]
@@ -100,7 +101,7 @@ class NpSideNetwork:
         if self.block == "attention" and acts.ndim != 4:
             raise ConfigError("the attention side block needs every position: activations of shape (B, T, M, H)")
         s = self.state
-        mu = 1.0 / (1.0 + np.exp(-s["gate"]))  # (M,)
+        mu = 1.0 / (1.0 + np.exp(-s["gate"] / self.gate_temperature))  # (M,) sigmoid(alpha_i / T)
         h = np.zeros((*acts.shape[:-2], self.width), np.float32)  # (B, [T,] r)
         for i in range(self.num_layers):
             a = acts[..., i, :]

@@ -31,6 +31,7 @@ from mobillm.device.stats import TapStats
 from mobillm.exceptions import ConfigError
 from mobillm.files import METRICS_NAME, SIDE_CONFIG_NAME, SIDE_WEIGHTS_NAME, write_summary
 from mobillm.metrics import MetricsLog, classification_scores
+from mobillm.recipes.bundle_infer import BundleClassifier
 from mobillm.recipes.options import SideOptions, StreamOptions
 from mobillm.sidenet.config import SideConfig
 from mobillm.train_config import TrainConfig
@@ -67,7 +68,6 @@ class _BundleTask:
             max_eval_samples=options.max_eval_samples,
         )
         self.template: PromptTemplate = default_template(self.data.label_names)
-        self.max_length = options.max_length
         self.side_config = SideConfig.parse(dict(
             hidden_size=c.hidden_size, num_backbone_layers=c.num_layers, shortcuts=c.shortcuts, width=options.width,
             block=options.block, codec=options.codec, num_labels=len(self.data.label_names),
@@ -76,6 +76,7 @@ class _BundleTask:
         ))
         self.codec: NpCodec = get_np_codec(options.codec)
         self.pivot = self.side_config.pivot_only
+        self.classifier = BundleClassifier(bundle, self.side_config, self.template, self.codec, options.max_length)
 
     def label_token_ids(self, words: list[str]) -> list[int]:
         """First token of each label word, as :func:`mobillm.backbone.label_token_ids` with the torch tokenizer."""
@@ -88,15 +89,10 @@ class _BundleTask:
                 stats: TapStats | None = None) -> Iterator[tuple[dict, np.ndarray, list[dict], TokenBatch, list[np.ndarray]]]:
         """For each batch, in the torch batcher's order: ``(Batch tensors, labels, encoded taps, token batch,
         raw taps (B, T, H) per shortcut layer)``."""
-        tokenizer, t = self.bundle.tokenizer, self.template
         for chunk in batch_chunks(len(examples), batch_size, shuffle=shuffle, seed=seed, epoch=epoch):
             rows = [examples[i] for i in chunk]
             start = time.perf_counter()
-            tokens = tokenizer.pad(tokenizer.prompt_ids(t.prefix, [e.text for e in rows], t.suffix, self.max_length))
-            taps = self.bundle.taps(tokens.input_ids, tokens.attention_mask)  # M x (B, T, H)
-            rows_index = np.arange(len(rows))
-            sent = [tap[rows_index, tokens.last_index] for tap in taps] if self.pivot else taps  # (B, H) or (B, T, H)
-            encoded = [self.codec.encode(tap) for tap in sent]
+            tokens, taps, encoded = self.classifier.tap([e.text for e in rows])
             labels = np.array([e.label for e in rows], np.int64)
             tensors = Batch.tensors(
                 encoded, sample_ids=np.array(chunk, np.int64), labels=labels,
@@ -114,10 +110,6 @@ class _BundleTask:
         for tensors, labels, *_ in self.forward(examples, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, stats=stats):
             yield tensors, len(labels)
 
-    def label_logits(self, hidden: np.ndarray) -> np.ndarray:
-        """(B, H) top hidden states -> (B, num_labels): the frozen head's rows of the label tokens."""
-        return self.bundle.logits(hidden)[:, self.side_config.label_token_ids]
-
     def score(self, side: NpSideNetwork, examples: list, batch_size: int) -> tuple[dict, dict, dict[int, int]]:
         """One forward pass over ``examples``: the side network's scores, the bare backbone's (zero-shot), and
         the side network's prediction per sample id. The side network reads the taps through the codec's
@@ -125,13 +117,9 @@ class _BundleTask:
         predictions, zero_shot, labels, by_id = [], [], [], {}
         for tensors, batch_labels, encoded, tokens, taps in self.forward(examples, batch_size, shuffle=False, seed=0):
             rows = np.arange(len(batch_labels))
-            acts = np.stack([self.codec.decode(e) for e in encoded], axis=-2)  # (B, [T,] M, H)
-            hidden = side.hidden(acts, None if self.pivot else tokens.attention_mask)
-            if hidden.ndim == 3:
-                hidden = hidden[rows, tokens.last_index]  # (B, H) at the pivot token
-            preds = self.label_logits(hidden).argmax(-1)
+            preds = self.classifier.side_logits(side, encoded, tokens).argmax(-1)
             predictions += preds.tolist()
-            zero_shot += self.label_logits(taps[-1][rows, tokens.last_index]).argmax(-1).tolist()
+            zero_shot += self.classifier.label_logits(taps[-1][rows, tokens.last_index]).argmax(-1).tolist()
             labels += batch_labels.tolist()
             by_id.update(zip(tensors["sample_ids"].tolist(), preds.tolist()))
         n = self.side_config.num_labels

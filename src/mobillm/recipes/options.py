@@ -1,5 +1,6 @@
 """The options of a task and of a device's stream, torch-free: the torch recipes and the bundle runtime's
-device share them (:class:`~mobillm.recipes.task.TaskOptions` adds the backbone to load)."""
+device share them (:class:`~mobillm.recipes.task.TaskOptions` adds the backbone to load), and the task check of
+a downloaded side network that local inference on either runtime makes."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mobillm.data.readers import LABEL_COLUMN, TEXT_COLUMN
+from mobillm.exceptions import MobillmError
+from mobillm.sidenet.config import SideConfig
 from mobillm.wire.frame import DEFAULT_MAX_MESSAGE_BYTES
 
-__all__ = ["SideOptions", "StreamOptions"]
+__all__ = ["SideOptions", "StreamOptions", "require_task"]
 
 
 class SideOptions(BaseModel):
@@ -48,3 +51,10 @@ class StreamOptions(BaseModel):
     device_epochs: int = Field(1, ge=1)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     output_dir: Path = Path("runs/device")
+
+
+def require_task(config: SideConfig, task: str | None, side_network: Path) -> None:
+    """Refuse a side network trained for another task than the command's (``task`` None: any)."""
+    if task is not None and config.task != task:
+        hint = "mobillm generate" if config.task == "causal-lm" else "mobillm predict / evaluate"
+        raise MobillmError(f"{side_network} was trained for {config.task}: use {hint}")
