@@ -1,0 +1,56 @@
+"""The bundle a job exports when no --bundle is given: exported once, reused for the same request, exported again
+for another, and a clear refusal where the install cannot export."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+
+import pytest
+from conftest import save_tiny_model
+
+from mobillm.bundle.config import BundleConfig
+from mobillm.exceptions import ConfigError, MobillmError
+from mobillm.recipes.job_bundle import job_bundle
+
+
+def test_a_jobs_bundle_is_exported_once_and_again_for_another_request(tmp_path, monkeypatch):
+    model = str(save_tiny_model(tmp_path / "tiny"))
+    bundle = job_bundle(model, "1,3", "fp32", tmp_path / "run" / "bundle")
+    config = BundleConfig.load(bundle)
+    assert config.shortcuts == [1, 3] and config.weights == "fp32"
+    written = (bundle / "taps.onnx").stat().st_mtime_ns
+
+    assert job_bundle(model, "1,3", "fp32", bundle) == bundle  # the same request: reused, not exported again
+    assert (bundle / "taps.onnx").stat().st_mtime_ns == written
+
+    # another request replaces it (the exporter itself stubbed: one real export per test is enough)
+    commands = []
+
+    def export(command):
+        commands.append(command)
+        assert not bundle.exists()  # the old bundle's files are gone before the new export writes
+        bundle.mkdir()
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(subprocess, "run", export)
+    job_bundle(model, "2", "int8-dynamic", bundle)
+    assert len(commands) == 1
+    assert commands[0][1:] == ["-m", "mobillm", "export", str(bundle), "--model", model, "--weights", "int8-dynamic",
+                               "--shortcuts", "2"]
+    assert '"int8-dynamic"' in (bundle / "export_request.json").read_text()
+
+
+def test_a_failed_export_leaves_no_bundle_that_a_later_run_would_reuse(tmp_path):
+    with pytest.raises(MobillmError, match="exporting the device bundle failed"):
+        job_bundle(str(tmp_path / "no-such-model"), None, "fp32", tmp_path / "bundle")
+    assert not (tmp_path / "bundle" / "export_request.json").exists()
+
+
+def test_an_install_without_the_exporter_is_told_what_to_do(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    with pytest.raises(MobillmError, match=r"onnxscript.*mobillm\[export\].*--bundle DIR.*--runtime torch"):
+        job_bundle("smollm2-135m", None, "fp32", tmp_path / "bundle")
+    with pytest.raises(ConfigError, match="--bundle-weights"):
+        job_bundle("smollm2-135m", None, "nf4", tmp_path / "bundle")
