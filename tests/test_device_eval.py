@@ -2,23 +2,19 @@
 the same scores as scoring kept taps all at once, the same noise in every pass, and a peak memory that does not
 grow with the data.
 
-The memory test runs a whole ``mobillm device`` job with validation and test ten times larger and compares the
-peak resident memory (``VmHWM``, the kernel's figure, which sees torch's buffers). The job sends every position
-(``--block attention``) of four layers of long prompts uncompressed (``--codec none``): 128 KiB of taps per
-sample, so keeping the eval and test taps until the side network arrives would add over 10% to a process of
-torch and transformers at the larger size (the test checks that too)."""
+The memory test (:func:`peaks.assert_flat_peak`) taps four layers: 128 KiB per sample uncompressed, so keeping the
+eval and test taps would add well over 10% to a process of torch and transformers at the larger size."""
 
 from __future__ import annotations
 
-import json
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FILLER, NEGATIVE, POSITIVE, save_tiny_model
+from conftest import save_tiny_model
+from peaks import FLAGS, assert_flat_peak
 from servers import ThreadServer, start_server
 
 from mobillm.backbone import FrozenHead
@@ -33,50 +29,21 @@ from mobillm.sidenet import SideNetwork
 from mobillm.train_config import TrainConfig
 from mobillm.wire.codecs import get_codec
 
-SMALL, LARGE = 40, 400
-WORDS = 120  # with the prompt template the batcher cuts each row at --max-length 128 tokens
-
-
-def write_long_sentiment(directory: Path, n_eval: int, n_train: int = 16) -> Path:
-    """train/dev/test.tsv of long sentences (every row reaches the batcher's max length)."""
-    rng = random.Random(0)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, n in (("train", n_train), ("dev", n_eval), ("test", n_eval)):
-        rows = ["sentence\tlabel"]
-        for i in range(n):
-            words = rng.choices(FILLER, k=WORDS)
-            words[rng.randrange(WORDS)] = rng.choice(POSITIVE if i % 2 else NEGATIVE)
-            rows.append(f"{' '.join(words)}\t{i % 2}")
-        (directory / f"{name}.tsv").write_text("\n".join(rows) + "\n")
-    return directory
-
 
 def test_device_peak_memory_does_not_grow_with_eval_and_test(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the server and the device share this machine's cores
     model = save_tiny_model(tmp_path / "model")
     server, port = start_server(tmp_path / "jobs")
     tokens = TokenStore(tmp_path / "jobs")
-    summaries = {}
     try:
-        for n in (SMALL, LARGE):
-            data, out = write_long_sentiment(tmp_path / f"data-{n}", n), tmp_path / f"device-{n}"
-            done = subprocess.run([
-                sys.executable, "-m", "mobillm", "device", "--server", f"ws://127.0.0.1:{port}", "--job", f"memory-{n}",
-                "--token", tokens.create(f"memory-{n}"), "--model", str(model), "--data", str(data), "--block", "attention", "--codec", "none",
-                "--shortcuts", "1,2,3,4", "--width", "16", "--epochs", "1", "--batch-size", "16", "--output-dir", str(out),
-            ], capture_output=True, text=True, timeout=300)
-            assert done.returncode == 0, done.stderr[-3000:]
-            summaries[n] = json.loads((out / "summary.json").read_text())
+        assert_flat_peak(tmp_path, lambda data, out, job: subprocess.run([
+            sys.executable, "-m", "mobillm", "device", "--server", f"ws://127.0.0.1:{port}", "--job", job,
+            "--token", tokens.create(job), "--model", str(model), "--data", str(data), "--shortcuts", "1,2,3,4",
+            *FLAGS, "--width", "16", "--epochs", "1", "--output-dir", str(out),
+        ], capture_output=True, text=True, timeout=300))
     finally:
         server.terminate()
         server.wait(timeout=30)
-    small, large = summaries[SMALL], summaries[LARGE]
-    assert (small["n_validation"], small["n_test"], large["n_validation"], large["n_test"]) == (SMALL, SMALL, LARGE, LARGE)
-    # what keeping the eval and test taps would cost at the larger size: over 10% of the small run's peak
-    kept = 2 * LARGE * large["bytes_per_sample"]
-    assert kept > 0.1 * small["peak_memory_bytes"], (kept, small["peak_memory_bytes"])
-    assert large["peak_memory_bytes"] <= 1.1 * small["peak_memory_bytes"], (small["peak_memory_bytes"], large["peak_memory_bytes"])
-    assert large["eval_agreement"] == 1.0  # validation forwarded again gives the taps the server scored
 
 
 def _task(model_dir: str, data_dir: str, out: Path, block: str) -> DeviceOptions:

@@ -436,7 +436,7 @@ def evaluate(
     _setup_logging()
     from mobillm.data import load_dataset
     from mobillm.data.lm import LMBatcher, load_lm_dataset
-    from mobillm.device.inference import evaluate_tapped, tap_examples
+    from mobillm.device.inference import evaluate_tapped, tap_split
     from mobillm.exceptions import ConfigError
     from mobillm.recipes.task import NO_HEADER_CAUSAL_LM
 
@@ -454,7 +454,7 @@ def evaluate(
     except (MobillmError, ValidationError, OSError) as err:
         _fail(err)
     examples = getattr(dataset, split)
-    tapped = tap_examples(backbone, codec, batcher, examples, batch_size, side.config.pivot_only, f"evaluate ({split})")
+    tapped = tap_split(backbone, codec, batcher, examples, batch_size, side.config.pivot_only, f"evaluate ({split})")
     scores = evaluate_tapped(side, head, codec, tapped).scores()
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in scores.items()))
 
