@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import save_tiny_model, write_toy_sentiment
+from peaks import FLAGS, assert_flat_peak
 from servers import ThreadServer
 
 from mobillm.backbone import load_pretrained
@@ -36,9 +37,10 @@ def bundle_job(tmp_path_factory) -> tuple[Path, Path]:
     return root / "bundle", write_toy_sentiment(root / "data", n_train=48, n_eval=24)
 
 
-def _run_device(bundle: Path, data: Path, port: int, out: Path, *options: str) -> subprocess.CompletedProcess:
+def _run_device(bundle: Path, data: Path, port: int, out: Path, *options: str,
+                job: str = "onnx") -> subprocess.CompletedProcess:
     args = ["device", "--runtime", "onnx", "--bundle", str(bundle), "--data", str(data), "--server",
-            f"ws://127.0.0.1:{port}", "--job", "onnx", "--width", "16", "--epochs", "1", "--batch-size", "8",
+            f"ws://127.0.0.1:{port}", "--job", job, "--width", "16", "--epochs", "1", "--batch-size", "8",
             "--output-dir", str(out), *options]
     return subprocess.run([sys.executable, "-c", DEVICE, *args], capture_output=True, text=True, timeout=300)
 
@@ -63,6 +65,12 @@ def test_a_whole_device_job_on_a_bundle_without_torch(bundle_job, tmp_path, bloc
     assert side.block == block and side.config["codec"] == codec
     job_dir = tmp_path / "jobs" / "onnx"
     assert job_dir.is_dir()
+
+
+def test_bundle_device_peak_memory_does_not_grow_with_eval_and_test(bundle_job, tmp_path):
+    bundle, _ = bundle_job
+    server = ThreadServer(SessionManager(tmp_path / "jobs"), window=2)
+    assert_flat_peak(tmp_path, lambda data, out, job: _run_device(bundle, data, server.port, out, *FLAGS, job=job))
 
 
 def test_bundle_device_refusals(bundle_job, tmp_path):

@@ -487,7 +487,7 @@ def evaluate(
         _fail(err)
     from mobillm.data import load_dataset
     from mobillm.data.lm import LMBatcher, load_lm_dataset
-    from mobillm.device.inference import evaluate_tapped, tap_examples
+    from mobillm.device.inference import evaluate_tapped, tap_split
     from mobillm.exceptions import ConfigError
     from mobillm.recipes.task import NO_HEADER_CAUSAL_LM
 
@@ -505,7 +505,7 @@ def evaluate(
     except (MobillmError, ValidationError, OSError) as err:
         _fail(err)
     examples = getattr(dataset, split)
-    tapped = tap_examples(backbone, codec, batcher, examples, batch_size, side.config.pivot_only, f"evaluate ({split})")
+    tapped = tap_split(backbone, codec, batcher, examples, batch_size, side.config.pivot_only, f"evaluate ({split})")
     _print_scores(evaluate_tapped(side, head, codec, tapped).scores())
 
 

@@ -51,8 +51,6 @@ class StreamStats:
     #: training steps the server had done when each batch was acked (shows the overlap)
     acked_steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
-    #: the eval batches' taps, kept to score the downloaded side network locally without a second forward
-    eval_taps: list = field(default_factory=list)
     reconnects: int = 0
 
     def totals(self) -> dict:
@@ -264,24 +262,22 @@ async def stream(
     noise: ActivationNoise | None = None,
 ) -> tuple[Frame, StreamStats]:
     """:func:`stream_tensors` with the torch backbone's taps of ``evaluation`` and ``train`` (each epoch in the
-    batcher's seeded order); the eval batches' taps are kept in ``stats.eval_taps`` for local scoring. ``noise``
-    is added to every tap before the codec (the same draw for a sample in every epoch and resend)."""
+    batcher's seeded order); nothing is kept once a batch is acked (local scoring forwards the split again).
+    ``noise`` is added to every tap before the codec (the same draw for a sample in every epoch and resend)."""
     from mobillm.device.inference import tap_batches
 
     stats = StreamStats()
 
-    def source(tapped_batches, keep: list | None = None) -> BatchSource:
+    def source(tapped_batches) -> BatchSource:
         for tapped in tapped_batches:
             b = tapped.batch
             yield Batch.tensors(tapped.taps, sample_ids=b.sample_ids, labels=b.labels, loss_mask=b.loss_mask,
                                 attention_mask=None if pivot else b.attention_mask,
                                 last_index=None if pivot else b.last_index), len(b)
-            if keep is not None:
-                keep.append(tapped)
 
     evaluation_batches = batcher.batches(evaluation, batch_size, shuffle=False, seed=seed)
     return await stream_tensors(
-        url, hello, source(tap_batches(backbone, codec, evaluation_batches, pivot, None, noise, "eval"), stats.eval_taps),
+        url, hello, source(tap_batches(backbone, codec, evaluation_batches, pivot, None, noise, "eval")),
         lambda epoch: source(tap_batches(backbone, codec, batcher.batches(train, batch_size, shuffle=True, seed=seed,
                                                                           epoch=epoch), pivot, stats.forward, noise, "train")),
         stats=stats, device_epochs=device_epochs, max_message_bytes=max_message_bytes, on_sent=on_sent, token=token,

@@ -3,11 +3,16 @@
 Local evaluation runs the activations through the same codec round trip the server saw, so the device's
 predictions equal the server's for the same codec (a test asserts it). The zero-shot score reads the raw top
 hidden states the forward pass kept (:attr:`TappedBatch.top`): the bare backbone, with no codec in the way.
+
+Scoring reads any iterable of tapped batches: :func:`tap_split` forwards a split as it is read, so one pass scores
+it (side network and zero-shot together, :func:`~mobillm.scoring.score_batches`) and nothing per sample is kept;
+:func:`tap_examples` keeps a split's taps where they are replayed (``mobillm train``'s epochs, the benchmarks).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +24,7 @@ from mobillm.data.batching import BaseBatcher
 from mobillm.device.noise import ActivationNoise
 from mobillm.device.stats import TapStats
 from mobillm.device.taps import TappedBackbone
-from mobillm.scoring import Evaluator, loss_logits
+from mobillm.scoring import Evaluator, Scorer, loss_logits, score_batches
 from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.wire.codecs import Codec, decode_layers, encoded_nbytes
 
@@ -60,15 +65,22 @@ def tap_batches(backbone: TappedBackbone, codec: Codec, batches, pivot: bool, st
         yield TappedBatch(taps, batch, backbone.kept_top)
 
 
-def tap_examples(
+def tap_split(
     backbone: TappedBackbone, codec: Codec, batcher: BaseBatcher, examples: list, batch_size: int, pivot: bool,
     desc: str, stats: TapStats | None = None, shuffle: bool = False, seed: int = 0,
     noise: ActivationNoise | None = None, split: str = "train",
-) -> list[TappedBatch]:
-    """Forward a whole split once and keep its encoded taps (reused for zero-shot and final scoring)."""
+) -> Iterator[TappedBatch]:
+    """Forward a split batch by batch, in the batcher's order, with a progress bar; yield each batch's taps.
+    Forwarding a split again yields the same taps: the batches, and with ``noise`` each sample's draws, are
+    pure functions of the split, ``seed`` and the sample ids."""
     steps = (len(examples) + batch_size - 1) // batch_size
     batches = tqdm(batcher.batches(examples, batch_size, shuffle=shuffle, seed=seed), total=steps, desc=desc, leave=False, disable=None)
-    return list(tap_batches(backbone, codec, batches, pivot, stats, noise, split))
+    return tap_batches(backbone, codec, batches, pivot, stats, noise, split)
+
+
+def tap_examples(*args, **kwargs) -> list[TappedBatch]:
+    """:func:`tap_split`, kept: a whole split's encoded taps (reused for zero-shot and final scoring, or replayed)."""
+    return list(tap_split(*args, **kwargs))
 
 
 def side_extras(config: SideConfig, batch: EncodedBatch) -> tuple:
@@ -77,27 +89,39 @@ def side_extras(config: SideConfig, batch: EncodedBatch) -> tuple:
     return (*masks, batch.loss_mask)
 
 
-@torch.no_grad()
-def evaluate_tapped(side: SideNetwork, head: FrozenHead, codec: Codec, tapped: list[TappedBatch]) -> Evaluator:
-    """Score backbone + side network over cached taps (decoded as the server decodes them), on the device the
-    side network lies on (``head`` must lie there too)."""
+def side_scorer(side: SideNetwork, head: FrozenHead, codec: Codec) -> Scorer[TappedBatch]:
+    """Backbone + side network on a tapped batch (decoded as the server decodes it), on the device the side
+    network lies on (``head`` must lie there too)."""
     side.eval()
     device = next(side.parameters()).device
-    scores = Evaluator(side.config.task, side.config.num_labels)
-    for item in tapped:
+
+    @torch.no_grad()
+    def score(item: TappedBatch) -> tuple:
         b = item.batch
         labels, *extras = (None if t is None else t.to(device) for t in (b.labels, *side_extras(side.config, b)))
-        scores.add(*loss_logits(side, head, decode_layers(codec, item.taps).to(device), labels, *extras), b.sample_ids)
-    return scores
+        return *loss_logits(side, head, decode_layers(codec, item.taps).to(device), labels, *extras), b.sample_ids
+
+    return score
 
 
-@torch.no_grad()
-def zero_shot_tapped(config: SideConfig, head: FrozenHead, tapped: list[TappedBatch]) -> Evaluator:
-    """Score the bare backbone (its own head on its raw top hidden states) over the same batches."""
+def zero_shot_scorer(config: SideConfig, head: FrozenHead) -> Scorer[TappedBatch]:
+    """The bare backbone (its own head on its raw top hidden states) on a tapped batch."""
     fresh = SideNetwork(config)  # only its head mapping is used: verbalizer rows or the whole LM head
-    scores = Evaluator(config.task, config.num_labels)
-    for item in tapped:
+
+    @torch.no_grad()
+    def score(item: TappedBatch) -> tuple:
         b = item.batch
         targets = b.labels if b.loss_mask is None else b.labels[b.loss_mask.bool()]
-        scores.add(fresh.logits(item.top, head), targets, b.sample_ids)
-    return scores
+        return fresh.logits(item.top, head), targets, b.sample_ids
+
+    return score
+
+
+def evaluate_tapped(side: SideNetwork, head: FrozenHead, codec: Codec, tapped: Iterable[TappedBatch]) -> Evaluator:
+    """Score backbone + side network over tapped batches (kept, or forwarded as they are read)."""
+    return score_batches(tapped, side.config.task, side.config.num_labels, side_scorer(side, head, codec))[0]
+
+
+def zero_shot_tapped(config: SideConfig, head: FrozenHead, tapped: Iterable[TappedBatch]) -> Evaluator:
+    """Score the bare backbone over the same batches."""
+    return score_batches(tapped, config.task, config.num_labels, zero_shot_scorer(config, head))[0]

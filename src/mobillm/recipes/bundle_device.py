@@ -30,9 +30,10 @@ from mobillm.device.client import BatchSource, StreamStats, stream_tensors
 from mobillm.device.stats import TapStats
 from mobillm.exceptions import ConfigError
 from mobillm.files import METRICS_NAME, SIDE_CONFIG_NAME, SIDE_WEIGHTS_NAME, write_summary
-from mobillm.metrics import MetricsLog, classification_scores
+from mobillm.metrics import MetricsLog
 from mobillm.recipes.bundle_infer import BundleClassifier
 from mobillm.recipes.options import SideOptions, StreamOptions
+from mobillm.scoring import Scorer, score_batches
 from mobillm.sidenet.config import SideConfig
 from mobillm.train_config import TrainConfig
 from mobillm.wire.messages import Batch, Hello
@@ -110,20 +111,26 @@ class _BundleTask:
         for tensors, labels, *_ in self.forward(examples, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, stats=stats):
             yield tensors, len(labels)
 
-    def score(self, side: NpSideNetwork, examples: list, batch_size: int) -> tuple[dict, dict, dict[int, int]]:
-        """One forward pass over ``examples``: the side network's scores, the bare backbone's (zero-shot), and
-        the side network's prediction per sample id. The side network reads the taps through the codec's
-        round trip, as the server did."""
-        predictions, zero_shot, labels, by_id = [], [], [], {}
-        for tensors, batch_labels, encoded, tokens, taps in self.forward(examples, batch_size, shuffle=False, seed=0):
-            rows = np.arange(len(batch_labels))
-            preds = self.classifier.side_logits(side, encoded, tokens).argmax(-1)
-            predictions += preds.tolist()
-            zero_shot += self.classifier.label_logits(taps[-1][rows, tokens.last_index]).argmax(-1).tolist()
-            labels += batch_labels.tolist()
-            by_id.update(zip(tensors["sample_ids"].tolist(), preds.tolist()))
-        n = self.side_config.num_labels
-        return classification_scores(predictions, labels, n), classification_scores(zero_shot, labels, n), by_id
+    def side_scorer(self, side: NpSideNetwork) -> Scorer[tuple]:
+        """The side network on a :meth:`forward` batch, reading the taps through the codec's round trip as the
+        server did."""
+
+        def score(item: tuple) -> tuple:
+            tensors, labels, encoded, tokens, _ = item
+            return self.classifier.side_logits(side, encoded, tokens), labels, tensors["sample_ids"]
+
+        return score
+
+    def zero_shot_score(self, item: tuple) -> tuple:
+        """The bare backbone on a :meth:`forward` batch: its head on the raw top taps at the pivot token."""
+        tensors, labels, _, tokens, taps = item
+        return self.classifier.label_logits(taps[-1][np.arange(len(labels)), tokens.last_index]), labels, tensors["sample_ids"]
+
+    def score(self, examples: list, batch_size: int, *scorers: Scorer[tuple]) -> list:
+        """One forward pass over ``examples``, scored batch by batch by each of ``scorers``
+        (:func:`~mobillm.scoring.score_batches`)."""
+        batches = self.forward(examples, batch_size, shuffle=False, seed=0)
+        return score_batches(batches, "classification", self.side_config.num_labels, *scorers)
 
 
 def _save_side_network(directory: Path, config: SideConfig, state: dict[str, np.ndarray]) -> None:
@@ -166,17 +173,16 @@ def run_bundle_device(options: BundleDeviceOptions, config: TrainConfig) -> dict
     _save_side_network(out / "side_network", trained, frame.tensors)
 
     # Local scoring with the downloaded side network, forwarding each split again (nothing kept per sample).
-    final, zero_shot, _ = task.score(side, data.test, size)
-    _, _, local_eval = task.score(side, data.validation, size)
-    server_preds = dict(zip(frame.header.eval_sample_ids, frame.header.eval_predictions))
-    agree = sum(int(server_preds.get(i) == p) for i, p in local_eval.items())
+    final, zero_shot = (e.scores() for e in task.score(data.test, size, task.side_scorer(side), task.zero_shot_score))
+    [local_eval] = task.score(data.validation, size, task.side_scorer(side))
 
     summary = {
         "method": "mobillm", "runtime": "onnx", "bundle": str(options.bundle), "weights": bundle.config.weights,
         "task": side_config.task, "model": bundle.config.model, "data": options.data, "data_notes": data.notes,
         "codec": options.codec, "shortcuts": side_config.shortcuts, "n_train": len(data.train),
         "n_validation": len(data.validation), "n_test": len(data.test), "zero_shot_test": zero_shot, "test": final,
-        "best_val_accuracy": frame.header.val_accuracy, "eval_agreement": agree / max(1, len(local_eval)),
+        "best_val_accuracy": frame.header.val_accuracy,
+        "eval_agreement": local_eval.agreement(frame.header.eval_sample_ids, frame.header.eval_predictions),
         "server_steps": frame.header.step,
         **stats.totals(),
         "wall_seconds": time.perf_counter() - started,

@@ -1,7 +1,9 @@
 """``mobillm device``: one fine-tuning job seen from the device, end to end.
 
-Load the backbone and the data, score the zero-shot model, stream the taps to the server, download the
-side network, then evaluate backbone + side network locally — no server needed for that last part.
+Load the backbone and the data, stream the taps to the server, download the side network, then evaluate
+backbone + side network locally — no server needed for that last part. Nothing is kept per sample: the local
+scoring forwards test (side network and zero-shot scores from the same pass) and validation (agreement with
+the server's eval) again, batch by batch, so memory does not grow with the data (design §3).
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from tqdm.auto import tqdm
 
 from mobillm.backbone import FrozenHead, fingerprint, public_model_id
 from mobillm.device.client import stream
-from mobillm.device.inference import evaluate_tapped, tap_examples, zero_shot_tapped
+from mobillm.device.inference import evaluate_tapped, side_scorer, tap_split, zero_shot_scorer
 from mobillm.device.noise import device_noise
 from mobillm.device.taps import TappedBackbone
 from mobillm.files import METRICS_NAME, write_summary
 from mobillm.metrics import MetricsLog
 from mobillm.recipes.options import StreamOptions
 from mobillm.recipes.task import TaskOptions, prepare_task
+from mobillm.scoring import score_batches
 from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.train_config import TrainConfig
 from mobillm.wire.codecs import get_codec
@@ -48,11 +51,10 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
     pivot = side_config.pivot_only
     noise = device_noise(options.noise, out)
 
-    # Zero-shot: the bare backbone's own predictions, from the raw top hidden states of the same forward pass.
-    # the test taps get noise too (their own draws): the side network is scored on what it was trained on
-    test_taps = tap_examples(backbone, codec, batcher, data.test, config.batch_size, pivot, "device forward (test)",
-                             noise=noise, split="test")
-    zero_shot = zero_shot_tapped(side_config, head, test_taps).scores()
+    def forward(examples: list, split: str):
+        """The split's taps as it is read; its noise draws are the sample's own, the same in every pass."""
+        return tap_split(backbone, codec, batcher, examples, config.batch_size, pivot, f"device forward ({split})",
+                         noise=noise, split=split)
 
     metrics = MetricsLog(out / METRICS_NAME)
     total = len(validation) + len(data.train) * options.device_epochs
@@ -71,13 +73,17 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
     side = SideNetwork.from_state(SideConfig.parse(frame.header.config), frame.tensors)
     side.save_pretrained(out / "side_network")
 
-    # Local scoring with the downloaded side network: test scores, and agreement with the server's eval.
-    final = evaluate_tapped(side, head, codec, test_taps).scores()
-    local_eval = evaluate_tapped(side, head, codec, stats.eval_taps)
+    # Local scoring with the downloaded side network, forwarding each split again: test scores and the bare
+    # backbone's (zero-shot: its own head on the raw top hidden states of the same pass; the test taps get noise
+    # too, their own draws: the side network is scored on what it was trained on), then the agreement with the
+    # server's eval (the eval taps are the ones sent, noise and all).
+    final, zero_shot = (e.scores() for e in score_batches(
+        forward(data.test, "test"), side_config.task, side_config.num_labels, side_scorer(side, head, codec),
+        zero_shot_scorer(side_config, head)))
+    local_eval = evaluate_tapped(side, head, codec, forward(validation, "eval"))
     if side_config.task == "classification":
-        server_preds = dict(zip(frame.header.eval_sample_ids, frame.header.eval_predictions))
-        agree = sum(int(server_preds.get(i) == p) for i, p in zip(local_eval.sample_ids, local_eval.predictions))
-        agreement = {"best_val_accuracy": frame.header.val_accuracy, "eval_agreement": agree / max(1, len(local_eval.sample_ids))}
+        agreement = {"best_val_accuracy": frame.header.val_accuracy,
+                     "eval_agreement": local_eval.agreement(frame.header.eval_sample_ids, frame.header.eval_predictions)}
     else:  # the same loss, computed on both sides: differences are float rounding only
         agreement = {"best_val_loss": frame.header.val_loss,
                      "eval_loss_difference": abs(local_eval.scores()["loss"] - frame.header.val_loss)}
