@@ -176,6 +176,10 @@ def test_fixed_choices_match_their_homes():
     assert get_args(cli.TaskKind) == get_args(TaskOptions.model_fields["task"].annotation)
     assert get_args(cli.MethodName) == get_args(Method) and get_args(cli.ScheduleName) == get_args(Schedule)
     assert get_args(cli.WeightFormat) == WEIGHT_FORMATS
+    from mobillm.bundle.config import WEIGHT_FORMATS as BUNDLE_FORMATS
+    from mobillm.recipes.job_bundle import DEFAULT_BUNDLE_WEIGHTS
+
+    assert get_args(cli.BundleWeightFormat) == BUNDLE_FORMATS and DEFAULT_BUNDLE_WEIGHTS in BUNDLE_FORMATS
 
 
 REQUIRED_ARGUMENTS = {"predict": ["some text"], "generate": ["a prompt"], "convert": ["out"]}
@@ -228,8 +232,8 @@ def test_no_header_reaches_the_loader_from_train_and_device(toy_task, tmp_path, 
     monkeypatch.setattr(local_recipe, "train", lambda options, config: seen.append(options) or {})
     monkeypatch.setattr(device_recipe, "run_device", lambda options, config: seen.append(options) or {})
     monkeypatch.setattr("mobillm.cli.print_summary", lambda summary: None)
-    for command in ("train", "device"):
-        result = runner.invoke(app, [command, "--data", str(headerless), "--no-header", "--text-column", "0"])
+    for command, runtime in (("train", []), ("device", ["--runtime", "torch"])):
+        result = runner.invoke(app, [command, *runtime, "--data", str(headerless), "--no-header", "--text-column", "0"])
         assert result.exit_code == 0, result.output
     assert [(o.no_header, o.text_column) for o in seen] == [(True, "0"), (True, "0")]
 

@@ -37,7 +37,7 @@ def test_device_peak_memory_does_not_grow_with_eval_and_test(tmp_path, monkeypat
     tokens = TokenStore(tmp_path / "jobs")
     try:
         assert_flat_peak(tmp_path, lambda data, out, job: subprocess.run([
-            sys.executable, "-m", "mobillm", "device", "--server", f"ws://127.0.0.1:{port}", "--job", job,
+            sys.executable, "-m", "mobillm", "device", "--runtime", "torch", "--server", f"ws://127.0.0.1:{port}", "--job", job,
             "--token", tokens.create(job), "--model", str(model), "--data", str(data), "--shortcuts", "1,2,3,4",
             *FLAGS, "--width", "16", "--epochs", "1", "--output-dir", str(out),
         ], capture_output=True, text=True, timeout=300))

@@ -54,3 +54,31 @@ def test_an_install_without_the_exporter_is_told_what_to_do(tmp_path, monkeypatc
         job_bundle("smollm2-135m", None, "fp32", tmp_path / "bundle")
     with pytest.raises(ConfigError, match="--bundle-weights"):
         job_bundle("smollm2-135m", None, "nf4", tmp_path / "bundle")
+
+
+def test_device_and_finetune_run_classification_on_an_exported_bundle_by_default(tmp_path, monkeypatch):
+    """--runtime auto: a classification job exports (once) and runs a bundle; causal LM stays on torch."""
+    from typer.testing import CliRunner
+
+    from mobillm.cli import app
+    from mobillm.recipes import bundle_device, device, job_bundle
+
+    seen = []
+    monkeypatch.setattr(job_bundle, "job_bundle", lambda model, shortcuts, weights, directory:
+                        seen.append(("export", model, shortcuts, weights, directory)) or directory)
+    monkeypatch.setattr(bundle_device, "run_bundle_device", lambda options, config: seen.append(("onnx", options.bundle)) or {})
+    monkeypatch.setattr(device, "run_device", lambda options, config: seen.append(("torch", options.task)) or {})
+    monkeypatch.setattr("mobillm.cli.print_summary", lambda summary: None)
+    runner = CliRunner()
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["device", "--model", "m", "--shortcuts", "2", "--output-dir", str(out)]).exit_code == 0
+    assert seen == [("export", "m", "2", "int8-dynamic", out / "bundle"), ("onnx", out / "bundle")]
+    seen.clear()
+    assert runner.invoke(app, ["device", "--bundle", str(tmp_path / "b"), "--bundle-weights", "fp32"]).exit_code == 0
+    assert seen == [("onnx", tmp_path / "b")]  # a given bundle is run as it is
+    seen.clear()
+    assert runner.invoke(app, ["device", "--task", "causal-lm", "--data", "x.jsonl"]).exit_code == 0
+    assert seen == [("torch", "causal-lm")]
+    seen.clear()
+    assert runner.invoke(app, ["device", "--runtime", "torch"]).exit_code == 0
+    assert seen == [("torch", "classification")]

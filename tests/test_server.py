@@ -41,7 +41,7 @@ def test_server_and_device_in_two_processes(toy_task, tmp_path):
     try:
         report = tmp_path / "device-report.json"
         args = [
-            "device", "--server", f"ws://127.0.0.1:{port}", "--job", "toy", "--token", token, "--model", model_dir, "--data", data_dir,
+            "device", "--runtime", "torch", "--server", f"ws://127.0.0.1:{port}", "--job", "toy", "--token", token, "--model", model_dir, "--data", data_dir,
             "--codec", "nf4", "--shortcuts", "2,4", "--width", "16", "--lr", "3e-3", "--epochs", "6", "--patience", "6",
             "--max-eval-samples", "64", "--output-dir", str(tmp_path / "device"),
         ]

@@ -20,6 +20,7 @@ from rich.table import Table
 from mobillm import PROGRESS_LOGGER
 from mobillm.exceptions import MobillmError
 from mobillm.ports import free_port, wait_listening
+from mobillm.recipes.job_bundle import DEFAULT_BUNDLE_WEIGHTS
 
 #: What the `torch` extra adds to the device-only base install (pyproject.toml), by import name.
 TORCH_EXTRA_MODULES = ("torch", "transformers", "gguf", "accelerate", "prometheus_client")
@@ -55,6 +56,8 @@ MethodName = Literal["side", "lora", "bitfit", "full"]
 ScheduleName = Literal["constant", "linear", "cosine", "rsqrt"]
 SplitName = Literal["test", "validation"]
 RuntimeName = Literal["torch", "onnx"]
+DeviceRuntimeName = Literal["auto", "torch", "onnx"]
+BundleWeightFormat = Literal["fp32", "int8", "int8-dynamic", "int4"]
 WeightFormat = Literal["fp32", "int8", "nf4"]
 
 # Options shared by several commands, declared once.
@@ -94,6 +97,14 @@ Runtime = Annotated[RuntimeName, typer.Option(
 BundleDir = Annotated[Optional[Path], typer.Option(
     help="with --runtime onnx: a device bundle (mobillm export); its backbone replaces --model")]
 Threads = Annotated[int, typer.Option(help="with --runtime onnx: ONNX Runtime CPU threads")]
+DeviceRuntime = Annotated[DeviceRuntimeName, typer.Option(
+    "--runtime", help="auto: onnx for classification, torch for causal-lm; onnx: a device bundle on ONNX Runtime, no "
+                      "torch in the device's process (--bundle, or exported from --model once into OUTPUT_DIR/bundle); "
+                      "torch: the backbone in PyTorch")]
+DeviceBundleDir = Annotated[Optional[Path], typer.Option(
+    "--bundle", help="with --runtime onnx/auto: a device bundle (mobillm export) to run; its backbone replaces --model")]
+BundleWeights = Annotated[BundleWeightFormat, typer.Option(
+    help="the weight format of a bundle exported for the job (see `mobillm export --weights`)")]
 
 
 def _bundle_of(runtime: str, bundle: Path | None) -> Path | None:
@@ -323,9 +334,16 @@ def token_create(
 
 
 def _device(args: dict) -> dict:
+    from mobillm.recipes.job_bundle import BUNDLE_DIR, job_bundle
+
     config = _train_config(args, "evals_per_epoch", "idle_replays", method="side")
-    bundle = _bundle_of(args.pop("runtime", "torch"), args.pop("bundle", None))
-    threads = args.pop("threads", 1)
+    runtime, bundle, weights = args.pop("runtime"), args.pop("bundle"), args.pop("bundle_weights")
+    if runtime == "auto":  # the bundle runtime runs classification jobs
+        runtime = "onnx" if bundle is not None or args["task"] == "classification" else "torch"
+    if runtime == "onnx" and bundle is None:
+        bundle = job_bundle(args["model"], args["shortcuts"], weights, Path(args["output_dir"]) / BUNDLE_DIR)
+    bundle = _bundle_of(runtime, bundle)
+    threads = args.pop("threads")
     if bundle is not None:  # torch and transformers are never imported on this path
         from mobillm.recipes.bundle_device import BundleDeviceOptions, run_bundle_device
 
@@ -353,7 +371,8 @@ def device(
     output_dir: OutputDir = Path("runs/device"),
     token: Annotated[Optional[str], typer.Option(envvar="MOBILLM_TOKEN", help="the job's token (or $MOBILLM_TOKEN)")] = None,
     cafile: Annotated[Optional[str], typer.Option(help="CA certificate(s) to verify a wss:// server")] = None,
-    runtime: Runtime = "torch", bundle: BundleDir = None, threads: Threads = 1,
+    runtime: DeviceRuntime = "auto", bundle: DeviceBundleDir = None, bundle_weights: BundleWeights = DEFAULT_BUNDLE_WEIGHTS,
+    threads: Threads = 1,
 ) -> None:
     """Run the device: forward passes only, taps streamed to the server; downloads and evaluates the side network."""
     args = dict(locals())
@@ -375,6 +394,8 @@ def finetune(
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
     device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, noise: Noise = 0.0,
     output_dir: OutputDir = Path("runs/finetune"),
+    runtime: DeviceRuntime = "auto", bundle: DeviceBundleDir = None, bundle_weights: BundleWeights = DEFAULT_BUNDLE_WEIGHTS,
+    threads: Threads = 1,
 ) -> None:
     """Server and device on this machine: starts `mobillm serve` as a separate process, runs the device, stops it."""
     args = dict(locals())
@@ -626,7 +647,7 @@ def export(
     output_dir: Annotated[Path, typer.Argument(help="the device bundle folder to write")],
     model: Model = "smollm2-135m",
     shortcuts: Shortcuts = None,
-    weights: Annotated[str, typer.Option(help="bundle weight format: fp32 | int8 | int8-dynamic | int4 (see `mobillm.export`)")] = "fp32",
+    weights: Annotated[BundleWeightFormat, typer.Option(help="bundle weight format (see `mobillm.export`)")] = "fp32",
 ) -> None:
     """Write a device bundle once (needs torch): ONNX graphs of the frozen backbone, tokenizer.json, bundle.json.
 

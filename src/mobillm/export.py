@@ -196,6 +196,8 @@ def _export_fp32(model, tokenizer, directory: Path, shortcuts: list[int], source
          {"input_ids": {0: batch, 1: length}, "past": [({0: batch, 2: cached}, {0: batch, 2: cached})] * len(cache)}),
         (HEAD_NAME, _Head(head), (torch.zeros(2, cfg.hidden_size),), ["hidden"], ["logits"], {"hidden": {0: total}}),
     ]
+    # the exporter warns once per torchvision op it cannot register ("torchvision is not installed"): not ours
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     for name, module, args, inputs, outputs, dynamic in graphs:
         log(f"exporting {name} (torch.onnx dynamo, opset {OPSET})")
         program = torch.onnx.export(

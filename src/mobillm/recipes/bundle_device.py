@@ -27,6 +27,7 @@ from mobillm.data import TextDataset, default_template, load_dataset
 from mobillm.data.order import batch_chunks
 from mobillm.data.templates import PromptTemplate
 from mobillm.device.client import BatchSource, StreamStats, stream_tensors
+from mobillm.device.noise import device_noise
 from mobillm.device.stats import TapStats
 from mobillm.exceptions import ConfigError
 from mobillm.files import METRICS_NAME, SIDE_CONFIG_NAME, SIDE_WEIGHTS_NAME, write_summary
@@ -56,8 +57,6 @@ class _BundleTask:
     def __init__(self, options: BundleDeviceOptions, seed: int):
         if options.task != "classification":
             raise ConfigError(f"--runtime onnx runs classification jobs; for --task {options.task} use --runtime torch")
-        if options.noise:
-            raise ConfigError("--noise is not implemented on the bundle runtime yet (its draws are torch's): use --runtime torch")
         self.bundle = bundle = Bundle.load(options.bundle, threads=options.threads)
         c = bundle.config
         if options.shortcuts is not None and options.shortcuts != ",".join(map(str, c.shortcuts)):
@@ -78,6 +77,7 @@ class _BundleTask:
         self.codec: NpCodec = get_np_codec(options.codec)
         self.pivot = self.side_config.pivot_only
         self.classifier = BundleClassifier(bundle, self.side_config, self.template, self.codec, options.max_length)
+        self.noise = device_noise(options.noise, options.output_dir)
 
     def label_token_ids(self, words: list[str]) -> list[int]:
         """First token of each label word, as :func:`mobillm.backbone.label_token_ids` with the torch tokenizer."""
@@ -86,17 +86,18 @@ class _BundleTask:
             raise ConfigError(f"label words {words} share a first token; choose words that start differently")
         return ids
 
-    def forward(self, examples: list, batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0,
+    def forward(self, examples: list, batch_size: int, split: str, *, shuffle: bool, seed: int, epoch: int = 0,
                 stats: TapStats | None = None) -> Iterator[tuple[dict, np.ndarray, list[dict], TokenBatch, list[np.ndarray]]]:
         """For each batch, in the torch batcher's order: ``(Batch tensors, labels, encoded taps, token batch,
-        raw taps (B, T, H) per shortcut layer)``."""
+        raw taps (B, T, H) per shortcut layer)``; ``split`` (train / eval / test) seeds the noise draws."""
         for chunk in batch_chunks(len(examples), batch_size, shuffle=shuffle, seed=seed, epoch=epoch):
             rows = [examples[i] for i in chunk]
             start = time.perf_counter()
-            tokens, taps, encoded = self.classifier.tap([e.text for e in rows])
+            sample_ids = np.array(chunk, np.int64)
+            tokens, taps, encoded = self.classifier.tap([e.text for e in rows], self.noise, split, sample_ids)
             labels = np.array([e.label for e in rows], np.int64)
             tensors = Batch.tensors(
-                encoded, sample_ids=np.array(chunk, np.int64), labels=labels,
+                encoded, sample_ids=sample_ids, labels=labels,
                 attention_mask=None if self.pivot else tokens.attention_mask,
                 last_index=None if self.pivot else tokens.last_index,
             )
@@ -106,9 +107,10 @@ class _BundleTask:
                 stats.bytes += sum(v.nbytes for e in encoded for v in e.values()) + labels.nbytes
             yield tensors, labels, encoded, tokens, taps
 
-    def source(self, examples: list, batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0,
+    def source(self, examples: list, batch_size: int, split: str, *, shuffle: bool, seed: int, epoch: int = 0,
                stats: TapStats | None = None) -> BatchSource:
-        for tensors, labels, *_ in self.forward(examples, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, stats=stats):
+        for tensors, labels, *_ in self.forward(examples, batch_size, split, shuffle=shuffle, seed=seed, epoch=epoch,
+                                                stats=stats):
             yield tensors, len(labels)
 
     def side_scorer(self, side: NpSideNetwork) -> Scorer[tuple]:
@@ -126,10 +128,10 @@ class _BundleTask:
         tensors, labels, _, tokens, taps = item
         return self.classifier.label_logits(taps[-1][np.arange(len(labels)), tokens.last_index]), labels, tensors["sample_ids"]
 
-    def score(self, examples: list, batch_size: int, *scorers: Scorer[tuple]) -> list:
+    def score(self, examples: list, batch_size: int, split: str, *scorers: Scorer[tuple]) -> list:
         """One forward pass over ``examples``, scored batch by batch by each of ``scorers``
-        (:func:`~mobillm.scoring.score_batches`)."""
-        batches = self.forward(examples, batch_size, shuffle=False, seed=0)
+        (:func:`~mobillm.scoring.score_batches`); the taps carry the ``split``'s noise, as they were sent."""
+        batches = self.forward(examples, batch_size, split, shuffle=False, seed=0)
         return score_batches(batches, "classification", self.side_config.num_labels, *scorers)
 
 
@@ -163,8 +165,8 @@ def run_bundle_device(options: BundleDeviceOptions, config: TrainConfig) -> dict
             metrics.write(**stats.record(time.perf_counter() - started))
 
         frame, stats = asyncio.run(stream_tensors(
-            options.server, hello, task.source(data.validation, size, shuffle=False, seed=seed),
-            lambda epoch: task.source(data.train, size, shuffle=True, seed=seed, epoch=epoch, stats=stats.forward),
+            options.server, hello, task.source(data.validation, size, "eval", shuffle=False, seed=seed),
+            lambda epoch: task.source(data.train, size, "train", shuffle=True, seed=seed, epoch=epoch, stats=stats.forward),
             stats=stats, framework="np", device_epochs=options.device_epochs, max_message_bytes=options.max_message_bytes,
             on_sent=on_sent, token=options.token, cafile=options.cafile,
         ))
@@ -173,13 +175,13 @@ def run_bundle_device(options: BundleDeviceOptions, config: TrainConfig) -> dict
     _save_side_network(out / "side_network", trained, frame.tensors)
 
     # Local scoring with the downloaded side network, forwarding each split again (nothing kept per sample).
-    final, zero_shot = (e.scores() for e in task.score(data.test, size, task.side_scorer(side), task.zero_shot_score))
-    [local_eval] = task.score(data.validation, size, task.side_scorer(side))
+    final, zero_shot = (e.scores() for e in task.score(data.test, size, "test", task.side_scorer(side), task.zero_shot_score))
+    [local_eval] = task.score(data.validation, size, "eval", task.side_scorer(side))
 
     summary = {
         "method": "mobillm", "runtime": "onnx", "bundle": str(options.bundle), "weights": bundle.config.weights,
         "task": side_config.task, "model": bundle.config.model, "data": options.data, "data_notes": data.notes,
-        "codec": options.codec, "shortcuts": side_config.shortcuts, "n_train": len(data.train),
+        "codec": options.codec, "noise": options.noise, "shortcuts": side_config.shortcuts, "n_train": len(data.train),
         "n_validation": len(data.validation), "n_test": len(data.test), "zero_shot_test": zero_shot, "test": final,
         "best_val_accuracy": frame.header.val_accuracy,
         "eval_agreement": local_eval.agreement(frame.header.eval_sample_ids, frame.header.eval_predictions),

@@ -22,6 +22,7 @@ from mobillm.bundle.sidenet import NpSideNetwork
 from mobillm.data import load_dataset
 from mobillm.data.order import batch_chunks
 from mobillm.data.templates import PromptTemplate
+from mobillm.device.noise import ActivationNoise
 from mobillm.exceptions import ConfigError
 from mobillm.files import SIDE_WEIGHTS_NAME
 from mobillm.metrics import classification_scores
@@ -41,15 +42,23 @@ class BundleClassifier:
         self.pivot = config.pivot_only
         self.label_ids = np.array(config.label_token_ids, np.int64)
 
-    def tap(self, texts: Sequence[str]) -> tuple[TokenBatch, list[np.ndarray], list[dict[str, np.ndarray]]]:
+    def tap(self, texts: Sequence[str], noise: ActivationNoise | None = None, split: str = "train",
+            sample_ids: np.ndarray | None = None) -> tuple[TokenBatch, list[np.ndarray], list[dict[str, np.ndarray]]]:
         """``(token batch, raw taps (B, T, H) per shortcut layer, encoded taps as sent)``; the encoded ones hold
-        only the pivot token, (B, H), when the side network is token-wise."""
+        only the pivot token, (B, H), when the side network is token-wise. With ``noise`` every encoded tap
+        carries the sample's own draws (``split`` and ``sample_ids`` seed them, as on the torch device); the raw
+        taps stay noise-free (the bare backbone's zero-shot view)."""
         tokenizer, t = self.bundle.tokenizer, self.template
         tokens = tokenizer.pad(tokenizer.prompt_ids(t.prefix, list(texts), t.suffix, self.max_length))
         taps = self.bundle.taps(tokens.input_ids, tokens.attention_mask)  # M x (B, T, H)
         rows = np.arange(len(tokens))
         sent = [tap[rows, tokens.last_index] for tap in taps] if self.pivot else taps  # (B, H) or (B, T, H)
-        return tokens, taps, [self.codec.encode(tap) for tap in sent]
+        encode = self.codec.encode
+        if noise is not None:
+            if sample_ids is None:
+                raise ValueError("noisy taps need the batch's sample ids (they seed each sample's draws)")
+            encode = noise.encoder(encode, split, sample_ids, tokens.last_index if self.pivot else None)
+        return tokens, taps, [encode(tap) for tap in sent]
 
     def label_logits(self, hidden: np.ndarray) -> np.ndarray:
         """(B, H) top hidden states -> (B, num_labels): the frozen head's rows of the label tokens."""
