@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -200,10 +201,12 @@ def _export_fp32(model, tokenizer, directory: Path, shortcuts: list[int], source
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     for name, module, args, inputs, outputs, dynamic in graphs:
         log(f"exporting {name} (torch.onnx dynamo, opset {OPSET})")
-        program = torch.onnx.export(
-            module.eval(), args, dynamo=True, opset_version=OPSET, input_names=inputs, output_names=outputs,
-            dynamic_shapes=dynamic, verbose=False,
-        )
+        with warnings.catch_warnings():  # torch's own pytree deprecations, raised inside the exporter
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
+            program = torch.onnx.export(
+                module.eval(), args, dynamo=True, opset_version=OPSET, input_names=inputs, output_names=outputs,
+                dynamic_shapes=dynamic, verbose=False,
+            )
         program.save(str(directory / name), external_data=big)
         del program
         _check(directory / name)
