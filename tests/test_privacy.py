@@ -56,12 +56,12 @@ def test_a2_inverts_a_tiny_random_model_from_its_top_layer(codec):
     prompts = tokenize_prompts(batcher, ["the movie was really good and fun", "i hate this boring plot , it was bad"])
     raw = raw_taps(model, [4], batcher, prompts)
     seen = [v for r in raw for v in server_view(r, get_codec(codec), pivot=False)]
-    guesses = []
-    for v in seen:
-        ranked = torch.randperm(VOCAB, generator=torch.Generator().manual_seed(1)).expand(len(v), VOCAB)  # no A1 help
-        guess, widened = sequential_verification(model, [4], get_codec(codec), v, ranked, [], k=8, wide=VOCAB)
-        guesses.append(guess)
-        assert widened > 0  # a random top-8 misses the token at most positions
+    ranked = torch.randperm(VOCAB, generator=torch.Generator().manual_seed(1))  # no A1 help
+    found = sequential_verification(model, [4], get_codec(codec), seen, [ranked.expand(len(v), VOCAB) for v in seen], [],
+                                    k=8, wide=VOCAB)
+    guesses = [g for g, _ in found]
+    assert [len(g) for g in guesses] == [len(p.ids) for p in prompts]  # prompts of two lengths, batched together
+    assert all(widened > 0 for _, widened in found)  # a random top-8 misses the token at most positions
     scores = reconstruction_scores(prompts, guesses)
     assert scores["token_recovery"] >= 0.9  # chance: 1 / 96
     assert scores["template_recovery"] >= 0.9

@@ -190,12 +190,10 @@ def _position_attacks(config, setting, model, head, embeddings, shortcuts, layer
 
     if run_a2:
         layers = [shortcuts[i] for i in layer_ids]
-        start, guesses, widened = time.perf_counter(), [], 0
-        for v, r in zip(seen_v, ranked):
-            g, w = sequential_verification(model, layers, codec, v[:, layer_ids], r, known_prefix, k=config.k,
-                                           wide=config.wide, tolerance=0.01 + 1.5 * setting["noise"] ** 2)
-            guesses.append(g)
-            widened += w
+        start = time.perf_counter()
+        found = sequential_verification(model, layers, codec, [v[:, layer_ids] for v in seen_v], ranked, known_prefix,
+                                        k=config.k, wide=config.wide, tolerance=0.01 + 1.5 * setting["noise"] ** 2)
+        guesses, widened = [g for g, _ in found], sum(w for _, w in found)
         row("A2-sequential", guesses, fit_seconds + time.perf_counter() - start, widened_positions=widened)
         for p, g in list(zip(victim, guesses))[: config.examples] + [
                 (p, g) for p, g in zip(victim, guesses) if p.canaries][: config.examples]:
