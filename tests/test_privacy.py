@@ -74,7 +74,9 @@ def test_the_audit_runs_every_attack_on_a_tiny_model(tmp_path):
     config = AuditConfig(model=str(model_dir), shortcuts="2,4", attacker_data=str(attacker), victim_data=str(victim),
                          codecs=["none", "int8"], a2_cells=["4"], attacker_prompts=128, victim_prompts=6,
                          canary_prompts=2, k=8, wide=VOCAB, max_words=12)
-    rows, examples = run_audit(config, log=lambda *_: None)
+    rows, examples, phases = run_audit(config, log=lambda *_: None)
+    assert {"device_passes", "A0", "A1", "A2", "bag_of_words", "total"} <= set(phases)
+    assert phases["A2"] > 0 and phases["total"] >= phases["device_passes"] + phases["A2"]
     attacks = {(r["codec"], r["mode"], r["layers"], r["attack"]) for r in rows}
     for codec in ("none", "int8"):
         for layer in ("2", "4"):
@@ -110,3 +112,32 @@ def test_privacy_audit_command_writes_its_results(tmp_path):
     assert set(a2) == {0.0, 0.5} and a2[0.0]["token_recovery"] >= 0.8  # both strengths audited; no noise: inverted
     assert (out / "results.csv").is_file() and (out / "privacy.png").is_file()
     assert json.loads((out / "reconstructions.json").read_text())
+
+
+def test_privacy_audit_measures_the_defences_privacy_and_utility(tmp_path):
+    """--defence noise: the audit at every strength, and a side network trained on each defence's taps."""
+    import json
+
+    from mobillm.bench.privacy import main
+
+    model_dir = save_tiny_model(tmp_path / "model", hidden=64)
+    attacker = write_toy_sentiment(tmp_path / "attacker", n_train=64, n_eval=8, seed=1)
+    victim = write_toy_sentiment(tmp_path / "victim", n_train=8, n_eval=32, seed=2)
+    task = write_toy_sentiment(tmp_path / "task", n_train=96, n_eval=32, seed=3)
+    out = tmp_path / "results"
+    main(["--model", str(model_dir), "--shortcuts", "2,4", "--attacker", str(attacker), "--victim", str(victim),
+          "--codecs", "nf4", "--cells", "2,4", "--a2-cells", "4", "--attacker-prompts", "64", "--victim-prompts", "3",
+          "--canary-prompts", "1", "--k", "4", "--wide", str(VOCAB), "--defence", "noise", "--strengths", "0,30",
+          "--utility-data", str(task), "--train-samples", "96", "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    assert {"load_model", "device_passes", "A2", "utility", "total"} <= set(results["phases"])
+    utility = json.loads((out / "utility.json").read_text())["rows"]
+    assert [(u["defence"], u["noise"]) for u in utility] == [("noise", 0.0), ("noise", 30.0), ("pivot-only", 0.0),
+                                                             ("higher-layers", 0.0)]
+    assert [u["shortcuts"] for u in utility] == [[2, 4], [2, 4], [2, 4], [4]] and utility[2]["block"] == "mlp"
+    assert all(0.0 <= u["test_accuracy"] <= 1.0 and u["test_samples"] == 32 for u in utility)
+    clean, noisy = utility[0]["privacy"], utility[1]["privacy"]
+    assert clean["a2_token_recovery"] >= 0.8  # no noise: an exhaustive A2 inverts the tiny model
+    assert noisy["a2_token_recovery"] < clean["a2_token_recovery"] and noisy["token_recovery"] < clean["token_recovery"]
+    assert utility[2]["privacy"]["attack"] == "bag-of-words" and utility[3]["privacy"]["layers"] == "4"
+    assert (out / "frontier.png").is_file()
