@@ -16,7 +16,8 @@ canary prompts; codecs none and nf4 (fp8 and int8 were within a point of none on
 run, BENCHMARKS.md §16); cells: the lowest, middle and top shortcut and all of them; A2 (A1's top 8, widened to 64)
 on the lowest shortcut — the one A1 recovers most from — with nf4, the default wire codec; both modes.
 
-``--defence noise --strengths S1,S2,...`` audits at every strength and measures each defence's utility: SST-2
+``--defence noise --strengths S1,S2,...`` audits at every strength (strengths > 0 with the defence's codec, the
+last of ``--codecs``, only) and measures each defence's utility: SST-2
 accuracy of a side network trained on the (noised, encoded) taps — one per noise strength, plus the other two
 defences as frontier points: pivot-only transmission (``--block mlp``, noise 0) and tapping only the higher half of
 the shortcut layers (noise 0). SST-2 sizes: 300 train / 100 validation / 200 test with ``--quick`` (a test
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         codecs=split(args.codecs), cells=split(args.cells), a2_cells=split(args.a2_cells), a2_codecs=split(args.a2_codecs),
         modes=split(args.modes), noise=noise, attacker_prompts=args.attacker_prompts, victim_prompts=args.victim_prompts,
         canary_prompts=args.canary_prompts, k=args.k, wide=args.wide,
+        noise_codecs=split(args.codecs)[-1:] if args.defence else None,  # noised taps: the defence's codec only
     )
     started = time.perf_counter()
     loaded = load_pretrained(args.model)  # once, for the audit and the utility measurement

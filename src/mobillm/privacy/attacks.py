@@ -51,8 +51,7 @@ class Ridge:
     """Standardised ridge regression ``y ~ x W + b`` in closed form.
 
     ``lam`` is relative: the penalty is ``lam * N`` on standardised features, whose Gram diagonal is ``N``.
-    :meth:`selected` decomposes the Gram matrix (or the kernel matrix when there are fewer rows than features)
-    once and reads every lambda's solution off it, so selecting among six lambdas costs about one fit."""
+    :meth:`selected` forms the Gram matrix once for all lambdas (see :func:`_ridge_solutions`)."""
 
     LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
@@ -83,14 +82,16 @@ class Ridge:
 
 
 def _ridge_solutions(z: torch.Tensor, y: torch.Tensor, lams) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(W, b)`` of ridge on standardised ``z`` (N, D) for each relative lambda, from one eigendecomposition:
-    of the centred Gram matrix (D, D) when N >= D, else of the kernel matrix (N, N) (the dual form)."""
+    """``(W, b)`` of ridge on standardised ``z`` (N, D) for each relative lambda. One Gram matrix (D, D) for all
+    lambdas, a Cholesky solve per lambda; with fewer rows than features, one eigendecomposition of the kernel
+    matrix (N, N) instead (the dual form), which gives every lambda at once."""
     mu, b = z.mean(0), y.mean(0)
     zc, yc, n = z - mu, y - b, len(z)
+    eye = torch.eye(min(zc.shape), dtype=torch.float64)
     if n >= z.shape[1]:
-        evals, q = torch.linalg.eigh(zc.T @ zc)
-        proj = q.T @ (zc.T @ yc)  # (D, K)
-        ws = [q @ (proj / (evals.clamp(min=0) + lam * n)[:, None]) for lam in lams]
+        gram = (zc.T.float() @ zc.float()).double()  # float32 product (the dominant cost), float64 solves
+        rhs = zc.T @ yc  # (D, K)
+        ws = [torch.cholesky_solve(rhs, torch.linalg.cholesky(gram + lam * n * eye)) for lam in lams]
     else:
         evals, q = torch.linalg.eigh(zc @ zc.T)
         proj = q.T @ yc  # (N, K)

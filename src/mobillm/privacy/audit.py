@@ -53,6 +53,7 @@ class AuditConfig:
     a2_codecs: list[str] | None = None  # codecs A2 runs on (None: all)
     modes: list[str] = field(default_factory=lambda: ["all", "pivot"])
     noise: list[float] = field(default_factory=lambda: [0.0])
+    noise_codecs: list[str] | None = None  # codecs audited at noise > 0 (None: all of ``codecs``)
     attacker_prompts: int = 300
     victim_prompts: int = 16
     canary_prompts: int = 8
@@ -168,7 +169,7 @@ def run_audit(config: AuditConfig, log=print, loaded: tuple | None = None) -> tu
     for sigma in config.noise:
         device_noise = ActivationNoise(sigma, DEVICE_SECRET) if sigma else None
         attacker_noise = ActivationNoise(sigma, ATTACKER_SECRET) if sigma else None
-        for codec_name in config.codecs:
+        for codec_name in config.codecs if not sigma or config.noise_codecs is None else config.noise_codecs:
             codec = get_codec(codec_name)
             for mode in config.modes:
                 pivot = mode == "pivot"
