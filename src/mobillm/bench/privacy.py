@@ -90,20 +90,20 @@ def main(argv: list[str] | None = None) -> None:
     load_seconds = time.perf_counter() - started
     rows, examples, phases = run_audit(config, log=lambda line: print(line, flush=True), loaded=loaded)
     phases["load_model"] = load_seconds
+    meta = dict(machine=machine(), model=args.model, attacker=args.attacker, victim=args.victim, quick=args.quick,
+                phases=phases, k=args.k, wide=args.wide)
+    write_rows(args.out, rows, **meta)  # the audit's rows are kept even if the utility measurement fails
+    (args.out / "reconstructions.json").write_text(json.dumps(examples, indent=2, ensure_ascii=False) + "\n")
     if args.defence == "noise":
         start = time.perf_counter()
         utility = _defence_utility(args, loaded, args.strengths)
         phases["utility"] = time.perf_counter() - start
         _frontier_table(rows, utility)
-        (args.out).mkdir(parents=True, exist_ok=True)
         (args.out / "utility.json").write_text(json.dumps({"machine": machine(), "rows": utility}, indent=2) + "\n")
         _frontier(rows, utility, args.out / "frontier.png")
     phases["total"] = time.perf_counter() - started
     print("phases (s): " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in phases.items()), flush=True)
-    meta = dict(machine=machine(), model=args.model, attacker=args.attacker, victim=args.victim, quick=args.quick,
-                audit_seconds=phases["total"], phases=phases, k=args.k, wide=args.wide)
-    write_rows(args.out, rows, **meta)
-    (args.out / "reconstructions.json").write_text(json.dumps(examples, indent=2, ensure_ascii=False) + "\n")
+    write_rows(args.out, rows, **meta, audit_seconds=phases["total"])
     _table(rows)
     _plot(rows, args.out / "privacy.png")
     print(f"results: {args.out}")

@@ -143,6 +143,7 @@ def run_audit(config: AuditConfig, log=print, loaded: tuple | None = None) -> tu
     rng = random.Random(f"mobillm-audit:{config.seed}")
     with phases.timed("prompts"):
         attacker_texts = _texts(config.attacker_data, "train", config.attacker_prompts, rng, 10 * config.max_words)
+        attacker_texts.sort(key=len)  # their order is immaterial to the attacks; batches of alike lengths pad little
         victim_pool = _texts(config.victim_data, "test", config.victim_prompts + config.canary_prompts, rng, config.max_words)
         overlap = set(attacker_texts) & set(victim_pool)
         if overlap:
