@@ -56,12 +56,12 @@ def test_a2_inverts_a_tiny_random_model_from_its_top_layer(codec):
     prompts = tokenize_prompts(batcher, ["the movie was really good and fun", "i hate this boring plot , it was bad"])
     raw = raw_taps(model, [4], batcher, prompts)
     seen = [v for r in raw for v in server_view(r, get_codec(codec), pivot=False)]
-    guesses = []
-    for v in seen:
-        ranked = torch.randperm(VOCAB, generator=torch.Generator().manual_seed(1)).expand(len(v), VOCAB)  # no A1 help
-        guess, widened = sequential_verification(model, [4], get_codec(codec), v, ranked, [], k=8, wide=VOCAB)
-        guesses.append(guess)
-        assert widened > 0  # a random top-8 misses the token at most positions
+    ranked = torch.randperm(VOCAB, generator=torch.Generator().manual_seed(1))  # no A1 help
+    found = sequential_verification(model, [4], get_codec(codec), seen, [ranked.expand(len(v), VOCAB) for v in seen], [],
+                                    k=8, wide=VOCAB)
+    guesses = [g for g, _ in found]
+    assert [len(g) for g in guesses] == [len(p.ids) for p in prompts]  # prompts of two lengths, batched together
+    assert all(widened > 0 for _, widened in found)  # a random top-8 misses the token at most positions
     scores = reconstruction_scores(prompts, guesses)
     assert scores["token_recovery"] >= 0.9  # chance: 1 / 96
     assert scores["template_recovery"] >= 0.9
@@ -74,7 +74,9 @@ def test_the_audit_runs_every_attack_on_a_tiny_model(tmp_path):
     config = AuditConfig(model=str(model_dir), shortcuts="2,4", attacker_data=str(attacker), victim_data=str(victim),
                          codecs=["none", "int8"], a2_cells=["4"], attacker_prompts=128, victim_prompts=6,
                          canary_prompts=2, k=8, wide=VOCAB, max_words=12)
-    rows, examples = run_audit(config, log=lambda *_: None)
+    rows, examples, phases = run_audit(config, log=lambda *_: None)
+    assert {"device_passes", "A0", "A1", "A2", "bag_of_words", "total"} <= set(phases)
+    assert phases["A2"] > 0 and phases["total"] >= phases["device_passes"] + phases["A2"]
     attacks = {(r["codec"], r["mode"], r["layers"], r["attack"]) for r in rows}
     for codec in ("none", "int8"):
         for layer in ("2", "4"):
@@ -110,3 +112,32 @@ def test_privacy_audit_command_writes_its_results(tmp_path):
     assert set(a2) == {0.0, 0.5} and a2[0.0]["token_recovery"] >= 0.8  # both strengths audited; no noise: inverted
     assert (out / "results.csv").is_file() and (out / "privacy.png").is_file()
     assert json.loads((out / "reconstructions.json").read_text())
+
+
+def test_privacy_audit_measures_the_defences_privacy_and_utility(tmp_path):
+    """--defence noise: the audit at every strength, and a side network trained on each defence's taps."""
+    import json
+
+    from mobillm.bench.privacy import main
+
+    model_dir = save_tiny_model(tmp_path / "model", hidden=64)
+    attacker = write_toy_sentiment(tmp_path / "attacker", n_train=64, n_eval=8, seed=1)
+    victim = write_toy_sentiment(tmp_path / "victim", n_train=8, n_eval=32, seed=2)
+    task = write_toy_sentiment(tmp_path / "task", n_train=96, n_eval=32, seed=3)
+    out = tmp_path / "results"
+    main(["--model", str(model_dir), "--shortcuts", "2,4", "--attacker", str(attacker), "--victim", str(victim),
+          "--codecs", "nf4", "--cells", "2,4", "--a2-cells", "4", "--attacker-prompts", "64", "--victim-prompts", "3",
+          "--canary-prompts", "1", "--k", "4", "--wide", str(VOCAB), "--defence", "noise", "--strengths", "0,30",
+          "--utility-data", str(task), "--train-samples", "96", "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    assert {"load_model", "device_passes", "A2", "utility", "total"} <= set(results["phases"])
+    utility = json.loads((out / "utility.json").read_text())["rows"]
+    assert [(u["defence"], u["noise"]) for u in utility] == [("noise", 0.0), ("noise", 30.0), ("pivot-only", 0.0),
+                                                             ("higher-layers", 0.0)]
+    assert [u["shortcuts"] for u in utility] == [[2, 4], [2, 4], [2, 4], [4]] and utility[2]["block"] == "mlp"
+    assert all(0.0 <= u["test_accuracy"] <= 1.0 and u["test_samples"] == 32 for u in utility)
+    clean, noisy = utility[0]["privacy"], utility[1]["privacy"]
+    assert clean["a2_token_recovery"] >= 0.8  # no noise: an exhaustive A2 inverts the tiny model
+    assert noisy["a2_token_recovery"] < clean["a2_token_recovery"] and noisy["token_recovery"] < clean["token_recovery"]
+    assert utility[2]["privacy"]["attack"] == "bag-of-words" and utility[3]["privacy"]["layers"] == "4"
+    assert (out / "frontier.png").is_file()

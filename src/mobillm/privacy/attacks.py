@@ -48,20 +48,21 @@ def nearest_embedding(embeddings: torch.Tensor, activations: torch.Tensor, k: in
 
 
 class Ridge:
-    """Standardised ridge regression ``y ~ x W + b`` in closed form (``torch.linalg.solve``).
+    """Standardised ridge regression ``y ~ x W + b`` in closed form.
 
-    ``lam`` is relative: the penalty is ``lam * N`` on standardised features, whose Gram diagonal is ``N``."""
+    ``lam`` is relative: the penalty is ``lam * N`` on standardised features, whose Gram diagonal is ``N``.
+    :meth:`selected` forms the Gram matrix once for all lambdas (see :func:`_ridge_solutions`)."""
 
     LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, lam: float):
-        x, y = x.double(), y.double()
-        self.lam = lam
-        self.mean, self.std = x.mean(0), x.std(0).clamp(min=1e-6)
-        z = (x - self.mean) / self.std
-        self.b = y.mean(0)
-        gram = z.T @ z + lam * len(z) * torch.eye(z.shape[1], dtype=z.dtype)
-        self.w = torch.linalg.solve(gram, z.T @ (y - self.b))
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, w: torch.Tensor, b: torch.Tensor, lam: float):
+        self.mean, self.std, self.w, self.b, self.lam = mean, std, w, b, lam
+
+    @classmethod
+    def fit(cls, x: torch.Tensor, y: torch.Tensor, lam: float) -> "Ridge":
+        """One ridge fit of ``y`` (N, K) on ``x`` (N, D)."""
+        mean, std = x.double().mean(0), x.double().std(0).clamp(min=1e-6)
+        return cls(mean, std, *_ridge_solutions((x.double() - mean) / std, y.double(), [lam])[0], lam)
 
     @classmethod
     def selected(cls, x: torch.Tensor, y: torch.Tensor, score, seed: int = 0) -> "Ridge":
@@ -69,11 +70,33 @@ class Ridge:
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
         cut = max(1, len(x) // 10)
         held, fit = order[:cut], order[cut:]
-        lam = max(cls.LAMBDAS, key=lambda lam: score(cls(x[fit], y[fit], lam).predict(x[held]), held))
-        return cls(x, y, lam)
+        mean, std = x.double().mean(0), x.double().std(0).clamp(min=1e-6)  # one standardisation for all fits
+        z, y = (x.double() - mean) / std, y.double()
+        fits = _ridge_solutions(z[fit], y[fit], cls.LAMBDAS)
+        scores = [score(cls(mean, std, w, b, lam).predict(x[held]), held) for (w, b), lam in zip(fits, cls.LAMBDAS)]
+        lam = cls.LAMBDAS[max(range(len(scores)), key=scores.__getitem__)]
+        return cls(mean, std, *_ridge_solutions(z, y, [lam])[0], lam)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return (((x.double() - self.mean) / self.std) @ self.w + self.b).float()
+
+
+def _ridge_solutions(z: torch.Tensor, y: torch.Tensor, lams) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(W, b)`` of ridge on standardised ``z`` (N, D) for each relative lambda. One Gram matrix (D, D) for all
+    lambdas, a Cholesky solve per lambda; with fewer rows than features, one eigendecomposition of the kernel
+    matrix (N, N) instead (the dual form), which gives every lambda at once."""
+    mu, b = z.mean(0), y.mean(0)
+    zc, yc, n = z - mu, y - b, len(z)
+    eye = torch.eye(min(zc.shape), dtype=torch.float64)
+    if n >= z.shape[1]:
+        gram = (zc.T.float() @ zc.float()).double()  # float32 product (the dominant cost), float64 solves
+        rhs = zc.T @ yc  # (D, K)
+        ws = [torch.cholesky_solve(rhs, torch.linalg.cholesky(gram + lam * n * eye)) for lam in lams]
+    else:
+        evals, q = torch.linalg.eigh(zc @ zc.T)
+        proj = q.T @ yc  # (N, K)
+        ws = [zc.T @ (q @ (proj / (evals.clamp(min=0) + lam * n)[:, None])) for lam in lams]
+    return [(w, b - mu @ w) for w in ws]  # the intercept of the uncentred z
 
 
 class EmbeddingInverse:
@@ -145,54 +168,71 @@ class BagOfWords:
 
 @torch.no_grad()
 def sequential_verification(
-    model: nn.Module, layers: list[int], codec: Codec, observed: torch.Tensor, candidates: torch.Tensor,
-    known_prefix: list[int], *, k: int = 16, wide: int = 256, tolerance: float = 0.01, chunk: int = 128,
-) -> tuple[list[int], int]:
-    """A2 on one prompt: the recovered tokens (T,) and how many positions needed the wide candidate set.
+    model: nn.Module, layers: list[int], codec: Codec, observed: list[torch.Tensor], candidates: list[torch.Tensor],
+    known_prefix: list[int], *, k: int = 16, wide: int = 256, tolerance: float = 0.01, chunk: int = 256,
+) -> list[tuple[list[int], int]]:
+    """A2 on a set of prompts at once: per prompt, the recovered tokens (T,) and how many positions needed the wide
+    candidate set.
 
-    ``observed`` (T, m, H): the decoded taps of ``layers`` (1-based, increasing); ``candidates`` (T, >= wide): A1's
-    ranking per position; ``known_prefix``: public template tokens the prompt is known to start with. A candidate's
-    distance is ``sum_l |tap_l - observed_l|^2 / |observed_l|^2`` after the same codec round trip; the wide set is
-    tried when the best of the top ``k`` is above ``tolerance`` (an exact match scores ~0: same model, same codec).
+    ``observed[p]`` (T_p, m, H): the decoded taps of ``layers`` (1-based, increasing); ``candidates[p]`` (T_p, >=
+    wide): A1's ranking per position; ``known_prefix``: public template tokens every prompt is known to start with.
+    A candidate's distance is ``sum_l |tap_l - observed_l|^2 / |observed_l|^2`` after the same codec round trip; the
+    wide set is tried when the best of the top ``k`` is above ``tolerance`` (an exact match scores ~0: same model,
+    same codec). All prompts advance one position per step, so their recovered prefixes have one length and share
+    one batched KV cache: each step is one forward of every prompt's candidates (in row chunks of ``chunk``), then
+    one forward of the chosen tokens to extend the cache.
     """
-    T = observed.shape[0]
-    norms = observed.pow(2).sum(-1)  # (T, m)
-    recovered, widened = list(known_prefix[:T]), 0
+    lengths = [len(o) for o in observed]
+    start = min([len(known_prefix), *lengths])
+    recovered = [list(known_prefix[:start]) for _ in observed]
+    widened = [0] * len(observed)
     with tapped(model, layers) as backbone:
+        active = [p for p in range(len(observed)) if lengths[p] > start]  # prompts with positions left
         cache = None
-        if recovered:
-            _, cache = backbone.step(torch.tensor([recovered]), None)
+        if start and active:
+            _, cache = backbone.step(torch.tensor([known_prefix[:start]] * len(active)), None)
 
-        def distances(t: int, cands: torch.Tensor):
-            """(len(cands),) distances and the caches of prefix + each candidate (chunks)."""
-            out, caches = [], []
-            for part in cands.split(chunk):
+        def distances(t: int, rows: list[int], cands: torch.Tensor) -> torch.Tensor:
+            """(len(rows), n) distances of candidates ``cands`` (len(rows), n) for the active prompts at ``rows``."""
+            n = cands.shape[1]
+            local = torch.arange(len(rows)).repeat_interleave(n)  # (R,) the index into ``rows`` of each candidate row
+            owner = torch.tensor(rows)[local]  # (R,) its row of the batched cache
+            flat, out = cands.reshape(-1), []
+            seen = torch.stack([observed[active[r]][t] for r in rows])  # (len(rows), m, H)
+            norms = seen.pow(2).sum(-1).clamp(min=1e-12)  # (len(rows), m)
+            for lo in range(0, len(flat), chunk):
+                part = slice(lo, lo + chunk)
                 trial = None
                 if cache is not None:
                     trial = copy.deepcopy(cache)
-                    trial.batch_repeat_interleave(len(part))
-                taps, trial = backbone.step(part[:, None], trial)
-                d = torch.zeros(len(part))
-                for i, tap in enumerate(taps):  # (n, 1, H) per layer
-                    seen = codec.decode(codec.encode(tap[:, 0]))
-                    d += (seen - observed[t, i]).pow(2).sum(-1) / norms[t, i].clamp(min=1e-12)
+                    trial.batch_select_indices(owner[part])
+                taps, _ = backbone.step(flat[part, None], trial)
+                d, mine = torch.zeros(len(flat[part])), local[part]
+                for i, tap in enumerate(taps):  # (R, 1, H) per layer
+                    decoded = codec.decode(codec.encode(tap[:, 0]))
+                    d += (decoded - seen[mine, i]).pow(2).sum(-1) / norms[mine, i]
                 out.append(d)
-                caches.append((part, trial))
-            return torch.cat(out), caches
+            return torch.cat(out).view(len(rows), n)
 
-        for t in range(len(recovered), T):
-            cands = candidates[t, :k]
-            d, caches = distances(t, cands)
-            if d.min() > tolerance and wide > k:
-                widened += 1
-                more, more_caches = distances(t, candidates[t, k:wide])
-                d, cands, caches = torch.cat([d, more]), candidates[t, :wide], caches + more_caches
-            best = int(d.argmin())
-            recovered.append(int(cands[best]))
-            for part, trial in caches:  # keep the chosen row's cache: the prefix grows by one token
-                if best < len(part):
-                    trial.batch_select_indices(torch.tensor([best]))
-                    cache = trial
-                    break
-                best -= len(part)
-    return recovered, widened
+        for t in range(start, max(lengths, default=0)):
+            if t > start:  # drop the prompts that ended
+                keep = [r for r, p in enumerate(active) if lengths[p] > t]
+                if len(keep) < len(active) and cache is not None:
+                    cache.batch_select_indices(torch.tensor(keep))
+                active = [active[r] for r in keep]
+            rows = list(range(len(active)))
+            d = distances(t, rows, torch.stack([candidates[p][t, :k] for p in active]))  # (P, k)
+            best_d, best = d.min(dim=1)
+            chosen = [int(candidates[p][t, int(j)]) for p, j in zip(active, best)]
+            poor = [r for r in rows if best_d[r] > tolerance] if wide > k else []
+            if poor:
+                more = distances(t, poor, torch.stack([candidates[active[r]][t, k:wide] for r in poor]))
+                more_d, more_best = more.min(dim=1)
+                for r, dd, j in zip(poor, more_d, more_best):
+                    widened[active[r]] += 1
+                    if dd < best_d[r]:
+                        chosen[r] = int(candidates[active[r]][t, k + int(j)])
+            for p, token in zip(active, chosen):
+                recovered[p].append(token)
+            _, cache = backbone.step(torch.tensor(chosen)[:, None], cache)  # the prefixes grow by one token
+    return list(zip(recovered, widened))

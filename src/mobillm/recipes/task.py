@@ -38,8 +38,10 @@ class Task:
     side_config: SideConfig
 
 
-def prepare_task(options: TaskOptions, seed: int) -> Task:
-    """Load the data (seeded subsets) and the backbone; derive the prompt and the side network config."""
+def prepare_task(options: TaskOptions, seed: int, loaded: tuple[nn.Module, object] | None = None) -> Task:
+    """Load the data (seeded subsets) and the backbone; derive the prompt and the side network config.
+
+    ``loaded``: the ``(model, tokenizer)`` of ``options.model`` when the caller has loaded it already."""
     limits = dict(seed=seed, max_train_samples=options.max_train_samples, max_eval_samples=options.max_eval_samples)
     if options.task == "causal-lm":
         if options.no_header:
@@ -51,7 +53,7 @@ def prepare_task(options: TaskOptions, seed: int) -> Task:
     else:
         data = load_dataset(options.data, text_column=options.text_column, label_column=options.label_column,
                             no_header=options.no_header, **limits)
-    model, tokenizer = load_pretrained(options.model)
+    model, tokenizer = loaded or load_pretrained(options.model)
     cfg = model.config
     shape = dict(
         hidden_size=cfg.hidden_size, num_backbone_layers=cfg.num_hidden_layers,
