@@ -198,3 +198,15 @@ def test_samples_bench_curves_side_and_lora_on_a_tiny_model(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| toy | side (default) | 64 | 2 |" in out
     assert (tmp_path / "out" / "accuracy_vs_n.png").stat().st_size > 1000
+
+
+def test_interleaved_timing_runs_every_method_in_one_process(tmp_path, tiny_bundle):
+    from mobillm.backbone import load_pretrained
+    from mobillm.backbone.weights import save_device_model
+    from mobillm.bench.memory import interleaved
+
+    model, tokenizer = load_pretrained(str(save_tiny_model(tmp_path / "tiny")))
+    save_device_model(model, tokenizer, tmp_path / "fp32", "fp32", source="tiny")
+    sources = {"mobillm": str(tmp_path / "fp32"), "lora": str(tmp_path / "fp32"), "bundle-fp32": str(tiny_bundle)}
+    speed = interleaved(list(sources), sources, batch=2, length=8, rounds=2, threads=1)
+    assert list(speed) == ["mobillm", "lora", "bundle-fp32"] and all(s > 0 for s in speed.values())

@@ -57,23 +57,24 @@ def _timed(step, warmup: bool, steps: int, batch: int) -> float:
     return (time.perf_counter() - start) / (steps * batch)
 
 
-def measure_bundle(source: str, batch: int, length: int, warmup: bool, steps: int, threads: int) -> dict:
+def bundle_step(source: str, batch: int, length: int, threads: int):
     """The bundle device's per-batch work, torch-free: the taps graph, then nf4 encoding of every tap."""
     import numpy as np
 
     from mobillm.bundle.runtime import Bundle
     from mobillm.wire.np_codecs import get_np_codec
 
-    after_imports = status_mib("VmRSS")
     bundle = Bundle.load(source, threads=threads)
-    after_load = status_mib("VmRSS")
     ids = np.random.default_rng(0).integers(10, bundle.config.vocab_size, (batch, length))
     mask = np.ones_like(ids)
     codec = get_np_codec("nf4")
+    return lambda: [codec.encode(tap) for tap in bundle.taps(ids, mask)]
 
-    def step():
-        return [codec.encode(tap) for tap in bundle.taps(ids, mask)]
 
+def measure_bundle(source: str, batch: int, length: int, warmup: bool, steps: int, threads: int) -> dict:
+    after_imports = status_mib("VmRSS")
+    step = bundle_step(source, batch, length, threads)
+    after_load = status_mib("VmRSS")
     seconds = _timed(step, warmup, steps, batch)
     return {"peak_mib": status_mib("VmHWM"), "rss_after_imports_mib": after_imports, "rss_after_load_mib": after_load,
             "seconds_per_sample": seconds, "torch_imported": "torch" in sys.modules}
@@ -88,6 +89,18 @@ def measure(model_name: str, method: str, batch: int, length: int, warmup: bool,
     import torch
 
     torch.set_num_threads(threads)
+    after_imports = status_mib("VmRSS")
+    step = torch_step(method, source, batch, length)
+    after_load = status_mib("VmRSS")  # the model's weights and the step's state (a first step has not run)
+    seconds = _timed(step, warmup, steps, batch)
+    return {**row, "peak_mib": status_mib("VmHWM"), "rss_after_imports_mib": after_imports,
+            "rss_after_load_mib": after_load, "seconds_per_sample": seconds}
+
+
+def torch_step(method: str, source: str, batch: int, length: int):
+    """One device step of ``method`` on random ids: the torch device's forward + nf4 taps, or a baseline's
+    forward + backward + AdamW step."""
+    import torch
 
     from mobillm.backbone import FrozenHead, default_shortcuts, load_pretrained
     from mobillm.device.taps import TappedBackbone
@@ -97,9 +110,7 @@ def measure(model_name: str, method: str, batch: int, length: int, warmup: bool,
     from mobillm.training.side_trainer import SideTrainer
     from mobillm.wire.codecs import get_codec
 
-    after_imports = status_mib("VmRSS")
     model, _ = load_pretrained(source)
-    after_load = status_mib("VmRSS")
     torch.manual_seed(0)
     ids = torch.randint(10, model.config.vocab_size, (batch, length))
     mask = torch.ones_like(ids)
@@ -131,9 +142,27 @@ def measure(model_name: str, method: str, batch: int, length: int, warmup: bool,
             loss.backward()
             optimizer.step()
 
-    seconds = _timed(step, warmup, steps, batch)
-    return {**row, "peak_mib": status_mib("VmHWM"), "rss_after_imports_mib": after_imports,
-            "rss_after_load_mib": after_load, "seconds_per_sample": seconds}
+    return step
+
+
+def interleaved(methods: list[str], sources: dict[str, str], batch: int, length: int, rounds: int,
+                threads: int) -> dict[str, float]:
+    """Seconds per sample of every method, measured round-robin in this one process (one warm-up step each, then
+    ``rounds`` rounds of one step per method): on a shared CPU every method sees the same load."""
+    import torch
+
+    torch.set_num_threads(threads)
+    steps = {m: (bundle_step(sources[m], batch, length, threads) if m.startswith(BUNDLE)
+                 else torch_step(m, sources[m], batch, length)) for m in methods}
+    for step in steps.values():
+        step()
+    seconds = dict.fromkeys(methods, 0.0)
+    for _ in range(rounds):
+        for m, step in steps.items():
+            start = time.perf_counter()
+            step()
+            seconds[m] += time.perf_counter() - start
+    return {m: s / (rounds * batch) for m, s in seconds.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", default=None, type=number_list(int), help="comma-separated batch sizes (default 8,16,32)")
     parser.add_argument("--lengths", default=None, type=number_list(int), help="comma-separated lengths (default 64,128,256; opt-1.3b: 64)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of every method (torch and ONNX Runtime)")
+    parser.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                        help="time only: every method in this one process, round-robin for ROUNDS rounds (B 16 / T 128 "
+                             "unless --batches/--lengths give one each); fair on a shared CPU; writes interleaved.json")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--one", nargs=8, help=argparse.SUPPRESS)  # internal: model method batch length warmup steps source threads
     args = parser.parse_args(argv)
@@ -169,6 +201,18 @@ def main(argv: list[str] | None = None) -> None:
     warmup, steps = not big, 1 if big or args.quick else 3  # untimed warm-up step (not for opt-1.3b), timed steps
     sources = {m: "smollm2-135m" if m == "mobillm-gguf" else
                str((device_bundle if m.startswith(BUNDLE) else device_checkpoint)(args.model, _weights(m))) for m in methods}
+    if args.interleave:
+        batch, length = (args.batches or [16])[0], (args.lengths or [128])[0]
+        speed = interleaved(methods, sources, batch, length, args.interleave, args.threads)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "interleaved.json").write_text(json.dumps(
+            {"machine": machine(), "model": args.model, "batch": batch, "length": length, "threads": args.threads,
+             "rounds": args.interleave, "seconds_per_sample": speed}, indent=2) + "\n")
+        base = speed.get("lora")
+        print("\n| method | s/sample | ÷ LoRA |\n|---|---|---|")
+        for m, s in speed.items():
+            print(f"| {m} | {s:.4f} | {s / base:.2f} |" if base else f"| {m} | {s:.4f} | — |")
+        return
     rows = []
     for length in lengths:
         for batch in batches:
