@@ -19,6 +19,7 @@ def test_a_jobs_bundle_is_exported_once_and_again_for_another_request(tmp_path, 
     bundle = job_bundle(model, "1,3", "fp32", tmp_path / "run" / "bundle")
     config = BundleConfig.load(bundle)
     assert config.shortcuts == [1, 3] and config.weights == "fp32"
+    assert (bundle / "taps.onnx").is_file() and not (bundle / "generate.onnx").exists()  # classification only
     written = (bundle / "taps.onnx").stat().st_mtime_ns
 
     assert job_bundle(model, "1,3", "fp32", bundle) == bundle  # the same request: reused, not exported again
@@ -37,7 +38,7 @@ def test_a_jobs_bundle_is_exported_once_and_again_for_another_request(tmp_path, 
     job_bundle(model, "2", "int8-dynamic", bundle)
     assert len(commands) == 1
     assert commands[0][1:] == ["-m", "mobillm", "export", str(bundle), "--model", model, "--weights", "int8-dynamic",
-                               "--shortcuts", "2"]
+                               "--no-generate", "--shortcuts", "2"]
     assert '"int8-dynamic"' in (bundle / "export_request.json").read_text()
 
 

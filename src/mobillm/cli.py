@@ -648,6 +648,9 @@ def export(
     model: Model = "smollm2-135m",
     shortcuts: Shortcuts = None,
     weights: Annotated[BundleWeightFormat, typer.Option(help="bundle weight format (see `mobillm.export`)")] = "fp32",
+    generate: Annotated[bool, typer.Option(
+        help="also export the generation graph (--no-generate: half the export time; classification, predict and "
+             "evaluate only)")] = True,
 ) -> None:
     """Write a device bundle once (needs torch): ONNX graphs of the frozen backbone, tokenizer.json, bundle.json.
 
@@ -663,7 +666,7 @@ def export(
         backbone, tokenizer = load_pretrained(model)
         layers = parse_shortcuts(shortcuts, len(decoder_layers(backbone)))
         export_bundle(backbone, tokenizer, output_dir, layers, weights, source=public_model_id(model),
-                      log=lambda line: console.print(f"  {escape(line)}", soft_wrap=True))
+                      log=lambda line: console.print(f"  {escape(line)}", soft_wrap=True), generate=generate)
     except MobillmError as err:
         _fail(err)
     size = sum(f.stat().st_size for f in output_dir.iterdir()) / 2**20

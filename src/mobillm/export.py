@@ -100,12 +100,14 @@ def export_bundle(
     weights: str = "fp32",
     source: str = "",
     log: Callable[[str], None] = lambda line: None,
+    generate: bool = True,
 ) -> BundleConfig:
     """Write a device bundle of ``model`` to ``directory`` and return its config.
 
     ``source`` is the public model id the server must load (an alias, hub id or path). The model's decoder is
     truncated at the top shortcut in place (as :class:`TappedBackbone` does): pass a model you no longer need.
-    ``log`` receives one progress line per long step.
+    ``log`` receives one progress line per long step. ``generate=False`` leaves out the generation graph (about
+    half of the export's time): enough for classification jobs, predict and evaluate, not for ``generate``.
     """
     if weights not in WEIGHT_FORMATS:
         raise ConfigError(f"--weights {weights!r}: choose one of {', '.join(WEIGHT_FORMATS)}")
@@ -118,11 +120,11 @@ def export_bundle(
     if tokenizer is None or not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError("the bundle needs a fast tokenizer (tokenizer.json); this model only has a slow one")
     if weights == "fp32":
-        config = _export_fp32(model, tokenizer, Path(directory), shortcuts, source, log)
+        config = _export_fp32(model, tokenizer, Path(directory), shortcuts, source, log, generate)
         log(f"wrote {directory}")
         return config
     with tempfile.TemporaryDirectory(prefix="mobillm-export-") as tmp:
-        _export_fp32(model, tokenizer, Path(tmp), shortcuts, source, log)
+        _export_fp32(model, tokenizer, Path(tmp), shortcuts, source, log, generate)
         return quantize_bundle(tmp, directory, weights, log)
 
 
@@ -138,7 +140,7 @@ def quantize_bundle(
         raise ConfigError(f"{source} holds {config.weights} weights: quantize an fp32 bundle")
     directory.mkdir(parents=True, exist_ok=True)
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # one INFO line per node otherwise
-    for name in (TAPS_NAME, GENERATE_NAME, HEAD_NAME):
+    for name in (n for n in (TAPS_NAME, GENERATE_NAME, HEAD_NAME) if (source / n).is_file()):
         log(f"quantizing {name} to {weights}")
         big = (source / name).with_name(name + ".data").exists()
         _quantize(source / name, directory / name, weights, big)
@@ -148,6 +150,17 @@ def quantize_bundle(
     config.save(directory)
     log(f"wrote {directory}")
     return config
+
+
+class _Without(logging.Filter):
+    """Drops log records whose message contains ``text``."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def _quantize(source: Path, target: Path, weights: str, big: bool) -> None:
@@ -161,9 +174,15 @@ def _quantize(source: Path, target: Path, weights: str, big: bool) -> None:
         # shapes (OPT's attention reshapes): drop them, they are only hints
         model = onnx.load(str(source))
         del model.graph.value_info[:]
-        # MatMulConstBOnly: weights only, attention's activation matmuls stay fp32
-        quantize_dynamic(model, target, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
-                         use_external_data_format=big, extra_options={"MatMulConstBOnly": True})
+        # MatMulConstBOnly: weights only, attention's activation matmuls stay fp32. The quantizer's advice to run
+        # its pre-processing (shape inference, for conv nets) goes to the root logger: not the user's concern.
+        root = logging.getLogger()
+        root.addFilter(_quiet := _Without("pre-processing before quantization"))
+        try:
+            quantize_dynamic(model, target, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+                             use_external_data_format=big, extra_options={"MatMulConstBOnly": True})
+        finally:
+            root.removeFilter(_quiet)
         return
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -172,7 +191,8 @@ def _quantize(source: Path, target: Path, weights: str, big: bool) -> None:
     quantizer.model.save_model_to_file(str(target), use_external_data_format=big)
 
 
-def _export_fp32(model, tokenizer, directory: Path, shortcuts: list[int], source: str, log) -> BundleConfig:
+def _export_fp32(model, tokenizer, directory: Path, shortcuts: list[int], source: str, log,
+                 generate: bool = True) -> BundleConfig:
     directory.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     num_layers = len(decoder_layers(model))
@@ -200,6 +220,8 @@ def _export_fp32(model, tokenizer, directory: Path, shortcuts: list[int], source
     # the exporter warns once per torchvision op it cannot register ("torchvision is not installed"): not ours
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     for name, module, args, inputs, outputs, dynamic in graphs:
+        if name == GENERATE_NAME and not generate:
+            continue
         log(f"exporting {name} (torch.onnx dynamo, opset {OPSET})")
         with warnings.catch_warnings():  # torch's own pytree deprecations, raised inside the exporter
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")

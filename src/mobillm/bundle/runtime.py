@@ -114,7 +114,8 @@ class Bundle:
     def _session(self, name: str) -> ort.InferenceSession:
         path = self.directory / name
         if not path.is_file():
-            raise ModelLoadError(f"{self.directory}: bundle has no {name}; re-run `mobillm export`")
+            raise ModelLoadError(f"{self.directory}: bundle has no {name}; re-run `mobillm export` "
+                                 "(without --no-generate, for generation)")
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1

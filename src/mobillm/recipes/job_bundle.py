@@ -1,7 +1,8 @@
 """The device bundle a job runs on when ``--bundle`` is not given: exported once into the run's folder, reused
 by every later run that asks for the same one.
 
-The export runs ``mobillm export`` in a child process, so the device's own process never imports torch (and
+Job bundles serve classification jobs (``--runtime auto`` runs causal LM on torch), so they leave out the
+generation graph (``mobillm export --no-generate``: half the export's time). The export runs ``mobillm export`` in a child process, so the device's own process never imports torch (and
 never holds the exporter's memory). A marker file beside the bundle records what was asked for (model,
 shortcuts, weight format, mobillm version); a bundle whose marker differs, or a half-written one without a
 marker, is exported again.
@@ -39,7 +40,8 @@ def job_bundle(model: str, shortcuts: str | None, weights: str, directory: str |
     if weights not in WEIGHT_FORMATS:
         raise ConfigError(f"--bundle-weights {weights!r}: choose one of {', '.join(WEIGHT_FORMATS)}")
     directory = Path(directory)
-    request = {"model": model, "shortcuts": shortcuts, "weights": weights, "mobillm_version": __version__}
+    request = {"model": model, "shortcuts": shortcuts, "weights": weights, "generate": False,
+               "mobillm_version": __version__}
     marker = directory / _REQUEST
     if (directory / CONFIG_NAME).is_file() and marker.is_file() and json.loads(marker.read_text()) == request:
         log.info("device bundle: reusing %s (%s weights)", directory, weights)
@@ -53,7 +55,8 @@ def job_bundle(model: str, shortcuts: str | None, weights: str, directory: str |
         )
     if directory.exists():  # a bundle of another request, or an interrupted export: never mix their files
         shutil.rmtree(directory)
-    command = [sys.executable, "-m", "mobillm", "export", str(directory), "--model", model, "--weights", weights]
+    command = [sys.executable, "-m", "mobillm", "export", str(directory), "--model", model, "--weights", weights,
+               "--no-generate"]
     if shortcuts is not None:
         command += ["--shortcuts", shortcuts]
     log.info("device bundle: exporting %s (%s weights) to %s, once", model, weights, directory)
