@@ -73,7 +73,7 @@ def test_device_and_finetune_run_classification_on_an_exported_bundle_by_default
     runner = CliRunner()
     out = tmp_path / "run"
     assert runner.invoke(app, ["device", "--model", "m", "--shortcuts", "2", "--output-dir", str(out)]).exit_code == 0
-    assert seen == [("export", "m", "2", "int8-dynamic", out / "bundle"), ("onnx", out / "bundle")]
+    assert seen == [("export", "m", "2", job_bundle.DEFAULT_BUNDLE_WEIGHTS, out / "bundle"), ("onnx", out / "bundle")]
     seen.clear()
     assert runner.invoke(app, ["device", "--bundle", str(tmp_path / "b"), "--bundle-weights", "fp32"]).exit_code == 0
     assert seen == [("onnx", tmp_path / "b")]  # a given bundle is run as it is
