@@ -72,6 +72,9 @@ def bundle_step(source: str, batch: int, length: int, threads: int):
 
 
 def measure_bundle(source: str, batch: int, length: int, warmup: bool, steps: int, threads: int) -> dict:
+    import mobillm.bundle.runtime  # noqa: F401  (the runtime's imports: numpy, onnxruntime, tokenizers)
+    import mobillm.wire.np_codecs  # noqa: F401
+
     after_imports = status_mib("VmRSS")
     step = bundle_step(source, batch, length, threads)
     after_load = status_mib("VmRSS")
