@@ -6,7 +6,8 @@
     head.onnx         the frozen final norm (+ OPT's project_out) and LM head: hidden (N, H) -> logits (N, V)
     tokenizer.json    the fast tokenizer (``tokenizers.Tokenizer.from_file``)
 
-Large graphs keep their weights beside them (``<graph>.data``, ONNX external data).
+Quantized and large graphs keep their weights beside them (``<graph>.data``, ONNX external data, which ONNX
+Runtime maps rather than copies).
 """
 
 from __future__ import annotations
