@@ -48,6 +48,15 @@ def test_a_failed_export_leaves_no_bundle_that_a_later_run_would_reuse(tmp_path)
     assert not (tmp_path / "bundle" / "export_request.json").exists()
 
 
+def test_a_bundle_put_there_by_hand_is_never_replaced(tmp_path):
+    directory = tmp_path / "bundle"
+    directory.mkdir()
+    (directory / "bundle.json").write_text("{}")
+    with pytest.raises(MobillmError, match="run it with --bundle"):
+        job_bundle("smollm2-135m", None, "fp32", directory)
+    assert (directory / "bundle.json").read_text() == "{}"
+
+
 def test_an_install_without_the_exporter_is_told_what_to_do(tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))

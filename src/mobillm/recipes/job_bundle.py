@@ -4,8 +4,8 @@ by every later run that asks for the same one.
 Job bundles serve classification jobs (``--runtime auto`` runs causal LM on torch), so they leave out the
 generation graph (``mobillm export --no-generate``: half the export's time). The export runs ``mobillm export`` in a child process, so the device's own process never imports torch (and
 never holds the exporter's memory). A marker file beside the bundle records what was asked for (model,
-shortcuts, weight format, mobillm version); a bundle whose marker differs, or a half-written one without a
-marker, is exported again.
+shortcuts, weight format, mobillm version); a bundle whose marker differs, or a half-written one, is exported
+again; a bundle someone put there by hand (no marker) is left alone and the run refused.
 """
 
 from __future__ import annotations
@@ -54,7 +54,10 @@ def job_bundle(model: str, shortcuts: str | None, weights: str, directory: str |
             "(pip install 'mobillm[export]'): give --bundle DIR written by `mobillm export` on a machine that has "
             "them, or run the backbone in PyTorch with --runtime torch"
         )
-    if directory.exists():  # a bundle of another request, or an interrupted export: never mix their files
+    if (directory / CONFIG_NAME).is_file() and not marker.is_file():
+        raise MobillmError(f"{directory} holds a device bundle that no run exported for itself: run it with --bundle "
+                           f"{directory}, or move it away to let this run export its own")
+    if directory.exists():  # our bundle of another request, or an interrupted export: never mix their files
         shutil.rmtree(directory)
     command = [sys.executable, "-m", "mobillm", "export", str(directory), "--model", model, "--weights", weights,
                "--no-generate"]
