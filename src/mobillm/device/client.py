@@ -252,18 +252,14 @@ async def stream(
     batch_size: int,
     seed: int,
     pivot: bool,
-    device_epochs: int = 1,
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    on_sent: Callable[[StreamStats, int], None] | None = None,
-    token: str | None = None,
-    cafile: str | None = None,
-    reconnects: int = 30,
-    backoff: float = 2.0,
     noise: ActivationNoise | None = None,
+    **options,
 ) -> tuple[Frame, StreamStats]:
     """:func:`stream_tensors` with the torch backbone's taps of ``evaluation`` and ``train`` (each epoch in the
     batcher's seeded order); nothing is kept once a batch is acked (local scoring forwards the split again).
-    ``noise`` is added to every tap before the codec (the same draw for a sample in every epoch and resend)."""
+    ``noise`` is added to every tap before the codec (the same draw for a sample in every epoch and resend).
+    ``options`` are :func:`stream_tensors`' keyword options (``device_epochs``, ``max_message_bytes``,
+    ``on_sent``, ``token``, ``cafile``, ``reconnects``, ``backoff``), passed on as they are."""
     from mobillm.device.inference import tap_batches
 
     stats = StreamStats()
@@ -280,6 +276,5 @@ async def stream(
         url, hello, source(tap_batches(backbone, codec, evaluation_batches, pivot, None, noise, "eval")),
         lambda epoch: source(tap_batches(backbone, codec, batcher.batches(train, batch_size, shuffle=True, seed=seed,
                                                                           epoch=epoch), pivot, stats.forward, noise, "train")),
-        stats=stats, device_epochs=device_epochs, max_message_bytes=max_message_bytes, on_sent=on_sent, token=token,
-        cafile=cafile, reconnects=reconnects, backoff=backoff,
+        stats=stats, **options,
     )
