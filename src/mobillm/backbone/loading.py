@@ -7,6 +7,7 @@ import contextlib
 import functools
 import importlib.util
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -87,7 +88,19 @@ def load_pretrained(spec: str, dtype: torch.dtype = torch.float32):
     device checkpoint (``mobillm convert``) keeps its stored weight format.
 
     Logs one line on :data:`~mobillm.PROGRESS_LOGGER` (``loading NAME (GGUF, 135M params)… 18.2 s``) and draws
-    no progress bar of transformers'."""
+    no progress bar of transformers'. Loads are serialised within a process (see :data:`_LOAD_LOCK`)."""
+    with _LOAD_LOCK:
+        return _load(spec, dtype)
+
+
+#: one model load at a time per process: transformers switches process-wide state while it builds a model (the
+#: default dtype, patched torch functions, weight tying) and so do the verbosity, progress-bar and GGUF-bar switches
+#: below; two loads in two threads at once (a test's load while a server thread still loads its backbone) left one
+#: model with meta tensors
+_LOAD_LOCK = threading.Lock()
+
+
+def _load(spec: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
