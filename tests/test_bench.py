@@ -199,6 +199,20 @@ def test_samples_bench_curves_side_and_lora_on_a_tiny_model(tmp_path, capsys):
     assert "| toy | side (default) | 64 | 2 |" in out
     assert (tmp_path / "out" / "accuracy_vs_n.png").stat().st_size > 1000
 
+    # LoRA alone at one N (nothing forwarded, only batched) trains on the same samples: the same figures
+    main(["--model", str(model), "--data", str(data), "--n", "32,64", "--seeds", "0", "--lora-n", "64", "--lora-epochs", "1",
+          "--eval-samples", "32", "--test-samples", "24", "--block", "mlp", "--variants", "none", "--out", str(tmp_path / "lora")])
+    alone = json.loads((tmp_path / "lora" / "results.json").read_text())["rows"]
+    both = [r for r in rows if r["method"] == "LoRA 1 ep" and r["n"] == 64 and r["seed"] == 0]
+    assert [(r["method"], r["n"], r["zero_shot_test"]) for r in alone] == [("LoRA 1 ep", 64, None)]
+    assert (alone[0]["test_accuracy"], alone[0]["best_val_accuracy"]) == (both[0]["test_accuracy"], both[0]["best_val_accuracy"])
+    capsys.readouterr()
+    main(["--merge", f"{tmp_path / 'out'},{tmp_path / 'lora'}", "--out", str(tmp_path / "merged")])
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())["rows"]
+    assert len(merged) == len(rows) + 1 and "| toy | LoRA 1 ep | 64 | 3 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--n", "32,64", "--lora-n", "128", "--out", str(tmp_path / "bad")])
+
 
 def test_interleaved_timing_runs_every_method_in_one_process(tmp_path, tiny_bundle):
     from mobillm.backbone import load_pretrained

