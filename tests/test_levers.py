@@ -141,3 +141,37 @@ def test_backbone_init_refuses_what_does_not_fit():
         init_from_backbone(SideNetwork(_config()), layers[:1])
     with pytest.raises(ConfigError, match="neither a Llama- nor an OPT-style"):
         init_from_backbone(SideNetwork(_config()), [torch.nn.Linear(2, 2)] * 4)
+
+
+def test_a_server_job_starts_from_the_side_network_the_local_recipe_starts_from(toy_task, tmp_path):
+    """init 'backbone' reaches the server: its job copies the public checkpoint's layers as fit_side does (it was
+    silently random before), and a width the layers cannot give is refused in the handshake, naming the cause."""
+    from helpers import make_hello
+
+    from mobillm.backbone import fingerprint, load_pretrained
+    from mobillm.exceptions import ProtocolError
+    from mobillm.server.manager import SessionManager
+    from mobillm.sidenet.init import new_side_network
+
+    model_dir, _ = toy_task
+    model, _ = load_pretrained(model_dir)
+    cfg = model.config
+    side = dict(hidden_size=cfg.hidden_size, num_backbone_layers=cfg.num_hidden_layers, shortcuts=[2, 4], width=16,
+                block="attention", attention_heads=2, init="backbone")
+    def hello_with(**updates):
+        hello = make_hello(model=model_dir, fingerprint=fingerprint(model), job=updates.pop("job", "init"))
+        return hello.model_copy(update={"side_config": SideConfig(**{**hello.side_config.model_dump(), **side, **updates})})
+
+    hello = hello_with()
+    manager = SessionManager(tmp_path / "jobs")
+    job = manager.open(hello).job
+    torch.manual_seed(hello.train_config.seed)
+    expected = new_side_network(hello.side_config, decoder_layers(model)).state_dict()
+    torch.manual_seed(hello.train_config.seed)
+    random_init = SideNetwork(hello.side_config).state_dict()
+    got = job.trainer.side.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+    assert not torch.equal(got["down.0.weight"], random_init["down.0.weight"])
+    assert manager.layers(model_dir) is manager.layers(model_dir)  # loaded once
+    with pytest.raises(ProtocolError, match="exceeds the backbone's width"):
+        manager.open(hello_with(job="wide", width=4 * cfg.hidden_size))

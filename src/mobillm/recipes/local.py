@@ -33,8 +33,8 @@ from mobillm.metrics import MetricsLog, classification_scores
 from mobillm.procfs import peak_rss_bytes
 from mobillm.recipes.task import Task, TaskOptions, prepare_task
 from mobillm.scoring import best_fields, selection_score
-from mobillm.sidenet import SideConfig, SideNetwork
-from mobillm.sidenet.init import init_from_backbone
+from mobillm.sidenet import SideConfig
+from mobillm.sidenet.init import new_side_network
 from mobillm.train_config import TrainConfig
 from mobillm.training.baselines import baseline_logits, prepare_baseline
 from mobillm.training.loop import fit
@@ -131,11 +131,7 @@ def fit_side(
     """
     codec = get_codec(side_config.codec)
     torch.manual_seed(config.seed)  # the server seeds the same way: same initial side network
-    side = SideNetwork(side_config)
-    if side_config.init == "backbone":
-        if layers is None:
-            raise ConfigError("a side network with init 'backbone' needs the backbone's decoder layers")
-        init_from_backbone(side, layers)
+    side = new_side_network(side_config, layers)
     steps_per_epoch = len(train_cache)
     trainer = SideTrainer(side, head, side_config.codec, config, steps_per_epoch * config.num_epochs, device)
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from mobillm.backbone import FrozenHead
 from mobillm.exceptions import ProtocolError
@@ -24,7 +26,7 @@ from mobillm.server.checks import check_batch, check_hello
 from mobillm.server.feed import BatchFeed
 from mobillm.server.jobdir import JobDir
 from mobillm.server.status import CURVES, Durations, JobState, JobStatus
-from mobillm.sidenet import SideNetwork
+from mobillm.sidenet.init import new_side_network
 from mobillm.training.loop import FitState, fit
 from mobillm.training.side_trainer import SideTrainer
 from mobillm.wire.errors import ErrorCode
@@ -36,15 +38,17 @@ class Job:
     def __init__(
         self, hello: Hello, head: FrozenHead, directory: Path, cache_memory_bytes: int, progress: bool = False,
         cache_limit_bytes: int | None = None, resume: bool = False, device: torch.device | str = "cpu",
+        layers: Sequence[nn.Module] | None = None,
     ):
         """A new job, or with ``resume`` the one a previous server process left in ``directory``: its cached
         batches (up to the first gap), the device's finished epochs and the last epoch checkpoint. The side
-        network, its optimizer, the decoded batches and a copy of the frozen head live on ``device``."""
+        network, its optimizer, the decoded batches and a copy of the frozen head live on ``device``.
+        ``layers``: the public backbone's decoder layers, for a side network with ``init == "backbone"``."""
         self.spec = check_hello(hello, head)
         self.hello, self.side_config, self.config = hello, hello.side_config, hello.train_config
         self.dir = JobDir(directory)
         torch.manual_seed(self.config.seed)
-        self.trainer = SideTrainer(SideNetwork(self.side_config), head, self.side_config.codec, self.config,
+        self.trainer = SideTrainer(new_side_network(self.side_config, layers), head, self.side_config.codec, self.config,
                                    self.spec.steps_per_epoch * self.config.num_epochs, device=device)
         if not resume:
             self.dir.start_fresh(hello)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from mobillm.backbone import FrozenHead, fingerprint, load_pretrained
-from mobillm.exceptions import ModelLoadError, ProtocolError
+from torch import nn
+
+from mobillm.backbone import FrozenHead, decoder_layers, fingerprint, load_pretrained
+from mobillm.exceptions import ConfigError, ModelLoadError, ProtocolError
 from mobillm.server.job import Job
 from mobillm.server.jobdir import JobDir
 from mobillm.server.sessions import LocalSession
@@ -32,18 +34,33 @@ class SessionManager:
         self.progress = progress
         self.jobs: dict[str, Job] = {}
         self._heads: dict[str, tuple[FrozenHead, str]] = {}
+        self._layers: dict[str, nn.ModuleList] = {}
         self._lock = threading.Lock()
 
     def head(self, model: str) -> tuple[FrozenHead, str]:
-        """The frozen final norm + LM head of a public checkpoint, and its fingerprint (the rest is dropped)."""
+        """The frozen final norm + LM head of a public checkpoint, and its fingerprint (the rest is dropped unless
+        :meth:`layers` asks for it)."""
         with self._lock:
             if model not in self._heads:
-                try:
-                    backbone, _ = load_pretrained(model)
-                except ModelLoadError as err:
-                    raise ProtocolError(ErrorCode.UNKNOWN_MODEL, f"the server cannot load model {model!r}: {err}") from None
-                self._heads[model] = (FrozenHead.from_model(backbone), fingerprint(backbone))
+                self._load(model, keep_layers=False)
             return self._heads[model]
+
+    def layers(self, model: str) -> nn.ModuleList:
+        """The decoder layers of a public checkpoint, which side networks with ``init == "backbone"`` are copied
+        from (``sidenet.init``). Kept once a job asked for them: they are the bulk of the model."""
+        with self._lock:
+            if model not in self._layers:
+                self._load(model, keep_layers=True)
+            return self._layers[model]
+
+    def _load(self, model: str, keep_layers: bool) -> None:
+        try:
+            backbone, _ = load_pretrained(model)
+        except ModelLoadError as err:
+            raise ProtocolError(ErrorCode.UNKNOWN_MODEL, f"the server cannot load model {model!r}: {err}") from None
+        self._heads[model] = (FrozenHead.from_model(backbone), fingerprint(backbone))
+        if keep_layers:
+            self._layers[model] = decoder_layers(backbone)
 
     def open(self, hello: Hello) -> LocalSession:
         """Attach to a job of that name, or start it (blocking: may load a model).
@@ -52,6 +69,7 @@ class SessionManager:
         server process left on disk. Without it a finished job of that name is started afresh, and a running
         one is refused.
         """
+        layers = self.layers(hello.model) if hello.side_config.init == "backbone" else None  # loads once, not twice
         head, expected = self.head(hello.model)
         if hello.fingerprint != expected:
             raise ProtocolError(ErrorCode.FINGERPRINT_MISMATCH, f"the device's backbone differs from the server's {hello.model!r}")
@@ -67,10 +85,13 @@ class SessionManager:
             resume = stored is not None
             if resume:
                 _same_config(stored, hello)
-            job = self.jobs[hello.job] = Job(
-                hello, head, self.jobs_dir / hello.job, self.cache_memory_bytes, self.progress, self.cache_limit_bytes,
-                resume=resume, device=self.device,
-            )
+            try:
+                job = self.jobs[hello.job] = Job(
+                    hello, head, self.jobs_dir / hello.job, self.cache_memory_bytes, self.progress, self.cache_limit_bytes,
+                    resume=resume, device=self.device, layers=layers,
+                )
+            except ConfigError as err:  # a side config the backbone's layers cannot initialise (sidenet.init)
+                raise ProtocolError(ErrorCode.BAD_HEADER, str(err)) from None
             return LocalSession(job)
 
     def status(self) -> list[JobStatus]:

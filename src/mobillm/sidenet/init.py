@@ -27,6 +27,8 @@ from torch import nn
 
 from mobillm.exceptions import ConfigError
 from mobillm.sidenet.blocks import AttentionBlock, MLPBlock
+from mobillm.sidenet.config import SideConfig
+from mobillm.sidenet.model import SideNetwork
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,18 @@ def _copy_norm(dst: nn.LayerNorm, src: tuple[torch.Tensor, torch.Tensor | None],
     weight, bias = src
     dst.weight.copy_(weight[dims])
     dst.bias.copy_(bias[dims] if bias is not None else torch.zeros_like(dst.bias))
+
+
+def new_side_network(config: SideConfig, layers: Sequence[nn.Module] | None = None) -> SideNetwork:
+    """A fresh side network as ``config.init`` says (seed torch first for a reproducible one): random, or with
+    ``init == "backbone"`` initialised from ``layers``, the public backbone's decoder layers. The server and the
+    local recipe both start here, so a job's first side network is the same in either."""
+    side = SideNetwork(config)
+    if config.init == "backbone":
+        if layers is None:
+            raise ConfigError("a side network with init 'backbone' needs the backbone's decoder layers")
+        init_from_backbone(side, layers)
+    return side
 
 
 @torch.no_grad()
