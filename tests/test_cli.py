@@ -20,10 +20,13 @@ def test_train_predict_evaluate(toy_task, tmp_path):
     result = runner.invoke(app, [
         "train", "--model", model_dir, "--data", data_dir, "--codec", "int8", "--shortcuts", "2,4", "--width", "16",
         "--lr", "3e-3", "--epochs", "6", "--max-eval-samples", "64", "--output-dir", str(out),
+        "--side-init", "backbone", "--gate-temperature", "0.1",
     ])
     assert result.exit_code == 0, result.output
     assert "fine-tuned test accuracy" in result.output
     summary = json.loads((out / "summary.json").read_text())
+    saved = json.loads((out / "side_network" / "side_config.json").read_text())
+    assert (saved["init"], saved["gate_temperature"]) == ("backbone", 0.1)
 
     result = runner.invoke(app, ["evaluate", "--side-network", str(out / "side_network"), "--model", model_dir, "--data", data_dir])
     assert result.exit_code == 0, result.output
@@ -167,12 +170,14 @@ def test_fixed_choices_match_their_homes():
     from mobillm import cli
     from mobillm.backbone.weights import WEIGHT_FORMATS
     from mobillm.recipes.task import TaskOptions
+    from mobillm.sidenet import SideConfig
     from mobillm.sidenet.blocks import SIDE_BLOCKS
     from mobillm.train_config import Method, Schedule
     from mobillm.wire.codecs import CODECS
 
     assert list(get_args(cli.CodecName)) == list(CODECS)
     assert set(get_args(cli.BlockName)) == set(SIDE_BLOCKS)
+    assert get_args(cli.SideInitName) == get_args(SideConfig.model_fields["init"].annotation)
     assert get_args(cli.TaskKind) == get_args(TaskOptions.model_fields["task"].annotation)
     assert get_args(cli.MethodName) == get_args(Method) and get_args(cli.ScheduleName) == get_args(Schedule)
     assert get_args(cli.WeightFormat) == WEIGHT_FORMATS

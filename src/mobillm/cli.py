@@ -52,6 +52,7 @@ console = Console(stderr=True)
 TaskKind = Literal["classification", "causal-lm"]
 CodecName = Literal["none", "fp16", "bf16", "fp8", "int8", "fp4", "nf4"]
 BlockName = Literal["attention", "mlp"]
+SideInitName = Literal["random", "backbone"]
 MethodName = Literal["side", "lora", "bitfit", "full"]
 ScheduleName = Literal["constant", "linear", "cosine", "rsqrt"]
 SplitName = Literal["test", "validation"]
@@ -75,6 +76,10 @@ Codec = Annotated[CodecName, typer.Option(help="activation codec")]
 Shortcuts = Annotated[Optional[str], typer.Option(help="'auto' (finer towards the top), 'auto:N', 'uniform[:N]', or '12,17,21,24,27,30'")]
 Width = Annotated[int, typer.Option(help="side network adapter width r")]
 Block = Annotated[BlockName, typer.Option(help="side block: attention (token-mixing, sends every position) or mlp (token-wise, sends only the pivot token)")]
+SideInit = Annotated[SideInitName, typer.Option(
+    help="side blocks' first weights: random, or backbone (LST: a pruned copy of each shortcut layer, chosen by weight "
+         "magnitude; the server copies them from the public checkpoint)")]
+GateTemperature = Annotated[float, typer.Option(help="T of the side network's ladder gates sigmoid(alpha / T) (LST: 0.1)")]
 Lr = Annotated[Optional[float], typer.Option(help="learning rate (default per method)")]
 Epochs = Annotated[Optional[int], typer.Option(help="training epochs (default per method)")]
 BatchSize = Annotated[int, typer.Option(help="samples per batch")]
@@ -203,7 +208,7 @@ def train(
     text_column: TextColumn = "sentence", label_column: LabelColumn = "label", no_header: NoHeader = False,
     prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
-    block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
+    block: Block = "attention", side_init: SideInit = "random", gate_temperature: GateTemperature = 1.0, lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1,
     max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000, seed: Seed = 0,
     noise: Noise = 0.0, output_dir: OutputDir = Path("runs/train"),
@@ -365,7 +370,7 @@ def device(
     text_column: TextColumn = "sentence", label_column: LabelColumn = "label", no_header: NoHeader = False,
     prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
-    block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
+    block: Block = "attention", side_init: SideInit = "random", gate_temperature: GateTemperature = 1.0, lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
     device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, noise: Noise = 0.0,
     output_dir: OutputDir = Path("runs/device"),
@@ -390,7 +395,7 @@ def finetune(
     text_column: TextColumn = "sentence", label_column: LabelColumn = "label", no_header: NoHeader = False,
     prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
-    block: Block = "attention", lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
+    block: Block = "attention", side_init: SideInit = "random", gate_temperature: GateTemperature = 1.0, lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
     device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, noise: Noise = 0.0,
     output_dir: OutputDir = Path("runs/finetune"),

@@ -33,6 +33,8 @@ class SideOptions(BaseModel):
     shortcuts: str | None = None
     width: int = Field(64, gt=0)
     block: str = "attention"
+    side_init: Literal["random", "backbone"] = SideConfig.model_fields["init"].default
+    gate_temperature: float = Field(SideConfig.model_fields["gate_temperature"].default, gt=0)
     max_length: int = Field(128, gt=1)
     max_train_samples: int | None = Field(None, gt=0)
     max_eval_samples: int | None = Field(1000, gt=0, description="cap on validation samples (test is never capped)")
