@@ -224,3 +224,14 @@ def test_interleaved_timing_runs_every_method_in_one_process(tmp_path, tiny_bund
     sources = {"mobillm": str(tmp_path / "fp32"), "lora": str(tmp_path / "fp32"), "bundle-fp32": str(tiny_bundle)}
     speed = interleaved(list(sources), sources, batch=2, length=8, rounds=2, threads=1)
     assert list(speed) == ["mobillm", "lora", "bundle-fp32"] and all(s > 0 for s in speed.values())
+
+
+def test_convergence_names_each_split_arms_device_runtime(monkeypatch, tmp_path):
+    """The torch arms say --runtime torch (mobillm device defaults to ONNX Runtime), the ONNX arm its bundle."""
+    from mobillm.bench import convergence
+
+    monkeypatch.setattr(convergence, "device_bundle", lambda model, weights: tmp_path / f"{model}-{weights}")
+    assert convergence.device_options("cache", 4, "fp32") == ("--idle-replays", "0", "--runtime", "torch")
+    assert convergence.device_options("replay", 4, "fp32") == ("--idle-replays", "4", "--runtime", "torch")
+    assert convergence.device_options("cache-onnx", 4, "int8-dynamic") == (
+        "--idle-replays", "0", "--runtime", "onnx", "--bundle", str(tmp_path / "smollm2-135m-int8-dynamic"))

@@ -8,13 +8,17 @@ paper's convergence figure), SST-2 test accuracy, 4,000 training samples.
   arrival. ``cache``: the device sends one epoch and the server replays the rest; ``no cache``: the device
   re-sends every epoch (``--device-epochs`` = epochs, the paper's MobiLLM); ``replay``: the cache, and the
   server spends its waits for the device's next batch training again on the batches it holds, each up to
-  ``--idle-replays`` times (``mobillm device --idle-replays``).
+  ``--idle-replays`` times (``mobillm device --idle-replays``). These run the torch device (``mobillm device
+  --runtime torch``, §12's); ``cache-onnx`` is ``cache`` with the device on ONNX Runtime (``--runtime onnx``, the
+  default of ``mobillm device`` for classification) on a device bundle of ``--bundle-weights``, exported once
+  under results/bundles (``mobillm.bench.models.device_bundle``), not timed.
 
 Every run validates on the SST-2 test sentences (all 872; ``--test-samples``), ``--evals-per-epoch`` times an
 epoch. Two targets: (a) the lower of the two methods' best accuracies minus 1 point, (b) LoRA's best minus 1
 point.
 
-    mobillm bench convergence [--quick] [--train-samples 4000] [--mbps 60] [--methods lora,cache,no-cache,replay]
+    mobillm bench convergence [--quick] [--train-samples 4000] [--mbps 60] [--methods lora,cache,no-cache,replay,cache-onnx]
+                              [--bundle-weights fp32]
 
 Writes results/convergence/{results.json,results.csv,convergence.png}.
 """
@@ -25,17 +29,27 @@ import argparse
 from pathlib import Path
 
 from mobillm.bench.io import machine, plot_lines, require_sst2, results_dir, write_rows
-from mobillm.bench.models import device_checkpoint
+from mobillm.bench.models import device_bundle, device_checkpoint
 from mobillm.bench.split import run_lora, run_split, sst2_as
+from mobillm.recipes.job_bundle import DEFAULT_BUNDLE_WEIGHTS
 
 TEST_SAMPLES = 872
-#: --methods name -> (curve label, device epochs: None = all of them, idle replays: None = --idle-replays)
-SPLIT_METHODS = {"cache": ("mobillm, cache", 1, 0), "no-cache": ("mobillm, no cache", None, 0),
-                 "replay": ("mobillm, cache + idle replays", 1, None)}
+#: --methods name -> (curve label, device epochs: None = all of them, idle replays: None = --idle-replays, device runtime)
+SPLIT_METHODS = {"cache": ("mobillm, cache", 1, 0, "torch"), "no-cache": ("mobillm, no cache", None, 0, "torch"),
+                 "replay": ("mobillm, cache + idle replays", 1, None, "torch"),
+                 "cache-onnx": ("mobillm, cache, ONNX device", 1, 0, "onnx")}
 
 
 def _first(curve: list[tuple[float, float]], target: float) -> float | None:
     return next((t for t, acc in curve if acc >= target), None)
+
+
+def device_options(method: str, idle_replays: int, bundle_weights: str) -> tuple[str, ...]:
+    """The ``mobillm device`` options of a split method: its idle replays and its runtime, always named (the
+    device's own default runtime is ONNX Runtime, which §12's torch arms must not silently become)."""
+    _, _, replays, runtime = SPLIT_METHODS[method]
+    bundle = ("--bundle", str(device_bundle("smollm2-135m", bundle_weights))) if runtime == "onnx" else ()
+    return "--idle-replays", str(idle_replays if replays is None else replays), "--runtime", runtime, *bundle
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--evals-per-epoch", type=int, default=4)
     parser.add_argument("--test-samples", type=int, default=TEST_SAMPLES, help="test sentences each validation scores (all 872)")
     parser.add_argument("--idle-replays", type=int, default=4, help="for the replay method (default 4)")
+    parser.add_argument("--bundle-weights", default=DEFAULT_BUNDLE_WEIGHTS, help="the cache-onnx device bundle's weight format")
     parser.add_argument("--methods", default=None,
                         help=f"comma-separated: lora (always run: the targets are LoRA's) and any of {','.join(SPLIT_METHODS)} "
                              "(default: all)")
@@ -72,10 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     summaries["LoRA (device)"] = summary
     print(f"LoRA: best {100 * max(a for _, a in curves['LoRA (device)']):.2f}% after {max(seconds.values()):.0f} s of training", flush=True)
     for method in methods:
-        name, device_epochs, replays = SPLIT_METHODS[method]
+        name, device_epochs, _, _ = SPLIT_METHODS[method]
         run = run_split(args.out / method, data, model, args.mbps, epochs=args.side_epochs,
                         device_epochs=device_epochs or args.side_epochs, evals_per_epoch=args.evals_per_epoch,
-                        extra=("--idle-replays", str(args.idle_replays if replays is None else replays)), **common)
+                        extra=device_options(method, args.idle_replays, args.bundle_weights), **common)
         curves[name] = [(v["seconds"], v["val_accuracy"]) for v in run.validations()]
         summaries[name] = run.device_summary
         print(f"{name}: best {100 * max(a for _, a in curves[name]):.2f}% in {curves[name][-1][0]:.0f} s", flush=True)
