@@ -15,7 +15,7 @@ from conftest import tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mobillm.backbone import FrozenHead
+from mobillm.backbone import FrozenHead, decoder_layers
 from mobillm.exceptions import ProtocolError, WireError
 from mobillm.server.job import Job
 from mobillm.sidenet import SideConfig
@@ -35,7 +35,7 @@ def job(tmp_path_factory):
                       label_token_ids=[5, 6], codec="int8")
     hello = Hello(job="hostile", model="tiny", fingerprint="ab", side_config=side,
                   train_config=TrainConfig(method="side", epochs=1, batch_size=B), train_samples=64)
-    return Job(hello, FrozenHead.from_model(model), tmp_path_factory.mktemp("job"), 1 << 20)
+    return Job(hello, FrozenHead.from_model(model), tmp_path_factory.mktemp("job"), 1 << 20, layers=decoder_layers(model))
 
 
 def batch_message(seq: int = 0, acts=None, labels=None, split: str = "train") -> bytes:

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         args.train_samples, args.eval_samples, args.test_samples, args.weights = 300, 100, 200, "fp32,int8"
     sst2 = require_sst2()
 
-    from mobillm.backbone import FrozenHead, load_pretrained
+    from mobillm.backbone import FrozenHead, decoder_layers, load_pretrained
     from mobillm.bench.models import device_bundle, device_checkpoint
     from mobillm.device.inference import TappedBatch, tap_examples
     from mobillm.device.taps import TappedBackbone
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         pivot = sum(layers * expected_nbytes(name, (len(item.batch), hidden)) + item.batch.labels.nbytes for item in train)
         length = sum(item.batch.input_ids.shape[1] * len(item.batch) for item in train) / n
         config = TrainConfig(method="side", seed=seed)
-        result = fit_side(task.side_config.model_copy(update={"codec": name}), head, config, train, val, test)
+        result = fit_side(task.side_config.model_copy(update={"codec": name}), head, config, train, val, test,
+                          layers=decoder_layers(task.model))
         row = {"codec": name, "seed": seed, "test_accuracy": result["test"]["accuracy"], "best_val_accuracy": result["best_val_accuracy"],
                "best_epoch": result["best_epoch"], "bytes_per_sample": nbytes / n, "pivot_bytes_per_sample": pivot / n,
                "mean_padded_length": length, "zero_shot_test": result["zero_shot_test"]["accuracy"]}

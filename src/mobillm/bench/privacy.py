@@ -152,7 +152,7 @@ def _defence_utility(args, loaded: tuple, strengths: list[float]) -> list[dict]:
     strength (the default block), pivot only (``mlp`` blocks) and the higher half of the shortcuts (no noise)."""
     import torch
 
-    from mobillm.backbone import FrozenHead
+    from mobillm.backbone import FrozenHead, decoder_layers
     from mobillm.bench.io import require_sst2
     from mobillm.device.inference import TappedBatch, tap_examples
     from mobillm.device.noise import ActivationNoise
@@ -194,7 +194,8 @@ def _defence_utility(args, loaded: tuple, strengths: list[float]) -> list[dict]:
             return out
 
         start = time.perf_counter()
-        result = fit_side(config, head, TrainConfig(method="side"), *(recode(splits[s], s) for s in ("train", "eval", "test")))
+        result = fit_side(config, head, TrainConfig(method="side"), *(recode(splits[s], s) for s in ("train", "eval", "test")),
+                          layers=decoder_layers(task.model))
         rows.append({"defence": defence, "noise": sigma, "codec": codec_name, "block": block, "shortcuts": shortcuts,
                      "test_accuracy": result["test"]["accuracy"], "best_val_accuracy": result["best_val_accuracy"],
                      "train_samples": len(task.data.train), "test_samples": len(task.data.test),

@@ -33,17 +33,18 @@ from mobillm.sidenet.model import SideNetwork
 
 @dataclass(frozen=True)
 class _Layer:
-    """One backbone decoder layer's weights, family-neutral: Linear modules (out, in) and norm parameters."""
+    """One backbone decoder layer's weights, family-neutral: linear modules, read through their ``weight`` (out, in)
+    and ``bias`` (``nn.Linear``, or a device checkpoint's int8/nf4 ones, dequantised), and norm parameters."""
 
     attn_norm: tuple[torch.Tensor, torch.Tensor | None]
-    q: nn.Linear
-    k: nn.Linear
-    v: nn.Linear
-    o: nn.Linear
+    q: nn.Module
+    k: nn.Module
+    v: nn.Module
+    o: nn.Module
     head_dim: int
     mlp_norm: tuple[torch.Tensor, torch.Tensor | None]
-    mlp_in: nn.Linear
-    mlp_out: nn.Linear
+    mlp_in: nn.Module
+    mlp_out: nn.Module
 
 
 def _read_layer(layer: nn.Module) -> _Layer:
@@ -69,7 +70,7 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(torch.topk(scores, k, sorted=True).indices).values
 
 
-def _copy_linear(dst: nn.Linear, src: nn.Linear, rows: torch.Tensor, cols: torch.Tensor, scale: float = 1.0) -> None:
+def _copy_linear(dst: nn.Linear, src: nn.Module, rows: torch.Tensor, cols: torch.Tensor, scale: float = 1.0) -> None:
     dst.weight.copy_(src.weight[rows][:, cols] * scale)
     if dst.bias is not None:
         dst.bias.copy_(src.bias[rows] * scale if src.bias is not None else torch.zeros_like(dst.bias))
@@ -106,9 +107,9 @@ def init_from_backbone(side: nn.Module, layers: Sequence[nn.Module]) -> None:
         if s > len(layers):
             raise ConfigError(f"init 'backbone': shortcut layer {s} but only {len(layers)} backbone layers were given")
         w = _read_layer(layers[s - 1])
-        H = w.q.in_features
-        if r > min(H, w.mlp_in.out_features):
-            raise ConfigError(f"init 'backbone': --width {r} exceeds the backbone's width {H} or MLP size {w.mlp_in.out_features}")
+        H = w.q.weight.shape[1]
+        if r > min(H, w.mlp_in.weight.shape[0]):
+            raise ConfigError(f"init 'backbone': --width {r} exceeds the backbone's width {H} or MLP size {w.mlp_in.weight.shape[0]}")
         # residual dimensions: what the layer reads (q, k, v, MLP input columns) and writes (o, MLP output rows)
         reads = sum(m.weight.abs().sum(0) for m in (w.q, w.k, w.v, w.mlp_in))
         writes = w.o.weight.abs().sum(1) + w.mlp_out.weight.abs().sum(1)
@@ -130,7 +131,7 @@ def init_from_backbone(side: nn.Module, layers: Sequence[nn.Module]) -> None:
 
 def _copy_attention(block: AttentionBlock, w: _Layer, dims: torch.Tensor, r: int, heads: int) -> None:
     hd = w.head_dim
-    n_q, n_kv = w.q.out_features // hd, w.k.out_features // hd
+    n_q, n_kv = w.q.weight.shape[0] // hd, w.k.weight.shape[0] // hd
     side_hd = r // heads
     if heads > n_q or side_hd > hd:
         raise ConfigError(f"init 'backbone': {heads} side heads of {side_hd} dims do not fit in the backbone's "

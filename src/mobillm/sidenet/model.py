@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # a head is passed in; the side network never loads or builds
 
 class SideNetwork(nn.Module):
     def __init__(self, config: SideConfig):
+        """Randomly initialised, whatever ``config.init`` says: a side network to train starts from
+        :func:`mobillm.sidenet.init.new_side_network`, which copies the backbone's layers when ``init == "backbone"``
+        (loading a trained one: :meth:`from_pretrained`)."""
         super().__init__()
         self.config = config
         H, r, M = config.hidden_size, config.width, len(config.shortcuts)
