@@ -210,8 +210,13 @@ def test_samples_bench_curves_side_and_lora_on_a_tiny_model(tmp_path, capsys):
     main(["--merge", f"{tmp_path / 'out'},{tmp_path / 'lora'}", "--out", str(tmp_path / "merged")])
     merged = json.loads((tmp_path / "merged" / "results.json").read_text())["rows"]
     assert len(merged) == len(rows) + 1 and "| toy | LoRA 1 ep | 64 | 3 |" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main(["--n", "32,64", "--lora-n", "128", "--out", str(tmp_path / "bad")])
+    main(["--model", str(model), "--data", str(data), "--n", "32,64", "--seeds", "0", "--side-n", "64", "--side-epochs", "1",
+          "--lora-epochs", "0", "--eval-samples", "32", "--test-samples", "24", "--block", "mlp", "--out", str(tmp_path / "side")])
+    side_only = json.loads((tmp_path / "side" / "results.json").read_text())["rows"]
+    assert [(r["method"], r["n"]) for r in side_only] == [("side (default)", 64)]
+    for flag in ("--lora-n", "--side-n"):
+        with pytest.raises(SystemExit):
+            main(["--n", "32,64", flag, "128", "--out", str(tmp_path / "bad")])
 
 
 def test_interleaved_timing_runs_every_method_in_one_process(tmp_path, tiny_bundle):

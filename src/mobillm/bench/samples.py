@@ -22,7 +22,7 @@ method, N) and the plot accuracy against N per method and task.
     mobillm bench samples --merge results/side,results/lora --out results/samples   # one table and plot of both
 
 LoRA is the costly arm (a backward through the whole backbone per sample and epoch): ``--lora-n`` runs it at some
-N only, and ``--variants none --lora-epochs …`` in one process beside ``--lora-epochs 0 --variants …`` in another
+N only (``--side-n`` the side networks: more variants at the N that decide, on the same samples), and ``--variants none --lora-epochs …`` in one process beside ``--lora-epochs 0 --variants …`` in another
 splits a curve over two cores (same ``--data --n`` in both, so the batches are the same: a run without side
 networks forwards nothing, it only batches); ``--merge`` then joins their rows.
 
@@ -54,6 +54,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "constant": ({}, {"schedule": "constant", "warmup_steps": 20}),
     "rsqrt": ({}, {"schedule": "rsqrt", "warmup_steps": 20}),
     "lst": ({"init": "backbone", "gate_temperature": 0.1}, {"lr": 3e-3, "warmup_ratio": 0.1}),
+    "lst-lr1e-3": ({"init": "backbone", "gate_temperature": 0.1}, {"lr": 1e-3, "warmup_ratio": 0.06}),
 }
 
 
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="side-network epoch budgets (cosine over each); the one with the best validation accuracy is kept")
     parser.add_argument("--lora-epochs", default=[1, 3], type=number_list(int), help="LoRA's epoch counts; 0: no LoRA")
     parser.add_argument("--lora-n", default=None, type=number_list(int), help="the N LoRA runs at (default: every --n)")
+    parser.add_argument("--side-n", default=None, type=number_list(int), help="the N side networks train at (default: every --n)")
     parser.add_argument("--variants", default="default", help=f"side networks to train: {','.join(VARIANTS)}, or none")
     parser.add_argument("--merge", default=None, help="comma-separated results directories: join their rows, run nothing")
     parser.add_argument("--eval-samples", type=int, default=1000, help="validation samples (model selection)")
@@ -87,8 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     variants = [] if args.variants == "none" else args.variants.split(",")
     if unknown := set(variants) - set(VARIANTS):
         parser.error(f"--variants: unknown {sorted(unknown)}; choose from {','.join(VARIANTS)}")
-    if args.lora_n and (extra := set(args.lora_n) - set(args.n)):
-        parser.error(f"--lora-n: {sorted(extra)} not among --n {args.n}")
+    for flag, ns in (("--lora-n", args.lora_n), ("--side-n", args.side_n)):
+        if ns and (extra := set(ns) - set(args.n)):
+            parser.error(f"{flag}: {sorted(extra)} not among --n {args.n}")
 
     from mobillm.bench.models import device_checkpoint
 
@@ -162,11 +165,12 @@ def run_task(name: str, data: str, model: str, args, variants: list[str]) -> lis
         print(f"{name}: fewer than {max(args.n)} training samples; the largest N is all of them", flush=True)
     rows = []
     for seed in args.seeds:
-        lora_sizes = {len(nested_subsets(train, [n], seed)[0]) for n in (args.lora_n or args.n)}  # in batches
+        lora_sizes, side_sizes = ({len(nested_subsets(train, [n], seed)[0]) for n in (ns or args.n)}  # in batches
+                                  for ns in (args.lora_n, args.side_n))
         for chosen in nested_subsets(train, args.n, seed):
             ids = [int(i) for item in chosen for i in item.batch.sample_ids]
             at = {**common, "n": len(ids), "seed": seed}
-            for variant in variants:
+            for variant in variants if len(chosen) in side_sizes else ():
                 side_updates, train_updates = VARIANTS[variant]
                 config = side_config.model_copy(update=side_updates)
                 candidates = []
