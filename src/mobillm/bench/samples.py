@@ -246,6 +246,9 @@ def plot(rows: list[dict], path: Path) -> None:
         if zero is not None:  # a LoRA-only run forwards no taps, so it has no zero-shot figure
             ax.axhline(100 * zero, color="grey", linestyle=":", linewidth=1, label="zero-shot")
         ax.set_xscale("log")
+        ns = sorted({r["n"] for r in rows if r["task"] == name})
+        ax.set_xticks(ns, [str(n) for n in ns])  # the N trained, not log-scale minor labels over each other
+        ax.minorticks_off()
         ax.set_title(name)
         ax.set_xlabel("distinct training samples N")
         ax.set_ylabel("test accuracy (%)")
