@@ -22,9 +22,10 @@ method, N) and the plot accuracy against N per method and task.
     mobillm bench samples --merge results/side,results/lora --out results/samples   # one table and plot of both
 
 LoRA is the costly arm (a backward through the whole backbone per sample and epoch): ``--lora-n`` runs it at some
-N only (``--side-n`` the side networks: more variants at the N that decide, on the same samples), and ``--variants none --lora-epochs …`` in one process beside ``--lora-epochs 0 --variants …`` in another
-splits a curve over two cores (same ``--data --n`` in both, so the batches are the same: a run without side
-networks forwards nothing, it only batches); ``--merge`` then joins their rows.
+N only (``--side-n`` the side networks: more variants at the N that decide, on the same samples), and
+``--variants none --lora-epochs …`` in one process beside ``--lora-epochs 0 --variants …`` in another splits a
+curve over two cores (same ``--data --n`` in both, so the batches are the same: a run without side networks
+forwards nothing, it only batches); ``--merge`` then joins their rows.
 
 ``--quick``: N 100 and 200, seed 0, 200 validation and 200 test samples, side epochs 6, LoRA 1 epoch. ``sst2``
 is skipped with a note when SST-2 is absent. Writes results/samples/{results.json,results.csv,accuracy_vs_n.png}.
