@@ -170,14 +170,14 @@ def test_fixed_choices_match_their_homes():
     from mobillm import cli
     from mobillm.backbone.weights import WEIGHT_FORMATS
     from mobillm.recipes.task import TaskOptions
-    from mobillm.sidenet import SideConfig
     from mobillm.sidenet.blocks import SIDE_BLOCKS
+    from mobillm.sidenet.config import Init
     from mobillm.train_config import Method, Schedule
     from mobillm.wire.codecs import CODECS
 
     assert list(get_args(cli.CodecName)) == list(CODECS)
     assert set(get_args(cli.BlockName)) == set(SIDE_BLOCKS)
-    assert get_args(cli.SideInitName) == get_args(SideConfig.model_fields["init"].annotation)
+    assert get_args(cli.SideInitName) == get_args(Init)
     assert get_args(cli.TaskKind) == get_args(TaskOptions.model_fields["task"].annotation)
     assert get_args(cli.MethodName) == get_args(Method) and get_args(cli.ScheduleName) == get_args(Schedule)
     assert get_args(cli.WeightFormat) == WEIGHT_FORMATS

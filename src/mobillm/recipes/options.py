@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mobillm.data.readers import LABEL_COLUMN, TEXT_COLUMN
 from mobillm.exceptions import MobillmError
-from mobillm.sidenet.config import SideConfig
+from mobillm.sidenet.config import Init, SideConfig
 from mobillm.wire.frame import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = ["SideOptions", "StreamOptions", "require_task"]
@@ -33,7 +33,7 @@ class SideOptions(BaseModel):
     shortcuts: str | None = None
     width: int = Field(64, gt=0)
     block: str = "attention"
-    side_init: Literal["random", "backbone"] = SideConfig.model_fields["init"].default
+    side_init: Init = SideConfig.model_fields["init"].default
     gate_temperature: float = Field(SideConfig.model_fields["gate_temperature"].default, gt=0)
     max_length: int = Field(128, gt=1)
     max_train_samples: int | None = Field(None, gt=0)

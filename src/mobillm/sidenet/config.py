@@ -12,6 +12,7 @@ from mobillm.files import SIDE_CONFIG_NAME
 
 Task = Literal["classification", "causal-lm"]
 HeadKind = Literal["verbalizer", "linear", "lm"]
+Init = Literal["random", "backbone"]
 
 #: Every side block type and whether it is token-wise, without importing the torch blocks (a device without torch
 #: validates configs too); :func:`mobillm.sidenet.blocks.register_block` adds a new type here.
@@ -35,7 +36,7 @@ class SideConfig(Config):
     block: str = Field("attention", description="side block type: 'attention' (token-mixing) or 'mlp' (token-wise)")
     attention_heads: int = Field(4, gt=0, description="heads of the 'attention' block")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    init: Literal["random", "backbone"] = Field(
+    init: Init = Field(
         "random", description="side blocks and down_i: random, or a magnitude-pruned copy of the shortcut layers (LST; "
         "sidenet.init, needs the backbone's layer weights where the side network is created)")
     gate_temperature: float = Field(1.0, gt=0, description="T of the ladder gates mu_i = sigmoid(alpha_i / T) (LST: 0.1)")
