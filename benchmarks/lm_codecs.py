@@ -30,7 +30,7 @@ DATA = ROOT / "results" / "causal_lm" / "sst2_instructions"
 def measure(codec: str, samples: int) -> dict:
     """One codec, in this process (run by the parent in a fresh subprocess)."""
     from mobillm.backbone import FrozenHead
-    from mobillm.device.inference import evaluate_tapped, tap_examples, zero_shot_tapped
+    from mobillm.device.inference import evaluate_tapped, tap_split, zero_shot_tapped
     from mobillm.device.stats import TapStats
     from mobillm.device.taps import TappedBackbone
     from mobillm.procfs import peak_rss_bytes
@@ -42,7 +42,7 @@ def measure(codec: str, samples: int) -> dict:
     head = FrozenHead.from_model(task.model)
     backbone = TappedBackbone(task.model, task.side_config.shortcuts)
     stats = TapStats()
-    tapped = tap_examples(backbone, get_codec(codec), task.batcher, task.data.test[:samples], 16, False, codec, stats)
+    tapped = list(tap_split(backbone, get_codec(codec), task.batcher, task.data.test[:samples], 16, False, codec, stats))
     through = evaluate_tapped(SideNetwork(task.side_config), head, get_codec(codec), tapped).scores()
     raw = zero_shot_tapped(task.side_config, head, tapped).scores()
     tokens = sum(int(t.batch.attention_mask.sum()) for t in tapped)

@@ -28,7 +28,7 @@ from mobillm.backbone import (
 )
 from mobillm.bench.io import write_rows
 from mobillm.data import Batcher, default_template, load_dataset
-from mobillm.device.inference import TappedBatch, tap_examples
+from mobillm.device.inference import TappedBatch, tap_split
 from mobillm.device.taps import TappedBackbone
 from mobillm.recipes.local import fit_side
 from mobillm.sidenet import SideConfig
@@ -95,9 +95,9 @@ def main() -> None:
     every = list(range(1, L + 1))
     start = time.perf_counter()
     backbone = TappedBackbone(model, every)
-    train = tap_examples(backbone, codec, batcher, data.train, 16, True, "taps (train)", shuffle=True, seed=0)
-    val = tap_examples(backbone, codec, batcher, data.validation, 16, True, "taps (validation)")
-    test = tap_examples(backbone, codec, batcher, data.test, 16, True, "taps (test)")
+    train = list(tap_split(backbone, codec, batcher, data.train, 16, True, "taps (train)", shuffle=True, seed=0))
+    val = list(tap_split(backbone, codec, batcher, data.validation, 16, True, "taps (validation)"))
+    test = list(tap_split(backbone, codec, batcher, data.test, 16, True, "taps (test)"))
     backbone.close()
     print(f"device taps of all {L} layers: {time.perf_counter() - start:.0f} s", flush=True)
 
@@ -116,7 +116,7 @@ def main() -> None:
     if args.attention:
         shortcuts = default_shortcuts(L)
         backbone = TappedBackbone(model, shortcuts)
-        caches = [tap_examples(backbone, codec, batcher, split, 16, False, "taps, all positions", shuffle=i == 0, seed=0)
+        caches = [list(tap_split(backbone, codec, batcher, split, 16, False, "taps, all positions", shuffle=i == 0, seed=0))
                   for i, split in enumerate((data.train, data.validation, data.test))]
         for epochs, lr in ((6, 1e-3), (12, 3e-4)):
             config = TrainConfig(method="side", lr=lr, epochs=epochs, patience=4)

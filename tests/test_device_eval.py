@@ -18,7 +18,7 @@ from peaks import FLAGS, assert_flat_peak
 from servers import ThreadServer, start_server
 
 from mobillm.backbone import FrozenHead
-from mobillm.device.inference import evaluate_tapped, tap_examples, tap_split, zero_shot_tapped
+from mobillm.device.inference import evaluate_tapped, tap_split, zero_shot_tapped
 from mobillm.device.noise import ActivationNoise, load_secret
 from mobillm.device.taps import TappedBackbone
 from mobillm.recipes.device import DeviceOptions, run_device
@@ -64,7 +64,7 @@ def test_device_scores_equal_scoring_the_kept_taps(toy_task, tmp_path, block):
     task = prepare_task(options, config.seed)
     backbone, head, codec = TappedBackbone(task.model, [2, 4]), FrozenHead.from_model(task.model), get_codec("int8")
     noise = ActivationNoise(0.5, load_secret(options.output_dir))
-    kept = tap_examples(backbone, codec, task.batcher, task.data.test, 16, block == "mlp", "test", noise=noise, split="test")
+    kept = list(tap_split(backbone, codec, task.batcher, task.data.test, 16, block == "mlp", "test", noise=noise, split="test"))
     side = SideNetwork.from_pretrained(options.output_dir / "side_network")
     assert summary["test"] == evaluate_tapped(side, head, codec, kept).scores()
     assert summary["zero_shot_test"] == zero_shot_tapped(task.side_config, head, kept).scores()

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from mobillm.backbone import FrozenHead, decoder_layers, load_pretrained
     from mobillm.bench.models import device_bundle, device_checkpoint
-    from mobillm.device.inference import TappedBatch, tap_examples
+    from mobillm.device.inference import TappedBatch, tap_split
     from mobillm.device.taps import TappedBackbone
     from mobillm.recipes.local import fit_side
     from mobillm.recipes.task import TaskOptions, prepare_task
@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> None:
         pivot = task.side_config.pivot_only
         started = time.perf_counter()
         splits = {
-            "train": tap_examples(backbone, raw, task.batcher, task.data.train, 16, pivot, "taps (train)", shuffle=True, seed=0),
-            "validation": tap_examples(backbone, raw, task.batcher, task.data.validation, 16, pivot, "taps (validation)"),
-            "test": tap_examples(backbone, raw, task.batcher, task.data.test, 16, pivot, "taps (test)"),
+            "train": list(tap_split(backbone, raw, task.batcher, task.data.train, 16, pivot, "taps (train)", shuffle=True, seed=0)),
+            "validation": list(tap_split(backbone, raw, task.batcher, task.data.validation, 16, pivot, "taps (validation)")),
+            "test": list(tap_split(backbone, raw, task.batcher, task.data.test, 16, pivot, "taps (test)")),
         }
         seconds = time.perf_counter() - started
         print(f"device pass: {seconds:.0f} s", flush=True)

@@ -154,7 +154,7 @@ def _defence_utility(args, loaded: tuple, strengths: list[float]) -> list[dict]:
 
     from mobillm.backbone import FrozenHead, decoder_layers
     from mobillm.bench.io import require_sst2
-    from mobillm.device.inference import TappedBatch, tap_examples
+    from mobillm.device.inference import TappedBatch, tap_split
     from mobillm.device.noise import ActivationNoise
     from mobillm.privacy.observe import tapped
     from mobillm.recipes.local import fit_side
@@ -169,7 +169,7 @@ def _defence_utility(args, loaded: tuple, strengths: list[float]) -> list[dict]:
     task.data.test = task.data.test[:test_n]
     side, raw = task.side_config, get_codec("none")
     with tapped(task.model, side.shortcuts) as backbone:  # raw taps of every position, once
-        splits = {name: tap_examples(backbone, raw, task.batcher, examples, 16, False, f"taps ({name})", shuffle=name == "train")
+        splits = {name: list(tap_split(backbone, raw, task.batcher, examples, 16, False, f"taps ({name})", shuffle=name == "train"))
                   for name, examples in (("train", task.data.train), ("eval", task.data.validation), ("test", task.data.test))}
     head, codec_name = FrozenHead.from_model(task.model), args.codecs.split(",")[-1]
     codec = get_codec(codec_name)

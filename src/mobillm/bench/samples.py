@@ -133,7 +133,7 @@ def run_task(name: str, data: str, model: str, args, variants: list[str]) -> lis
     import torch
 
     from mobillm.backbone import FrozenHead, decoder_layers
-    from mobillm.device.inference import tap_examples, zero_shot_tapped
+    from mobillm.device.inference import tap_split, zero_shot_tapped
     from mobillm.device.taps import TappedBackbone
     from mobillm.metrics import MetricsLog
     from mobillm.recipes.local import fit_side, train_baseline
@@ -150,9 +150,9 @@ def run_task(name: str, data: str, model: str, args, variants: list[str]) -> lis
     backbone, codec, pivot = TappedBackbone(task.model, side_config.shortcuts), get_codec(args.codec), side_config.pivot_only
     started = time.perf_counter()
     if variants:
-        train = tap_examples(backbone, codec, task.batcher, task.data.train, BATCH, pivot, "taps (train)", shuffle=True, seed=0)
-        val = tap_examples(backbone, codec, task.batcher, task.data.validation, BATCH, pivot, "taps (validation)")
-        test = tap_examples(backbone, codec, task.batcher, task.data.test, BATCH, pivot, "taps (test)")
+        train = list(tap_split(backbone, codec, task.batcher, task.data.train, BATCH, pivot, "taps (train)", shuffle=True, seed=0))
+        val = list(tap_split(backbone, codec, task.batcher, task.data.validation, BATCH, pivot, "taps (validation)"))
+        test = list(tap_split(backbone, codec, task.batcher, task.data.test, BATCH, pivot, "taps (test)"))
         print(f"{name}: device pass over {len(task.data.train)} train / {len(task.data.validation)} validation / "
               f"{len(task.data.test)} test samples in {time.perf_counter() - started:.0f} s", flush=True)
         zero_shot = zero_shot_tapped(side_config, head, test).scores()["accuracy"]

@@ -6,7 +6,7 @@ hidden states the forward pass kept (:attr:`TappedBatch.top`): the bare backbone
 
 Scoring reads any iterable of tapped batches: :func:`tap_split` forwards a split as it is read, so one pass scores
 it (side network and zero-shot together, :func:`~mobillm.scoring.score_batches`) and nothing per sample is kept;
-:func:`tap_examples` keeps a split's taps where they are replayed (``mobillm train``'s epochs, the benchmarks).
+``list(tap_split(...))`` keeps a split's taps where they are replayed (``mobillm train``'s epochs, the benchmarks).
 """
 
 from __future__ import annotations
@@ -76,11 +76,6 @@ def tap_split(
     steps = (len(examples) + batch_size - 1) // batch_size
     batches = tqdm(batcher.batches(examples, batch_size, shuffle=shuffle, seed=seed), total=steps, desc=desc, leave=False, disable=None)
     return tap_batches(backbone, codec, batches, pivot, stats, noise, split)
-
-
-def tap_examples(*args, **kwargs) -> list[TappedBatch]:
-    """:func:`tap_split`, kept: a whole split's encoded taps (reused for zero-shot and final scoring, or replayed)."""
-    return list(tap_split(*args, **kwargs))
 
 
 def side_extras(config: SideConfig, batch: EncodedBatch) -> tuple:

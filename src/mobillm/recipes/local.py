@@ -21,7 +21,7 @@ from mobillm.device.inference import (
     TappedBatch,
     evaluate_tapped,
     side_extras,
-    tap_examples,
+    tap_split,
     zero_shot_tapped,
 )
 from mobillm.device.noise import ActivationNoise, device_noise
@@ -99,14 +99,14 @@ def _train_side(task: Task, config: TrainConfig, metrics: MetricsLog, out: Path,
 
     # --- device: one forward pass per sample; the encoded taps are cached (the server's activation cache)
     train_stats = TapStats()
-    train_cache = tap_examples(
+    train_cache = list(tap_split(
         backbone, codec, batcher, data.train, config.batch_size, pivot, "device forward (train)", train_stats, shuffle=True,
         seed=config.seed, noise=noise,
-    )
-    val_cache = tap_examples(backbone, codec, batcher, data.validation, config.batch_size, pivot, "device forward (validation)",
-                             noise=noise, split="eval")
-    test_cache = tap_examples(backbone, codec, batcher, data.test, config.batch_size, pivot, "device forward (test)",
-                              noise=noise, split="test")
+    ))
+    val_cache = list(tap_split(backbone, codec, batcher, data.validation, config.batch_size, pivot,
+                               "device forward (validation)", noise=noise, split="eval"))
+    test_cache = list(tap_split(backbone, codec, batcher, data.test, config.batch_size, pivot, "device forward (test)",
+                                noise=noise, split="test"))
 
     result = fit_side(side_config, head, config, train_cache, val_cache, test_cache, metrics, layers=decoder_layers(task.model))
     result["side"].save_pretrained(out / "side_network")
