@@ -10,8 +10,9 @@ from conftest import VOCAB, save_tiny_model, tiny_model, write_toy_sentiment
 from helpers import make_tiny_tokenizer
 
 from mobillm.data import Batcher, default_template
+from mobillm.device.noise import ActivationNoise
 from mobillm.privacy import AuditConfig, reconstruction_scores, run_audit
-from mobillm.privacy.attacks import Ridge, sequential_verification
+from mobillm.privacy.attacks import Ridge, a2_distances, a2_tolerance, sequential_verification
 from mobillm.privacy.metrics import bag_f1, bootstrap_ci, canary_recovered, lcs_length, rouge_l, token_hits
 from mobillm.privacy.observe import raw_taps, server_view
 from mobillm.privacy.prompts import plant_canaries, tokenize_prompts
@@ -65,6 +66,27 @@ def test_a2_inverts_a_tiny_random_model_from_its_top_layer(codec):
     scores = reconstruction_scores(prompts, guesses)
     assert scores["token_recovery"] >= 0.9  # chance: 1 / 96
     assert scores["template_recovery"] >= 0.9
+
+
+def test_a2_widens_where_the_true_token_would_score_under_the_noise():
+    """The tolerance is calibrated on the attacker's public prompts and holds on the victim's: the right token's
+    distance under the device's own noise (another secret) is within it at most positions; the fixed
+    0.01 + 1.5 sigma^2 it replaces was far above it, so A2 never widened at sigma = 1 (BENCHMARKS §16.1)."""
+    model, tokenizer = tiny_model("llama", layers=4, hidden=64), make_tiny_tokenizer(bos=True)
+    batcher = Batcher(tokenizer, default_template())
+    words = "the movie was really good and fun i hate this boring plot it bad".split()
+    texts = [" ".join(words[(3 * i + j) % len(words)] for j in range(4 + i % 5)) for i in range(24)]
+    public, victim = tokenize_prompts(batcher, texts[:16]), tokenize_prompts(batcher, texts[16:])
+    codec, sigma = get_codec("nf4"), 1.0
+
+    def views(prompts, noise):
+        return [v for r in raw_taps(model, [4], batcher, prompts) for v in server_view(r, codec, False, noise)]
+
+    tolerance = a2_tolerance(views(public, None), views(public, ActivationNoise(sigma, b"attacker-own-secret!")))
+    assert a2_tolerance(views(public, None), views(public, None)) == 0.01  # no noise: the floor (exact matches score ~0)
+    true_d = torch.cat([a2_distances(c, s) for c, s in zip(views(victim, None), views(victim, ActivationNoise(sigma, b"the-device-secret...")))])
+    assert (true_d <= tolerance).float().mean() >= 0.85
+    assert 0.3 < tolerance < 0.01 + 1.5 * sigma**2  # the right token scores ~ sigma^2 / (1 + sigma^2) = 0.5 per layer
 
 
 def test_the_audit_runs_every_attack_on_a_tiny_model(tmp_path):

@@ -7,8 +7,9 @@ fingerprint pins it), the decoded taps, the template.
   token at that position, trained on public text through the same codec; then the nearest embeddings.
 * A2 — white-box sequential verification: position t depends only on tokens <= t, so recover the prompt left to
   right; for each position re-run the public backbone (KV cache of the recovered prefix) on every candidate next
-  token — A1's top-k, widened to its top-``wide`` when the best distance is poor — pass the recomputed tap through
-  the same codec and keep the candidate nearest to what was observed.
+  token — A1's top-k, widened to its top-``wide`` when the best distance is poor (worse than what the true token
+  scores at most positions of the attacker's own public prompts in the same setting: :func:`a2_tolerance`) —
+  pass the recomputed tap through the same codec and keep the candidate nearest to what was observed.
 * Bag of words (pivot-only mode, one position per prompt): ridge from the pivot's activations to which tokens
   occur in the text, against the frequency prior that ignores the activations.
 """
@@ -25,7 +26,7 @@ from mobillm.backbone import FrozenHead
 from mobillm.privacy.observe import tapped
 from mobillm.wire.codecs import Codec
 
-__all__ = ["BagOfWords", "Ridge", "logit_lens", "nearest_embedding", "sequential_verification"]
+__all__ = ["BagOfWords", "Ridge", "a2_tolerance", "logit_lens", "nearest_embedding", "sequential_verification"]
 
 
 def _top_cosine(queries: torch.Tensor, table: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
@@ -167,6 +168,22 @@ class BagOfWords:
 
 
 @torch.no_grad()
+def a2_distances(candidate: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """A2's distance ``sum_l |candidate_l - observed_l|^2 / |observed_l|^2`` over the layers: (..., m, H) -> (...)."""
+    return ((candidate - observed).pow(2).sum(-1) / observed.pow(2).sum(-1).clamp(min=1e-12)).sum(-1)
+
+
+def a2_tolerance(clean: list[torch.Tensor], seen: list[torch.Tensor], quantile: float = 0.95, floor: float = 0.01) -> float:
+    """A2's widening threshold, calibrated on the attacker's own public prompts: the ``quantile`` of the distance
+    between each position's true tap (codec round trip, no noise: what the right candidate recomputes to) and what
+    the server sees of it (the defence's noise simulated by the attacker, as the device adds it) — i.e. what the
+    right token scores in this setting — and at least ``floor`` (no noise: an exact match scores ~0).
+
+    ``clean[p]``, ``seen[p]``: (T_p, m, H), the cell's layers of public prompt ``p``."""
+    d = torch.cat([a2_distances(c, s) for c, s in zip(clean, seen)])  # (positions,)
+    return max(floor, float(torch.quantile(d, quantile))) if len(d) else floor
+
+
 def sequential_verification(
     model: nn.Module, layers: list[int], codec: Codec, observed: list[torch.Tensor], candidates: list[torch.Tensor],
     known_prefix: list[int], *, k: int = 16, wide: int = 256, tolerance: float = 0.01, chunk: int = 256,
@@ -176,9 +193,9 @@ def sequential_verification(
 
     ``observed[p]`` (T_p, m, H): the decoded taps of ``layers`` (1-based, increasing); ``candidates[p]`` (T_p, >=
     wide): A1's ranking per position; ``known_prefix``: public template tokens every prompt is known to start with.
-    A candidate's distance is ``sum_l |tap_l - observed_l|^2 / |observed_l|^2`` after the same codec round trip; the
-    wide set is tried when the best of the top ``k`` is above ``tolerance`` (an exact match scores ~0: same model,
-    same codec). All prompts advance one position per step, so their recovered prefixes have one length and share
+    A candidate's distance is :func:`a2_distances` after the same codec round trip; the wide set is tried when the
+    best of the top ``k`` is above ``tolerance`` (an exact match scores ~0: same model, same codec, no noise; with
+    noise, :func:`a2_tolerance`). All prompts advance one position per step, so their recovered prefixes have one length and share
     one batched KV cache: each step is one forward of every prompt's candidates (in row chunks of ``chunk``), then
     one forward of the chosen tokens to extend the cache.
     """
@@ -199,7 +216,6 @@ def sequential_verification(
             owner = torch.tensor(rows)[local]  # (R,) its row of the batched cache
             flat, out = cands.reshape(-1), []
             seen = torch.stack([observed[active[r]][t] for r in rows])  # (len(rows), m, H)
-            norms = seen.pow(2).sum(-1).clamp(min=1e-12)  # (len(rows), m)
             for lo in range(0, len(flat), chunk):
                 part = slice(lo, lo + chunk)
                 trial = None
@@ -207,11 +223,8 @@ def sequential_verification(
                     trial = copy.deepcopy(cache)
                     trial.batch_select_indices(owner[part])
                 taps, _ = backbone.step(flat[part, None], trial)
-                d, mine = torch.zeros(len(flat[part])), local[part]
-                for i, tap in enumerate(taps):  # (R, 1, H) per layer
-                    decoded = codec.decode(codec.encode(tap[:, 0]))
-                    d += (decoded - seen[mine, i]).pow(2).sum(-1) / norms[mine, i]
-                out.append(d)
+                decoded = torch.stack([codec.decode(codec.encode(tap[:, 0])) for tap in taps], 1)  # (R, m, H)
+                out.append(a2_distances(decoded, seen[local[part]]))
             return torch.cat(out).view(len(rows), n)
 
         for t in range(start, max(lengths, default=0)):

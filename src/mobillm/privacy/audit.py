@@ -25,6 +25,7 @@ from mobillm.exceptions import ConfigError
 from mobillm.privacy.attacks import (
     BagOfWords,
     EmbeddingInverse,
+    a2_tolerance,
     logit_lens,
     nearest_embedding,
     sequential_verification,
@@ -177,6 +178,9 @@ def run_audit(config: AuditConfig, log=print, loaded: tuple | None = None) -> tu
                 with phases.timed("server_view"):
                     seen_a = [v for raw in raw_attacker for v in server_view(raw, codec, pivot, attacker_noise)]
                     seen_v = [v for raw in raw_victim for v in server_view(raw, codec, pivot, device_noise)]
+                    # what A2's right candidate recomputes to on the public prompts: the taps without the noise
+                    clean_a = seen_a if not sigma or pivot else [
+                        v for raw in raw_attacker for v in server_view(raw, codec, False)]
                 for cell in cells:
                     setting = {"noise": sigma, "codec": codec_name, "mode": mode, "layers": cell}
                     before = len(rows)
@@ -188,7 +192,7 @@ def run_audit(config: AuditConfig, log=print, loaded: tuple | None = None) -> tu
                             config.a2_codecs is None or codec_name in config.a2_codecs)
                         new_rows, new_examples = _position_attacks(
                             config, setting, model, head, embeddings, shortcuts, index[cell], codec, seen_a, seen_v,
-                            attacker, victim, known_prefix, tokenizer, run_a2, phases)
+                            clean_a, attacker, victim, known_prefix, tokenizer, run_a2, phases)
                         rows += new_rows
                         examples += new_examples
                     for r in rows[before:]:
@@ -200,8 +204,8 @@ def run_audit(config: AuditConfig, log=print, loaded: tuple | None = None) -> tu
     return rows, examples, dict(phases)
 
 
-def _position_attacks(config, setting, model, head, embeddings, shortcuts, layer_ids, codec, seen_a, seen_v, attacker,
-                      victim, known_prefix, tokenizer, run_a2, phases: Phases) -> tuple[list[dict], list[dict]]:
+def _position_attacks(config, setting, model, head, embeddings, shortcuts, layer_ids, codec, seen_a, seen_v, clean_a,
+                      attacker, victim, known_prefix, tokenizer, run_a2, phases: Phases) -> tuple[list[dict], list[dict]]:
     rows, examples = [], []
 
     def row(attack: str, guesses: list[list[int]], seconds: float, **extra) -> None:
@@ -233,11 +237,13 @@ def _position_attacks(config, setting, model, head, embeddings, shortcuts, layer
     if run_a2:
         layers = [shortcuts[i] for i in layer_ids]
         start = time.perf_counter()
+        tolerance = a2_tolerance([v[:, layer_ids] for v in clean_a], [v[:, layer_ids] for v in seen_a])
         found = sequential_verification(model, layers, codec, [v[:, layer_ids] for v in seen_v], ranked, known_prefix,
-                                        k=config.k, wide=config.wide, tolerance=0.01 + 1.5 * setting["noise"] ** 2)
+                                        k=config.k, wide=config.wide, tolerance=tolerance)
         guesses, widened = [g for g, _ in found], sum(w for _, w in found)
         phases["A2"] += time.perf_counter() - start
-        row("A2-sequential", guesses, fit_seconds + time.perf_counter() - start, widened_positions=widened)
+        row("A2-sequential", guesses, fit_seconds + time.perf_counter() - start, widened_positions=widened,
+            a2_tolerance=tolerance)
         for p, g in list(zip(victim, guesses))[: config.examples] + [
                 (p, g) for p, g in zip(victim, guesses) if p.canaries][: config.examples]:
             text_guess = [t for t, m in zip(g, p.text_mask) if m]
