@@ -214,6 +214,14 @@ def test_samples_bench_curves_side_and_lora_on_a_tiny_model(tmp_path, capsys):
           "--lora-epochs", "0", "--eval-samples", "32", "--test-samples", "24", "--block", "mlp", "--out", str(tmp_path / "side")])
     side_only = json.loads((tmp_path / "side" / "results.json").read_text())["rows"]
     assert [(r["method"], r["n"]) for r in side_only] == [("side (default)", 64)]
+    # more shortcut layers: a row of their own, named with them, and the bytes per sample they cost
+    main(["--model", str(model), "--data", str(data), "--n", "32,64", "--seeds", "0", "--side-n", "64", "--side-epochs", "1",
+          "--lora-epochs", "0", "--eval-samples", "32", "--test-samples", "24", "--block", "mlp", "--shortcuts", "1,2,3,4",
+          "--out", str(tmp_path / "taps")])
+    [taps] = json.loads((tmp_path / "taps" / "results.json").read_text())["rows"]
+    assert (taps["method"], taps["shortcuts"]) == ("side (default, taps 1,2,3,4)", [1, 2, 3, 4])
+    per_layer = [r["bytes_per_sample"] / len(r["shortcuts"]) for r in (taps, side_only[0])]
+    assert len(side_only[0]["shortcuts"]) < 4 and per_layer[0] == pytest.approx(per_layer[1], rel=0.05)
     for flag in ("--lora-n", "--side-n"):
         with pytest.raises(SystemExit):
             main(["--n", "32,64", flag, "128", "--out", str(tmp_path / "bad")])

