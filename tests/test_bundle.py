@@ -19,7 +19,7 @@ from mobillm.bundle.runtime import Bundle
 from mobillm.bundle.sidenet import NpSideNetwork
 from mobillm.device.generate import Generator, Sampling
 from mobillm.device.taps import TappedBackbone
-from mobillm.exceptions import ConfigError
+from mobillm.exceptions import ConfigError, ModelLoadError
 from mobillm.export import export_bundle, quantize_bundle
 from mobillm.sidenet import SideConfig, SideNetwork
 from mobillm.wire.codecs import get_codec
@@ -130,6 +130,34 @@ def test_head_equals_frozen_head(exported, family):
     np.testing.assert_allclose(bundle.logits(hidden.numpy()), head(hidden).numpy(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("weights", ["fp32", "int4"])
+def test_label_logits_read_only_the_label_rows(exported, family, weights, tmp_path):
+    """A verbalizer's logits equal the torch head's on those rows, in every weight format (the rows stay fp32),
+    without opening the full head graph; a bundle for classification only has no full head at all."""
+    directory = exported[family] if weights == "fp32" else tmp_path
+    if weights != "fp32":
+        quantize_bundle(exported[family], directory, weights)
+    bundle = Bundle.load(directory)
+    head = FrozenHead.from_model(tiny_model(family))
+    hidden, rows = torch.randn(5, 32), [9, 4, VOCAB - 1]
+    want = head(hidden, torch.tensor(rows)).numpy()
+    np.testing.assert_allclose(bundle.label_logits(hidden.numpy(), rows), want, atol=1e-5, rtol=0)
+    assert bundle._head is None  # the whole vocabulary was never loaded
+    with pytest.raises(ConfigError, match="outside the bundle's vocabulary"):
+        bundle.label_logits(hidden.numpy(), [VOCAB])
+
+
+def test_a_bundle_without_generation_classifies(tmp_path):
+    export_bundle(tiny_model("opt"), make_tiny_tokenizer(bos=False), tmp_path, SHORTCUTS, generate=False)
+    assert not (tmp_path / "head.onnx").exists() and not (tmp_path / "generate.onnx").exists()
+    bundle = Bundle.load(tmp_path)
+    hidden = torch.randn(2, 32)
+    want = FrozenHead.from_model(tiny_model("opt"))(hidden, torch.tensor([5, 6])).numpy()
+    np.testing.assert_allclose(bundle.label_logits(hidden.numpy(), [5, 6]), want, atol=1e-5, rtol=0)
+    with pytest.raises(ModelLoadError, match="without --no-generate"):
+        bundle.logits(hidden.numpy())
+
+
 def _side(block: str, task: str = "causal-lm", random: bool = False, seed: int = 0) -> SideNetwork:
     head = {"causal-lm": "lm", "classification": "verbalizer"}[task]
     config = SideConfig(
@@ -223,6 +251,7 @@ from mobillm.wire.np_codecs import get_np_codec
 bundle = Bundle.load({str(exported['opt'])!r})
 taps = bundle.taps(np.array([[5, 6, 7]]), np.ones((1, 3), np.int64))
 bundle.logits(taps[-1][0])
+bundle.label_logits(taps[-1][0], [5, 6])
 get_np_codec("nf4").encode(taps[-1])
 assert taps[-1].shape == (1, 3, 32)
 print(sorted(m for m in ("torch", "transformers") if m in sys.modules))
@@ -233,8 +262,6 @@ print(sorted(m for m in ("torch", "transformers") if m in sys.modules))
 
 
 def test_bad_bundles_are_refused(tmp_path, exported):
-    from mobillm.exceptions import ModelLoadError
-
     with pytest.raises(ConfigError, match="mobillm export"):
         Bundle.load(tmp_path)
     (tmp_path / "bundle.json").write_text((exported["llama"] / "bundle.json").read_text())

@@ -20,6 +20,7 @@ def test_a_jobs_bundle_is_exported_once_and_again_for_another_request(tmp_path, 
     config = BundleConfig.load(bundle)
     assert config.shortcuts == [1, 3] and config.weights == "fp32"
     assert (bundle / "taps.onnx").is_file() and not (bundle / "generate.onnx").exists()  # classification only
+    assert (bundle / "lm_head.safetensors").is_file() and not (bundle / "head.onnx").exists()  # label rows, no full head
     written = (bundle / "taps.onnx").stat().st_mtime_ns
 
     assert job_bundle(model, "1,3", "fp32", bundle) == bundle  # the same request: reused, not exported again
@@ -35,9 +36,12 @@ def test_a_jobs_bundle_is_exported_once_and_again_for_another_request(tmp_path, 
         return subprocess.CompletedProcess(command, 0)
 
     monkeypatch.setattr(subprocess, "run", export)
+    (bundle / "norm.onnx").unlink()  # an older version's bundle, without a file this one reads
+    job_bundle(model, "1,3", "fp32", bundle)
+    assert len(commands) == 1  # the same request, exported again
     job_bundle(model, "2", "int8-dynamic", bundle)
-    assert len(commands) == 1
-    assert commands[0][1:] == ["-m", "mobillm", "export", str(bundle), "--model", model, "--weights", "int8-dynamic",
+    assert len(commands) == 2
+    assert commands[1][1:] == ["-m", "mobillm", "export", str(bundle), "--model", model, "--weights", "int8-dynamic",
                                "--no-generate", "--shortcuts", "2"]
     assert '"int8-dynamic"' in (bundle / "export_request.json").read_text()
 

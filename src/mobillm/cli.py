@@ -654,8 +654,8 @@ def export(
     shortcuts: Shortcuts = None,
     weights: Annotated[BundleWeightFormat, typer.Option(help="bundle weight format (see `mobillm.export`)")] = "fp32",
     generate: Annotated[bool, typer.Option(
-        help="also export the generation graph (--no-generate: half the export time; classification, predict and "
-             "evaluate only)")] = True,
+        help="also export the generation graph and the full head (--no-generate: half the export time; "
+             "classification, predict and evaluate only)")] = True,
 ) -> None:
     """Write a device bundle once (needs torch): ONNX graphs of the frozen backbone, tokenizer.json, bundle.json.
 

@@ -36,6 +36,8 @@ from mobillm.backbone import FrozenHead, decoder_layers, fingerprint
 from mobillm.bundle.config import (
     GENERATE_NAME,
     HEAD_NAME,
+    LM_HEAD_NAME,
+    NORM_NAME,
     TAPS_NAME,
     TOKENIZER_NAME,
     WEIGHT_FORMATS,
@@ -92,6 +94,25 @@ class _Head(nn.Module):
         return self.head(hidden[None])[0]  # 3-d: the LM head exports as a MatMul (quantizable), not a Gemm
 
 
+class _Norm(nn.Module):
+    def __init__(self, head: FrozenHead):
+        super().__init__()
+        self.head = head
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (N, H) -> (N, H')
+        return self.head.normed(hidden)
+
+
+def _save_lm_head(head: FrozenHead, path: Path) -> None:
+    """The LM head's rows as fp32 safetensors (the device maps them and reads its label tokens' rows only)."""
+    from safetensors.torch import save_file
+
+    tensors = {"weight": head.lm_head.weight}
+    if head.lm_head.bias is not None:
+        tensors["bias"] = head.lm_head.bias
+    save_file({k: t.detach().to(torch.float32).contiguous().clone() for k, t in tensors.items()}, str(path))
+
+
 def export_bundle(
     model: nn.Module,
     tokenizer,
@@ -106,8 +127,9 @@ def export_bundle(
 
     ``source`` is the public model id the server must load (an alias, hub id or path). The model's decoder is
     truncated at the top shortcut in place (as :class:`TappedBackbone` does): pass a model you no longer need.
-    ``log`` receives one progress line per long step. ``generate=False`` leaves out the generation graph (about
-    half of the export's time): enough for classification jobs, predict and evaluate, not for ``generate``.
+    ``log`` receives one progress line per long step. ``generate=False`` leaves out the generation graph and the
+    full head (about half of the export's time): enough for classification jobs, predict and evaluate, not for
+    ``generate``.
     """
     if weights not in WEIGHT_FORMATS:
         raise ConfigError(f"--weights {weights!r}: choose one of {', '.join(WEIGHT_FORMATS)}")
@@ -144,7 +166,9 @@ def quantize_bundle(
         log(f"quantizing {name} to {weights}")
         _quantize(source / name, directory / name, weights)
         _check(directory / name)
-    shutil.copyfile(source / TOKENIZER_NAME, directory / TOKENIZER_NAME)
+    # the label logits stay exact: the server trains against the fp32 head, and the device reads a few rows of it
+    for name in (NORM_NAME, LM_HEAD_NAME, TOKENIZER_NAME):
+        shutil.copyfile(source / name, directory / name)
     config = config.model_copy(update={"weights": weights})
     config.save(directory)
     log(f"wrote {directory}")
@@ -218,11 +242,12 @@ def _export_fp32(model, tokenizer, directory: Path, shortcuts: list[int], source
         (GENERATE_NAME, _Generate(backbone), (ids, cache), ["input_ids", *past], taps + present,
          {"input_ids": {0: batch, 1: length}, "past": [({0: batch, 2: cached}, {0: batch, 2: cached})] * len(cache)}),
         (HEAD_NAME, _Head(head), (torch.zeros(2, cfg.hidden_size),), ["hidden"], ["logits"], {"hidden": {0: total}}),
+        (NORM_NAME, _Norm(head), (torch.zeros(2, cfg.hidden_size),), ["hidden"], ["normed"], {"hidden": {0: total}}),
     ]
     # the exporter warns once per torchvision op it cannot register ("torchvision is not installed"): not ours
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     for name, module, args, inputs, outputs, dynamic in graphs:
-        if name == GENERATE_NAME and not generate:
+        if name in (GENERATE_NAME, HEAD_NAME) and not generate:
             continue
         log(f"exporting {name} (torch.onnx dynamo, opset {OPSET})")
         with warnings.catch_warnings():  # torch's own pytree deprecations, raised inside the exporter
@@ -234,6 +259,7 @@ def _export_fp32(model, tokenizer, directory: Path, shortcuts: list[int], source
         program.save(str(directory / name), external_data=big)
         del program
         _check(directory / name)
+    _save_lm_head(head, directory / LM_HEAD_NAME)
     tokenizer.backend_tokenizer.save(str(directory / TOKENIZER_NAME))
     eos = getattr(tokenizer, "eos_token_id", None)
     pad = next((i for i in (tokenizer.pad_token_id, eos) if i is not None), 0)  # as BaseBatcher pads

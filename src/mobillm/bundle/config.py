@@ -3,7 +3,12 @@
     bundle.json       this config: shortcuts, shapes, the model the server must load, its fingerprint
     taps.onnx         decoder up to the top shortcut: input_ids, attention_mask (B, T) -> tap_<s> (B, T, H)
     generate.onnx     the same decoder with a KV cache: + past_key_<i>/past_value_<i> -> taps + present_*
-    head.onnx         the frozen final norm (+ OPT's project_out) and LM head: hidden (N, H) -> logits (N, V)
+    head.onnx         the frozen final norm (+ OPT's project_out) and LM head: hidden (N, H) -> logits (N, V);
+                      generation only (written with generate.onnx)
+    norm.onnx         the frozen final norm (+ OPT's project_out) alone: hidden (N, H) -> normed (N, H')
+    lm_head.safetensors  the LM head, fp32: ``weight`` (V, H') (+ ``bias`` (V,)); classification reads its label
+                      tokens' rows only, memory-mapped, where head.onnx would hold all V rows a second time beside
+                      the taps graph's (tied) input embedding
     tokenizer.json    the fast tokenizer (``tokenizers.Tokenizer.from_file``)
 
 Quantized and large graphs keep their weights beside them (``<graph>.data``, ONNX external data, which ONNX
@@ -24,8 +29,13 @@ CONFIG_NAME = "bundle.json"
 TAPS_NAME = "taps.onnx"
 GENERATE_NAME = "generate.onnx"
 HEAD_NAME = "head.onnx"
+NORM_NAME = "norm.onnx"
+LM_HEAD_NAME = "lm_head.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
-BUNDLE_FILES = (CONFIG_NAME, TAPS_NAME, GENERATE_NAME, HEAD_NAME, TOKENIZER_NAME)
+#: what every bundle holds; a bundle for generation adds GENERATION_FILES
+CORE_FILES = (CONFIG_NAME, TAPS_NAME, NORM_NAME, LM_HEAD_NAME, TOKENIZER_NAME)
+GENERATION_FILES = (GENERATE_NAME, HEAD_NAME)
+BUNDLE_FILES = CORE_FILES + GENERATION_FILES
 
 WeightFormat = Literal["fp32", "int8", "int8-dynamic", "int4"]
 WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "int8", "int8-dynamic", "int4")

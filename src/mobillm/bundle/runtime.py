@@ -2,7 +2,8 @@
 
 :class:`Bundle` gives the device what :class:`~mobillm.device.taps.TappedBackbone` gives the torch device: the
 shortcut layers' hidden states at every position (:meth:`Bundle.taps`), a generation step on a KV cache
-(:meth:`Bundle.step`) and the frozen head (:meth:`Bundle.logits`). :class:`BundleTokenizer` produces the ids
+(:meth:`Bundle.step`) and the frozen head, over the whole vocabulary (:meth:`Bundle.logits`) or a verbalizer's
+label tokens (:meth:`Bundle.label_logits`). :class:`BundleTokenizer` produces the ids
 and right-padded batches the torch batcher produces for the same prompts.
 """
 
@@ -14,11 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from safetensors import safe_open
 from tokenizers import Tokenizer
 
 from mobillm.bundle.config import (
     GENERATE_NAME,
     HEAD_NAME,
+    LM_HEAD_NAME,
+    NORM_NAME,
     TAPS_NAME,
     TOKENIZER_NAME,
     BundleConfig,
@@ -95,6 +99,8 @@ class Bundle:
         self._taps = self._session(TAPS_NAME)
         self._generate: ort.InferenceSession | None = None
         self._head: ort.InferenceSession | None = None
+        self._norm: ort.InferenceSession | None = None
+        self._rows: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray | None]] = {}
         self.tap_names = [tap_name(s) for s in config.shortcuts]
         self.present_names = cache_names(config.cache_layers, "present")
         self.past_names = cache_names(config.cache_layers, "past")
@@ -153,4 +159,36 @@ class Bundle:
             self._head = self._session(HEAD_NAME)
         hidden = np.asarray(hidden, np.float32)
         return self._head.run(["logits"], {"hidden": hidden.reshape(-1, hidden.shape[-1])})[0]
+
+    def label_logits(self, hidden: np.ndarray, token_ids: Sequence[int]) -> np.ndarray:
+        """The frozen head on top hidden states, on the vocabulary rows ``token_ids`` only (a verbalizer's label
+        tokens): (N, H) -> (N, len(token_ids)) float32, :meth:`logits`' columns ``token_ids``.
+
+        Only those rows of the LM head are read (from ``lm_head.safetensors``, memory-mapped): the whole head is
+        a second copy of the taps graph's tied input embedding (SmolLM2-135M: 113 MB; BENCHMARKS §12)."""
+        if self._norm is None:
+            self._norm = self._session(NORM_NAME)
+        key = tuple(int(i) for i in token_ids)
+        if key not in self._rows:
+            self._rows[key] = self._head_rows(key)
+        weight, bias = self._rows[key]
+        hidden = np.asarray(hidden, np.float32)
+        normed = self._norm.run(["normed"], {"hidden": hidden.reshape(-1, hidden.shape[-1])})[0]  # (N, H')
+        logits = normed @ weight.T  # (N, len(token_ids))
+        return logits if bias is None else logits + bias
+
+    def _head_rows(self, token_ids: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+        path = self.directory / LM_HEAD_NAME
+        if not path.is_file():
+            raise ModelLoadError(f"{self.directory}: bundle has no {LM_HEAD_NAME}; re-run `mobillm export`")
+        vocab = self.config.vocab_size
+        bad = [i for i in token_ids if not 0 <= i < vocab]
+        if bad:
+            raise ConfigError(f"label token ids {bad} are outside the bundle's vocabulary (0..{vocab - 1})")
+        with safe_open(str(path), framework="numpy") as f:
+            def take(name: str) -> np.ndarray:  # a row per id, each read on its own: slices are ranges
+                tensor = f.get_slice(name)
+                return np.concatenate([tensor[i:i + 1] for i in token_ids]).astype(np.float32)
+
+            return take("weight"), take("bias") if "bias" in f.keys() else None  # (K, H'), (K,)
 

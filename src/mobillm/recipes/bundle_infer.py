@@ -62,7 +62,7 @@ class BundleClassifier:
 
     def label_logits(self, hidden: np.ndarray) -> np.ndarray:
         """(B, H) top hidden states -> (B, num_labels): the frozen head's rows of the label tokens."""
-        return self.bundle.logits(hidden)[:, self.label_ids]
+        return self.bundle.label_logits(hidden, self.label_ids)
 
     def side_logits(self, side: NpSideNetwork, encoded: list[dict[str, np.ndarray]], tokens: TokenBatch) -> np.ndarray:
         """(B, num_labels) of the side network reading the decoded taps, at each row's pivot token."""

@@ -2,10 +2,12 @@
 by every later run that asks for the same one.
 
 Job bundles serve classification jobs (``--runtime auto`` runs causal LM on torch), so they leave out the
-generation graph (``mobillm export --no-generate``: half the export's time). The export runs ``mobillm export`` in a child process, so the device's own process never imports torch (and
-never holds the exporter's memory). A marker file beside the bundle records what was asked for (model,
-shortcuts, weight format, mobillm version); a bundle whose marker differs, or a half-written one, is exported
-again; a bundle someone put there by hand (no marker) is left alone and the run refused.
+generation graph and the full head (``mobillm export --no-generate``: half the export's time). The export runs
+``mobillm export`` in a child process, so the device's own process never imports torch (and never holds the
+exporter's memory). A marker file beside the bundle records what was asked for (model, shortcuts, weight
+format, mobillm version); a bundle whose marker differs, or a half-written one, or one that lacks a file this
+version's bundles hold, is exported again; a bundle someone put there by hand (no marker) is left alone and the
+run refused.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 from pathlib import Path
 
 from mobillm import __version__
-from mobillm.bundle.config import CONFIG_NAME, WEIGHT_FORMATS
+from mobillm.bundle.config import CONFIG_NAME, CORE_FILES, WEIGHT_FORMATS
 from mobillm.exceptions import ConfigError, MobillmError
 
 __all__ = ["BUNDLE_DIR", "DEFAULT_BUNDLE_WEIGHTS", "job_bundle"]
@@ -44,7 +46,8 @@ def job_bundle(model: str, shortcuts: str | None, weights: str, directory: str |
     request = {"model": model, "shortcuts": shortcuts, "weights": weights, "generate": False,
                "mobillm_version": __version__}
     marker = directory / _REQUEST
-    if (directory / CONFIG_NAME).is_file() and marker.is_file() and json.loads(marker.read_text()) == request:
+    whole = all((directory / name).is_file() for name in CORE_FILES)  # an older export may lack a file
+    if whole and marker.is_file() and json.loads(marker.read_text()) == request:
         log.info("device bundle: reusing %s (%s weights)", directory, weights)
         return directory
     missing = [m for m in _EXPORT_MODULES if importlib.util.find_spec(m) is None]
