@@ -58,7 +58,7 @@ ScheduleName = Literal["constant", "linear", "cosine", "rsqrt"]
 SplitName = Literal["test", "validation"]
 RuntimeName = Literal["torch", "onnx"]
 DeviceRuntimeName = Literal["auto", "torch", "onnx"]
-BundleWeightFormat = Literal["fp32", "int8", "int8-dynamic", "int4"]
+BundleWeightFormat = Literal["fp32", "int8", "int8-dynamic", "int4", "int8-smooth"]
 WeightFormat = Literal["fp32", "int8", "nf4"]
 
 # Options shared by several commands, declared once.

@@ -12,12 +12,16 @@ dynamic batch, length and cache length. Weight formats:
     int8-dynamic  int8 weights per output channel *and* int8 activations, quantized per tensor at run time
                   (onnxruntime.quantization.quantize_dynamic): the matmuls run on the CPU's integer units
     int4          MatMulNBits 4-bit, asymmetric (zero points), block 32, weight-only
+    int8-smooth   int8-dynamic on a SmoothQuant'ed model (:mod:`mobillm.backbone.smoothing`: the activations'
+                  outlier channels moved into the weights first, an exact rewrite), so the per-tensor activation
+                  scales fit; made from the torch model, not from an fp32 bundle
 
 Only the weight matmuls are quantized; attention's activation-by-activation matmuls stay fp32 in every format.
 The trade-off, measured on SmolLM2-135M (BENCHMARKS §19): ``int8`` is close to exact (relative error of the taps
 ~0.04) but no faster than fp32 on an x86 CPU; ``int8-dynamic`` is the fastest by far but its per-tensor
-activation scales are coarse against the backbone's outlier channels (tap error 0.19–0.38) — what matters is
-the accuracy of a side network trained on those taps, which ``mobillm bench codecs --weights`` measures.
+activation scales are coarse against the backbone's outlier channels (tap error 0.19–0.38), which
+``int8-smooth`` cuts to a third at the same speed — what matters is the accuracy of a side network trained on
+those taps, which ``mobillm bench codecs --weights`` measures.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ import torch
 from torch import nn
 
 from mobillm.backbone import FrozenHead, decoder_layers, fingerprint
+from mobillm.backbone.smoothing import SMOOTHING_ALPHA, smooth_for_int8
 from mobillm.bundle.config import (
+    DYNAMIC_INT8_FORMATS,
     GENERATE_NAME,
     HEAD_NAME,
     LM_HEAD_NAME,
@@ -50,11 +56,12 @@ from mobillm.exceptions import ConfigError, ModelLoadError
 
 OPSET = 18
 #: Quantizer settings per weight format: MatMulNBitsQuantizer's (block 32: the finest block the CPU kernels
-#: support well), or ``dynamic`` for quantize_dynamic.
+#: support well); the DYNAMIC_INT8_FORMATS run quantize_dynamic, ``smoothed`` after SmoothQuant.
 QUANTIZATION: dict[str, dict] = {
     "int8": {"bits": 8, "block_size": 32, "is_symmetric": True},
-    "int8-dynamic": {"dynamic": True},
+    "int8-dynamic": {},
     "int4": {"bits": 4, "block_size": 32, "is_symmetric": False},
+    "int8-smooth": {"smoothed": True},
 }
 # Protobuf caps a single .onnx file at 2 GiB: bigger graphs keep their weights in external data.
 _SINGLE_FILE_BYTES = 1_800_000_000
@@ -145,9 +152,12 @@ def export_bundle(
         config = _export_fp32(model, tokenizer, Path(directory), shortcuts, source, log, generate)
         log(f"wrote {directory}")
         return config
+    if QUANTIZATION[weights].get("smoothed"):
+        log(f"SmoothQuant (alpha {SMOOTHING_ALPHA}) of the decoder layers, calibrated on random tokens")
+        smooth_for_int8(model)
     with tempfile.TemporaryDirectory(prefix="mobillm-export-") as tmp:
         _export_fp32(model, tokenizer, Path(tmp), shortcuts, source, log, generate)
-        return quantize_bundle(tmp, directory, weights, log)
+        return _quantize_bundle(Path(tmp), Path(directory), weights, log)
 
 
 def quantize_bundle(
@@ -156,7 +166,13 @@ def quantize_bundle(
     """Write a copy of the fp32 bundle ``source`` with ``weights`` (``int8`` | ``int8-dynamic`` | ``int4``)."""
     if weights not in QUANTIZATION:
         raise ConfigError(f"--weights {weights!r}: quantized formats are {', '.join(QUANTIZATION)}")
-    source, directory = Path(source), Path(directory)
+    if QUANTIZATION[weights].get("smoothed"):
+        raise ConfigError(f"--weights {weights} rewrites the torch model's weights before the export: export it from "
+                          f"the model (`mobillm export --weights {weights}`), not from an fp32 bundle")
+    return _quantize_bundle(Path(source), Path(directory), weights, log)
+
+
+def _quantize_bundle(source: Path, directory: Path, weights: str, log: Callable[[str], None]) -> BundleConfig:
     config = BundleConfig.load(source)
     if config.weights != "fp32":
         raise ConfigError(f"{source} holds {config.weights} weights: quantize an fp32 bundle")
@@ -191,8 +207,7 @@ def _quantize(source: Path, target: Path, weights: str) -> None:
     (``<graph>.data``): ONNX Runtime maps that file instead of copying the weights out of the parsed graph, which
     takes the load's transient peak off the device (SmolLM2-135M int8-dynamic taps graph: RSS after load 85
     instead of 300 MiB, peak 383 instead of 407 MiB; BENCHMARKS §19)."""
-    settings = QUANTIZATION[weights]
-    if settings.get("dynamic"):
+    if weights in DYNAMIC_INT8_FORMATS:
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -212,7 +227,7 @@ def _quantize(source: Path, target: Path, weights: str) -> None:
         return
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quantizer = MatMulNBitsQuantizer(str(source), op_types_to_quantize=("MatMul",), **settings)
+    quantizer = MatMulNBitsQuantizer(str(source), op_types_to_quantize=("MatMul",), **QUANTIZATION[weights])
     quantizer.process()
     quantizer.model.save_model_to_file(str(target), use_external_data_format=True)
 

@@ -45,7 +45,7 @@ def device_bundle(model: str, weights: str) -> Path:
         raise SystemExit(f"device bundles are exported for {', '.join(m for m, s in MODELS.items() if s)}, not {model!r}")
     path = results_dir("bundles") / f"{model}-{weights}"
     if not (path / "bundle.json").is_file():
-        source = device_bundle(model, "fp32") if weights != "fp32" else device_checkpoint(model, "fp32")
+        source = device_bundle(model, "fp32") if _from_fp32_bundle(weights) else device_checkpoint(model, "fp32")
         print(f"exporting {model} to a {weights} device bundle in {path} …", flush=True)
         subprocess.run([sys.executable, "-m", "mobillm.bench.models", "bundle", model, weights, str(path), str(source)],
                        check=True, env={**os.environ, "TQDM_DISABLE": "1"})
@@ -60,18 +60,26 @@ def _convert(model: str, weights: str, path: str) -> None:
     save_device_model(backbone, tokenizer, path, weights, source=model)
 
 
+def _from_fp32_bundle(weights: str) -> bool:
+    """Whether a bundle of ``weights`` is quantized from the fp32 bundle (not exported from the checkpoint)."""
+    from mobillm.export import QUANTIZATION
+
+    return weights != "fp32" and not QUANTIZATION[weights].get("smoothed")
+
+
 def _export(model: str, weights: str, path: str, source: str) -> None:
-    """The fp32 bundle from the fp32 device checkpoint ``source``, or a quantized one from the fp32 bundle."""
+    """A bundle from the fp32 device checkpoint ``source``, or a quantized one from the fp32 bundle ``source``."""
     from mobillm.export import quantize_bundle
 
-    if weights != "fp32":
+    if _from_fp32_bundle(weights):
         quantize_bundle(source, path, weights, log=print)
         return
     from mobillm.backbone import decoder_layers, default_shortcuts, load_pretrained
     from mobillm.export import export_bundle
 
     backbone, tokenizer = load_pretrained(source)
-    export_bundle(backbone, tokenizer, path, default_shortcuts(len(decoder_layers(backbone))), source=model, log=print)
+    export_bundle(backbone, tokenizer, path, default_shortcuts(len(decoder_layers(backbone))), weights, source=model,
+                  log=print)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,10 @@ CORE_FILES = (CONFIG_NAME, TAPS_NAME, NORM_NAME, LM_HEAD_NAME, TOKENIZER_NAME)
 GENERATION_FILES = (GENERATE_NAME, HEAD_NAME)
 BUNDLE_FILES = CORE_FILES + GENERATION_FILES
 
-WeightFormat = Literal["fp32", "int8", "int8-dynamic", "int4"]
-WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "int8", "int8-dynamic", "int4")
+WeightFormat = Literal["fp32", "int8", "int8-dynamic", "int4", "int8-smooth"]
+WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "int8", "int8-dynamic", "int4", "int8-smooth")
+#: the formats whose matmuls read int8 activations, quantized at run time (onnxruntime's quantize_dynamic)
+DYNAMIC_INT8_FORMATS: tuple[str, ...] = ("int8-dynamic", "int8-smooth")
 
 
 def tap_name(layer: int) -> str:

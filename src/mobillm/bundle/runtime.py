@@ -19,6 +19,7 @@ from safetensors import safe_open
 from tokenizers import Tokenizer
 
 from mobillm.bundle.config import (
+    DYNAMIC_INT8_FORMATS,
     GENERATE_NAME,
     HEAD_NAME,
     LM_HEAD_NAME,
@@ -130,7 +131,7 @@ class Bundle:
         # block per shape and costs 70-80 MiB of peak for no measured speed; int8-dynamic's pre-packed weights are
         # a second copy of them (-65 MiB more without, speed within noise)
         options.enable_mem_pattern = False
-        if self.config.weights == "int8-dynamic":
+        if self.config.weights in DYNAMIC_INT8_FORMATS:
             options.add_session_config_entry("session.disable_prepacking", "1")
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
