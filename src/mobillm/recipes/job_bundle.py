@@ -31,7 +31,8 @@ log = logging.getLogger("mobillm")
 #: the folder in a run's output directory that holds its exported bundle
 BUNDLE_DIR = "bundle"
 #: the weight format of an exported bundle unless told otherwise: fp32 holds the torch device's accuracy exactly;
-#: int8-dynamic is 2.1x faster but cost 2.9 test / 3.2 validation points of SST-2 accuracy (BENCHMARKS §19)
+#: int8-smooth is ~2x faster and held SST-2's (3 seeds) but is unmeasured on the packaged task beyond one run,
+#: int8-dynamic is as fast but cost 3.6 points of SST-2 (BENCHMARKS §19)
 DEFAULT_BUNDLE_WEIGHTS = "fp32"
 _REQUEST = "export_request.json"
 _EXPORT_MODULES = ("torch", "transformers", "onnxscript")
