@@ -20,7 +20,7 @@ def test_a_jobs_bundle_is_exported_once_and_again_for_another_request(tmp_path, 
     config = BundleConfig.load(bundle)
     assert config.shortcuts == [1, 3] and config.weights == "fp32"
     assert (bundle / "taps.onnx").is_file() and not (bundle / "generate.onnx").exists()  # classification only
-    assert (bundle / "lm_head.safetensors").is_file() and not (bundle / "head.onnx").exists()  # label rows, no full head
+    assert (bundle / "lm_head.safetensors").is_file() and not (bundle / "head.onnx").exists()  # no full head
     written = (bundle / "taps.onnx").stat().st_mtime_ns
 
     assert job_bundle(model, "1,3", "fp32", bundle) == bundle  # the same request: reused, not exported again

@@ -36,7 +36,7 @@ def _q_input_spread(model: nn.Module, ids: torch.Tensor) -> float:
     """Largest over median per-channel |input| of the first layer's q projection: how far one channel sticks out."""
     seen = []
     q = decoder_layers(model)[0].self_attn.q_proj
-    hook = q.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].abs().reshape(-1, inputs[0].shape[-1]).amax(0)))
+    hook = q.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].abs().flatten(0, -2).amax(0)))
     model(input_ids=ids)
     hook.remove()
     return float(seen[0].max() / seen[0].median())
@@ -46,7 +46,8 @@ def test_smoothing_keeps_the_function_and_flattens_the_outliers(family):
     model = _with_outliers(family)
     ids = torch.randint(4, VOCAB, (3, 9), generator=torch.Generator().manual_seed(1))
     before, spread = model(input_ids=ids, output_hidden_states=True).hidden_states, _q_input_spread(model, ids)
-    norm = decoder_layers(model)[0].post_attention_layernorm if family == "llama" else decoder_layers(model)[0].final_layer_norm
+    first = decoder_layers(model)[0]
+    norm = first.post_attention_layernorm if family == "llama" else first.final_layer_norm
     weight = norm.weight.clone()
     smooth_for_int8(model)
     assert not torch.equal(norm.weight, weight)  # the scales were folded in

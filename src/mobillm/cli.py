@@ -657,7 +657,8 @@ def export(
         help="also export the generation graph and the full head (--no-generate: half the export time; "
              "classification, predict and evaluate only)")] = True,
 ) -> None:
-    """Write a device bundle once (needs torch): ONNX graphs of the frozen backbone, tokenizer.json, bundle.json.
+    """Write a device bundle once (needs torch): ONNX graphs of the frozen backbone, its LM head as safetensors,
+    tokenizer.json and bundle.json (file by file: `mobillm.bundle.config`).
 
     A device runs the bundle with ONNX Runtime, tokenizers and numpy only — no torch, no transformers. The
     bundle's shortcut layers must be the ones the side network is trained with (--shortcuts).

@@ -44,7 +44,8 @@ def _pairs(layer: nn.Module) -> list[tuple[list[nn.Module], nn.Module, list[nn.L
     fc1, fc2 = getattr(layer, "fc1", None), getattr(layer, "fc2", None)
     if all(isinstance(p, nn.Linear) for p in (*qkv, fc1, fc2)) and getattr(layer, "do_layer_norm_before", False):
         if isinstance(getattr(layer, "activation_fn", None), nn.ReLU):  # OPT (pre-norm variants, ReLU)
-            return [([layer.self_attn_layer_norm], qkv[0], qkv), ([layer.final_layer_norm], fc1, [fc1]), ([fc1], fc2, [fc2])]
+            return [([layer.self_attn_layer_norm], qkv[0], qkv), ([layer.final_layer_norm], fc1, [fc1]),
+                    ([fc1], fc2, [fc2])]
     raise ModelLoadError(f"{type(layer).__name__}: SmoothQuant knows Llama-style (norm, q/k/v, gate/up/down) and "
                          "pre-norm OPT layers with ReLU; export this model with --weights int8-dynamic instead")
 

@@ -11,8 +11,8 @@ the same ``fit_side`` as ``mobillm train --method side``. Same samples, seeds an
 872 test sentences is as large as the differences between codecs.
 Each ``--weights`` format other than fp32 taps again through its own device checkpoint (``mobillm convert``:
 ``int8``, ``nf4``) or device bundle on ONNX Runtime (``mobillm export``: ``bundle-fp32``, ``bundle-int8``,
-``bundle-int8-dynamic``, ``bundle-int4``, ``bundle-int8-smooth``; the same batches, tokenized by the checkpoint's tokenizer, which the
-bundle's ``tokenizer.json`` equals) and trains with the ``nf4`` codec.
+``bundle-int8-dynamic``, ``bundle-int4``, ``bundle-int8-smooth``; the same batches, tokenized by the
+checkpoint's tokenizer, which the bundle's ``tokenizer.json`` equals) and trains with the ``nf4`` codec.
 
     mobillm bench codecs [--quick] [--train-samples 2000] [--codecs none,fp16,…] [--weights fp32,int8,nf4]
                          [--seeds 0]

@@ -7,8 +7,9 @@ counts), ``side-local`` (LST-style side tuning done on the device: the same forw
 training), the PEFT baselines ``lora``, ``bitfit``, ``full`` (forward + backward + AdamW on the device), and
 the device on ONNX Runtime: ``bundle-fp32``, ``bundle-int8``, ``bundle-int8-dynamic``, ``bundle-int4``,
 ``bundle-int8-smooth`` (a device bundle's taps graph, taps encoded with nf4 in numpy — what ``mobillm device
---runtime onnx`` runs per batch, in a process that never imports torch). Every other method except ``mobillm-gguf`` loads a device checkpoint (``mobillm
-convert``); checkpoints and bundles are made once beforehand in a process of their own. Random token ids of the
+--runtime onnx`` runs per batch, in a process that never imports torch). Every other method except
+``mobillm-gguf`` loads a device checkpoint (``mobillm convert``); checkpoints and bundles are made once
+beforehand in a process of their own. Random token ids of the
 given length. VmHWM counts the whole process, loading included. Every method runs on ``--threads`` CPU threads
 (default 1: the same for the device and the baselines).
 

@@ -192,4 +192,3 @@ class Bundle:
                 return np.concatenate([tensor[i:i + 1] for i in token_ids]).astype(np.float32)
 
             return take("weight"), take("bias") if "bias" in f.keys() else None  # (K, H'), (K,)
-
