@@ -132,8 +132,8 @@ def test_head_equals_frozen_head(exported, family):
 
 @pytest.mark.parametrize("weights", ["fp32", "int4"])
 def test_label_logits_read_only_the_label_rows(exported, family, weights, tmp_path):
-    """A verbalizer's logits equal the torch head's on those rows, in every weight format (the rows stay fp32),
-    without opening the full head graph; a bundle for classification only has no full head at all."""
+    """A verbalizer's logits equal the torch head's on those rows, in fp32 and in a quantized bundle (the rows
+    stay fp32), without opening the full head graph."""
     directory = exported[family] if weights == "fp32" else tmp_path
     if weights != "fp32":
         quantize_bundle(exported[family], directory, weights)
