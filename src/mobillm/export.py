@@ -42,9 +42,11 @@ from mobillm.backbone.smoothing import SMOOTHING_ALPHA, smooth_for_int8
 from mobillm.bundle.config import (
     DYNAMIC_INT8_FORMATS,
     GENERATE_NAME,
+    GENERATION_FILES,
     HEAD_NAME,
     LM_HEAD_NAME,
     NORM_NAME,
+    SMOOTHED_FORMATS,
     TAPS_NAME,
     TOKENIZER_NAME,
     WEIGHT_FORMATS,
@@ -57,12 +59,12 @@ from mobillm.exceptions import ConfigError, ModelLoadError
 
 OPSET = 18
 #: Quantizer settings per weight format: MatMulNBitsQuantizer's (block 32: the finest block the CPU kernels
-#: support well); the DYNAMIC_INT8_FORMATS run quantize_dynamic, ``smoothed`` after SmoothQuant.
+#: support well); the DYNAMIC_INT8_FORMATS run quantize_dynamic, the SMOOTHED_FORMATS after SmoothQuant.
 QUANTIZATION: dict[str, dict] = {
     "int8": {"bits": 8, "block_size": 32, "is_symmetric": True},
     "int8-dynamic": {},
     "int4": {"bits": 4, "block_size": 32, "is_symmetric": False},
-    "int8-smooth": {"smoothed": True},
+    "int8-smooth": {},
 }
 # Protobuf caps a single .onnx file at 2 GiB: bigger graphs keep their weights in external data.
 _SINGLE_FILE_BYTES = 1_800_000_000
@@ -153,7 +155,7 @@ def export_bundle(
         config = _export_fp32(model, tokenizer, Path(directory), shortcuts, source, log, generate)
         log(f"wrote {directory}")
         return config
-    if QUANTIZATION[weights].get("smoothed"):
+    if weights in SMOOTHED_FORMATS:
         log(f"SmoothQuant (alpha {SMOOTHING_ALPHA}) of the decoder layers, calibrated on random tokens")
         smooth_for_int8(model)
     with tempfile.TemporaryDirectory(prefix="mobillm-export-") as tmp:
@@ -167,7 +169,7 @@ def quantize_bundle(
     """Write a copy of the fp32 bundle ``source`` with ``weights`` (``int8`` | ``int8-dynamic`` | ``int4``)."""
     if weights not in QUANTIZATION:
         raise ConfigError(f"--weights {weights!r}: quantized formats are {', '.join(QUANTIZATION)}")
-    if QUANTIZATION[weights].get("smoothed"):
+    if weights in SMOOTHED_FORMATS:
         raise ConfigError(f"--weights {weights} rewrites the torch model's weights before the export: export it from "
                           f"the model (`mobillm export --weights {weights}`), not from an fp32 bundle")
     return _quantize_bundle(Path(source), Path(directory), weights, log)
@@ -263,7 +265,7 @@ def _export_fp32(model, tokenizer, directory: Path, shortcuts: list[int], source
     # the exporter warns once per torchvision op it cannot register ("torchvision is not installed"): not ours
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     for name, module, args, inputs, outputs, dynamic in graphs:
-        if name in (GENERATE_NAME, HEAD_NAME) and not generate:
+        if name in GENERATION_FILES and not generate:
             continue
         log(f"exporting {name} (torch.onnx dynamo, opset {OPSET})")
         with warnings.catch_warnings():  # torch's own pytree deprecations, raised inside the exporter

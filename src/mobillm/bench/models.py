@@ -62,9 +62,9 @@ def _convert(model: str, weights: str, path: str) -> None:
 
 def _from_fp32_bundle(weights: str) -> bool:
     """Whether a bundle of ``weights`` is quantized from the fp32 bundle (not exported from the checkpoint)."""
-    from mobillm.export import QUANTIZATION
+    from mobillm.bundle.config import SMOOTHED_FORMATS
 
-    return weights != "fp32" and not QUANTIZATION[weights].get("smoothed")
+    return weights != "fp32" and weights not in SMOOTHED_FORMATS
 
 
 def _export(model: str, weights: str, path: str, source: str) -> None:

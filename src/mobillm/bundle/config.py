@@ -41,6 +41,8 @@ WeightFormat = Literal["fp32", "int8", "int8-dynamic", "int4", "int8-smooth"]
 WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "int8", "int8-dynamic", "int4", "int8-smooth")
 #: the formats whose matmuls read int8 activations, quantized at run time (onnxruntime's quantize_dynamic)
 DYNAMIC_INT8_FORMATS: tuple[str, ...] = ("int8-dynamic", "int8-smooth")
+#: the formats made from the torch model (SmoothQuant rewrites its weights first), not from an fp32 bundle
+SMOOTHED_FORMATS: tuple[str, ...] = ("int8-smooth",)
 
 
 def tap_name(layer: int) -> str:
