@@ -96,6 +96,30 @@ def test_memory_measurement_of_a_bundle_device_never_imports_torch(tiny_bundle):
     assert row["peak_mib"] >= row["rss_after_load_mib"] >= row["rss_after_imports_mib"] > 0
 
 
+def test_a_random_benchmark_model_without_a_tokenizer_gets_a_bundle_for_memory(tmp_path, monkeypatch):
+    """``opt-1.3b`` is random and has no tokenizer: its bench bundle holds the placeholder one, OPT's special ids,
+    and the memory step runs on it (here with a tiny OPT in its place)."""
+    import json
+
+    from conftest import tiny_model
+
+    from mobillm.bench import models
+    from mobillm.bench.memory import measure
+    from mobillm.bundle.config import GENERATE_NAME, BundleConfig
+
+    monkeypatch.setattr(models, "opt_1_3b", lambda: tiny_model("opt"))
+    monkeypatch.setattr(models, "results_dir", lambda name: tmp_path / name)
+    monkeypatch.setattr(models.subprocess, "run", lambda cmd, **kw: (
+        models._export(*cmd[4:8]) if cmd[3] == "bundle" else models._convert(*cmd[3:6])))
+    path = models.device_bundle("opt-1.3b", "int8-dynamic")
+    config = BundleConfig.load(path)
+    assert (config.model_type, config.weights, config.pad_token_id, config.eos_token_ids) == ("opt", "int8-dynamic", 1, [2])
+    assert json.loads((path / "tokenizer.json").read_text())["model"]["vocab"]["<pad>"] == 1
+    assert not (path / GENERATE_NAME).exists()  # bench bundles classify only
+    row = measure("opt-1.3b", "bundle-int8-dynamic", batch=2, length=8, warmup=False, steps=1, source=str(path), threads=1)
+    assert row["peak_mib"] >= row["rss_after_load_mib"] > 0 and row["seconds_per_sample"] > 0
+
+
 def test_the_codecs_benchmarks_bundle_backbone_taps_what_the_torch_device_taps(tiny_bundle):
     import torch
     from conftest import tiny_model

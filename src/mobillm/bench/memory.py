@@ -19,7 +19,7 @@ given length. VmHWM counts the whole process, loading included. Every method run
 ``--quick``: batch 16, length 128 only, one timed step after the warm-up step (full: three). ``opt-1.3b``
 (random weights, memory only): one step per configuration, no warm-up, length 64, no ``full`` (fp32 weights +
 gradients + two AdamW moments = 20.8 GB before any activation, more than the 24 GB machine can hold with
-them). Writes results/memory[-MODEL]/{results.json,results.csv,memory.png}; the process also reports VmRSS
+them); its bundles hold a placeholder tokenizer (``bench.models.placeholder_tokenizer``) and no smoothed format. Writes results/memory[-MODEL]/{results.json,results.csv,memory.png}; the process also reports VmRSS
 after the imports and after the load.
 """
 
@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from mobillm.bench.io import machine, number_list, plot_lines, results_dir, write_rows
+from mobillm.bundle.config import SMOOTHED_FORMATS
 from mobillm.bundle.config import WEIGHT_FORMATS as BUNDLE_FORMATS
 from mobillm.procfs import status_mib
 
@@ -191,7 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     from mobillm.bench.models import device_bundle, device_checkpoint
 
     big = args.model == "opt-1.3b"
-    default_methods = [m for m in METHODS if m != "mobillm-nf4" and not (big and (m in ("full", "mobillm-gguf") or m.startswith(BUNDLE)))]
+    # opt-1.3b: no full fine-tuning (does not fit), no GGUF, no smoothed bundle (memory as int8-dynamic's; its
+    # calibration would smooth random weights)
+    skip = ("full", "mobillm-gguf", *(BUNDLE + w for w in SMOOTHED_FORMATS)) if big else ()
+    default_methods = [m for m in METHODS if m != "mobillm-nf4" and m not in skip]
     methods = args.methods.split(",") if args.methods else default_methods
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:

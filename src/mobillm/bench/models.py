@@ -26,6 +26,18 @@ def opt_1_3b():
     return OPTForCausalLM(config).eval().requires_grad_(False)
 
 
+def placeholder_tokenizer():
+    """A four-token fast tokenizer for a random benchmark model that has none (``opt-1.3b``): a bundle must hold a
+    ``tokenizer.json``, and the memory benchmark feeds random ids, so no text is ever tokenized with it. A real
+    tokenizer's own memory (OPT's 50k-token BPE) is therefore not in such a bundle's rows."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}  # OPT's special ids
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
+                                   bos_token="<s>", pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
 def device_checkpoint(model: str, weights: str) -> Path:
     """``results/checkpoints/MODEL-WEIGHTS``, converted on first use."""
     if model not in MODELS:
@@ -39,10 +51,11 @@ def device_checkpoint(model: str, weights: str) -> Path:
 
 
 def device_bundle(model: str, weights: str) -> Path:
-    """``results/bundles/MODEL-WEIGHTS`` (``mobillm export``, default shortcuts), exported on first use; the
-    quantized formats are made from the fp32 bundle, as ``mobillm export --weights`` makes them."""
-    if MODELS.get(model) is None:  # opt-1.3b is random and has no tokenizer, which a bundle holds
-        raise SystemExit(f"device bundles are exported for {', '.join(m for m, s in MODELS.items() if s)}, not {model!r}")
+    """``results/bundles/MODEL-WEIGHTS`` (``mobillm export``, default shortcuts, no generation graph), exported on
+    first use; the quantized formats are made from the fp32 bundle, as ``mobillm export --weights`` makes them.
+    ``opt-1.3b`` (random weights) gets :func:`placeholder_tokenizer`: its bundles are for memory only."""
+    if model not in MODELS:
+        raise SystemExit(f"unknown benchmark model {model!r}: choose {', '.join(MODELS)}")
     path = results_dir("bundles") / f"{model}-{weights}"
     if not (path / "bundle.json").is_file():
         source = device_bundle(model, "fp32") if _from_fp32_bundle(weights) else device_checkpoint(model, "fp32")
@@ -78,8 +91,10 @@ def _export(model: str, weights: str, path: str, source: str) -> None:
     from mobillm.export import export_bundle
 
     backbone, tokenizer = load_pretrained(source)
+    if MODELS[model] is None:  # a random benchmark model: no tokenizer of its own
+        tokenizer = placeholder_tokenizer()
     export_bundle(backbone, tokenizer, path, default_shortcuts(len(decoder_layers(backbone))), weights, source=model,
-                  log=print)
+                  log=print, generate=False)  # the benchmarks classify: the taps graph, the norm and the head's rows
 
 
 if __name__ == "__main__":
