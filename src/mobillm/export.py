@@ -215,18 +215,27 @@ def _quantize(source: Path, target: Path, weights: str) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         # the quantizer re-runs ONNX shape inference, which refuses some of the exporter's recorded intermediate
-        # shapes (OPT's attention reshapes): drop them, they are only hints
-        model = onnx.load(str(source))
+        # shapes (OPT's attention reshapes): drop them, they are only hints. The graph without them goes to a
+        # scratch file whose external weights are the source's own file (linked, not read), and the quantizer
+        # reads that path: handing it a loaded graph makes it save and reload a second copy of every weight
+        # (OPT-1.3B: killed at 17 GB on a 23 GB machine).
+        model = onnx.load(str(source), load_external_data=False)
         del model.graph.value_info[:]
-        # MatMulConstBOnly: weights only, attention's activation matmuls stay fp32. The quantizer's advice to run
-        # its pre-processing (shape inference, for conv nets) goes to the root logger: not the user's concern.
-        root = logging.getLogger()
-        root.addFilter(_quiet := _Without("pre-processing before quantization"))
-        try:
-            quantize_dynamic(model, target, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
-                             use_external_data_format=True, extra_options={"MatMulConstBOnly": True})
-        finally:
-            root.removeFilter(_quiet)
+        with tempfile.TemporaryDirectory(prefix="mobillm-quantize-") as scratch:
+            graph = Path(scratch) / source.name
+            for data in {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}:
+                (Path(scratch) / data).symlink_to((source.parent / data).resolve())
+            onnx.save(model, str(graph))
+            del model
+            # MatMulConstBOnly: weights only, attention's activation matmuls stay fp32. The quantizer's advice to
+            # run its pre-processing (shape inference, for conv nets) goes to the root logger: not the user's concern.
+            root = logging.getLogger()
+            root.addFilter(_quiet := _Without("pre-processing before quantization"))
+            try:
+                quantize_dynamic(graph, target, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+                                 use_external_data_format=True, extra_options={"MatMulConstBOnly": True})
+            finally:
+                root.removeFilter(_quiet)
         return
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
