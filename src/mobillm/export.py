@@ -216,15 +216,15 @@ def _quantize(source: Path, target: Path, weights: str) -> None:
 
         # the quantizer re-runs ONNX shape inference, which refuses some of the exporter's recorded intermediate
         # shapes (OPT's attention reshapes): drop them, they are only hints. The graph without them goes to a
-        # scratch file whose external weights are the source's own file (linked, not read), and the quantizer
-        # reads that path: handing it a loaded graph makes it save and reload a second copy of every weight
-        # (OPT-1.3B: killed at 17 GB on a 23 GB machine).
+        # scratch file beside a copy of the source's external weights (a file copy, not read into memory; onnx
+        # refuses symbolic and hard links), and the quantizer reads that path: handing it a loaded graph makes it
+        # save and reload a second copy of every weight (OPT-1.3B: killed at 17 GB on a 23 GB machine).
         model = onnx.load(str(source), load_external_data=False)
         del model.graph.value_info[:]
-        with tempfile.TemporaryDirectory(prefix="mobillm-quantize-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="mobillm-quantize-", dir=target.parent) as scratch:
             graph = Path(scratch) / source.name
             for data in {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}:
-                (Path(scratch) / data).symlink_to((source.parent / data).resolve())
+                shutil.copyfile(source.parent / data, Path(scratch) / data)
             onnx.save(model, str(graph))
             del model
             # MatMulConstBOnly: weights only, attention's activation matmuls stay fp32. The quantizer's advice to
