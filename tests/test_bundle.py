@@ -104,6 +104,28 @@ def test_quantized_taps_within_their_bound(exported, family, weights, tmp_path):
     smaller = sum(f.stat().st_size for f in tmp_path.glob("*.onnx*"))  # the graphs and their external weights
     assert smaller < sum(f.stat().st_size for f in exported[family].glob("*.onnx*"))
     assert (tmp_path / "taps.onnx.data").is_file()  # mapped by ONNX Runtime, not copied out of the graph
+    # every weight of the exported layers is quantized: no fp32 weight matmul (nor Gemm, which the quantizers skip)
+    linears = sum(isinstance(m, torch.nn.Linear) for m in reference.decoder.layers.modules())
+    assert _weight_matmuls(exported[family] / "taps.onnx") == {"fp32": linears}
+    assert _weight_matmuls(tmp_path / "taps.onnx") == {"quantized": linears}
+
+
+def _weight_matmuls(path: Path) -> dict[str, int]:
+    """Weight matmuls of a graph by kind: ``fp32`` (MatMul or Gemm on a constant), ``quantized`` (one
+    MatMulNBits, or one MatMulInteger on an int8 weight)."""
+    import collections
+
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constants = {i.name for i in graph.initializer}
+    kinds = collections.Counter()
+    for node in graph.node:
+        if node.op_type in ("MatMul", "Gemm") and node.input[1] in constants:
+            kinds["fp32"] += 1
+        elif node.op_type in ("MatMulNBits", "MatMulInteger"):
+            kinds["quantized"] += 1
+    return dict(kinds)
 
 
 def test_generation_step_equals_torch_step(exported, family):

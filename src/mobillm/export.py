@@ -95,6 +95,32 @@ class _Generate(nn.Module):
         return (*taps, *[t for layer in cache.layers for t in (layer.keys, layer.values)])
 
 
+class _MatMulLinear(nn.Module):
+    """``nn.Linear`` kept as its transposed weight, ``x @ W^T + b``, so that it exports as a MatMul on a constant
+    weight whatever the input's rank: a linear on a 2-d input exports as a ``Gemm``, which neither ONNX Runtime
+    quantizer touches (OPT runs fc1/fc2 on (B*T, H): two thirds of its weights stayed fp32 in every quantized
+    format). Same arithmetic as the linear, up to float rounding."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight_t = nn.Parameter(linear.weight.detach().t().contiguous(), requires_grad=False)  # (in, out)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        y = x @ self.weight_t
+        return y if self.bias is None else y + self.bias
+
+
+def _matmul_linears(layers: nn.ModuleList) -> None:
+    """Swap every ``nn.Linear`` inside ``layers`` for a :class:`_MatMulLinear`, in place (one weight copied at a
+    time: the old one is freed as its module is replaced)."""
+    for layer in layers:
+        for name, module in list(layer.named_modules()):
+            if isinstance(module, nn.Linear):
+                parent, _, attr = name.rpartition(".")
+                setattr(layer.get_submodule(parent) if parent else layer, attr, _MatMulLinear(module))
+
+
 class _Head(nn.Module):
     def __init__(self, head: FrozenHead):
         super().__init__()
@@ -252,6 +278,7 @@ def _export_fp32(model, tokenizer, directory: Path, shortcuts: list[int], source
     ident = fingerprint(model)
     head = FrozenHead.from_model(model)
     backbone = TappedBackbone(model, shortcuts)
+    _matmul_linears(backbone.decoder.layers)  # after the fingerprint and the head: the exported layers only
     kv_heads, head_dim = _cache_shape(backbone)
     taps = [tap_name(s) for s in backbone.shortcuts]
     past, present = cache_names(backbone.shortcuts[-1], "past"), cache_names(backbone.shortcuts[-1], "present")
