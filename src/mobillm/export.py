@@ -22,7 +22,9 @@ The trade-off, measured on SmolLM2-135M (BENCHMARKS §19): ``int8`` is close to 
 activation scales are coarse against the backbone's outlier channels (tap error 0.10–0.33 on SST-2 sentences),
 which ``int8-smooth`` cuts to 0.03–0.15 at the same speed — what matters is the accuracy of a side network
 trained on those taps, which ``mobillm bench codecs --weights`` measures (int8-dynamic −3.3 points of SST-2,
-int8-smooth +0.5, against the torch device).
+int8-smooth +0.5, against the torch device). Memory of the export: ``quantize_dynamic`` holds several copies of
+the weights (OPT-1.3B's int8-dynamic graph: killed at 21.1 GB on a 23 GB machine); OPT-1.3B's fp32 export and
+its MatMulNBits formats peaked at 10.8 GB at most (BENCHMARKS §19).
 """
 
 from __future__ import annotations
