@@ -246,7 +246,7 @@ def _quantize(source: Path, target: Path, weights: str) -> None:
         # shapes (OPT's attention reshapes): drop them, they are only hints. The graph without them goes to a
         # scratch file beside a copy of the source's external weights (a file copy, not read into memory; onnx
         # refuses symbolic and hard links), and the quantizer reads that path: handing it a loaded graph makes it
-        # save and reload a second copy of every weight (OPT-1.3B: killed at 17 GB on a 23 GB machine).
+        # copy, save and reload every weight again (SmolLM2's taps graph: peak 2,236 -> 1,902 MiB).
         model = onnx.load(str(source), load_external_data=False)
         del model.graph.value_info[:]
         with tempfile.TemporaryDirectory(prefix="mobillm-quantize-", dir=target.parent) as scratch:

@@ -19,8 +19,9 @@ given length. VmHWM counts the whole process, loading included. Every method run
 ``--quick``: batch 16, length 128 only, one timed step after the warm-up step (full: three). ``opt-1.3b``
 (random weights, memory only): one step per configuration, no warm-up, length 64, no ``full`` (fp32 weights +
 gradients + two AdamW moments = 20.8 GB before any activation, more than the 24 GB machine can hold with
-them); its bundles hold a placeholder tokenizer (``bench.models.placeholder_tokenizer``) and no smoothed format. Writes results/memory[-MODEL]/{results.json,results.csv,memory.png}; the process also reports VmRSS
-after the imports and after the load.
+them); its bundles hold a placeholder tokenizer (``bench.models.placeholder_tokenizer``) and no smoothed format.
+Writes results/memory[-MODEL]/{results.json,results.csv,memory.png}; the process also reports VmRSS after the
+imports and after the load.
 """
 
 from __future__ import annotations
