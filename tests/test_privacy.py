@@ -50,6 +50,34 @@ def test_ridge_recovers_a_linear_map():
     assert torch.allclose(ridge.predict(x), x @ w + 1.5, atol=0.05)
 
 
+def test_a1_scales_each_token_to_unit_rms_when_the_noise_is_relative_to_it():
+    """The noise defence's std is relative to each token's RMS, and a few tokens (the first) carry massive
+    activations: a least-squares inverse on the raw features fits their noise and fails everywhere else. A1 keeps
+    whichever features score better on held-out public positions."""
+    from mobillm.privacy.attacks import EmbeddingInverse
+
+    g = torch.Generator().manual_seed(0)
+    embeddings, mix = torch.randn(40, 16, generator=g), torch.randn(16, 32, generator=g)
+
+    def taps(n: int, seed: int, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        tokens = torch.randint(1, 40, (n,), generator=g)
+        tokens[::20] = 0  # one position in 20: a token with massive activations
+        x = embeddings[tokens] @ mix
+        x[tokens == 0] *= 150
+        return x + sigma * x.pow(2).mean(-1, keepdim=True).sqrt() * torch.randn(x.shape, generator=g), tokens
+
+    for sigma, scaled in ((0.0, False), (0.3, True)):
+        (x, tokens), (victim, truth) = taps(4000, 1, sigma), taps(1000, 2, sigma)
+        inverse = EmbeddingInverse(x, tokens, embeddings)
+        assert inverse.scaled is scaled
+        plain = truth != 0
+        assert (inverse.topk(victim, 1)[:, 0] == truth)[plain].float().mean() > 0.95
+    raw = Ridge.selected(x, embeddings[tokens], lambda pred, rows: 0.0)  # the raw features alone, under the noise
+    guesses = torch.nn.functional.normalize(raw.predict(victim), dim=-1) @ torch.nn.functional.normalize(embeddings, dim=-1).T
+    assert (guesses.argmax(-1) == truth)[plain].float().mean() < 0.2
+
+
 @pytest.mark.parametrize("codec", ["none", "nf4"])
 def test_a2_inverts_a_tiny_random_model_from_its_top_layer(codec):
     model, tokenizer = tiny_model("llama", layers=4, hidden=64), make_tiny_tokenizer(bos=True)

@@ -226,12 +226,12 @@ def _position_attacks(config, setting, model, head, embeddings, shortcuts, layer
     start = time.perf_counter()
     x = torch.cat([v[:, layer_ids].flatten(1) for v in seen_a])  # (N, m * H): every position of every public prompt
     tokens = torch.tensor([t for p in attacker for t in p.ids])
-    inverse = EmbeddingInverse(x, tokens, embeddings)
+    inverse = EmbeddingInverse(x, tokens, embeddings, layers=len(layer_ids))
     fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
     ranked = [inverse.topk(v[:, layer_ids].flatten(1), max(config.wide, config.k)) for v in seen_v]  # (T, wide) each
     row("A1-ridge", [r[:, 0].tolist() for r in ranked], fit_seconds + time.perf_counter() - start,
-        fit_seconds=fit_seconds, ridge_lambda=inverse.ridge.lam)
+        fit_seconds=fit_seconds, ridge_lambda=inverse.ridge.lam, unit_rms_features=inverse.scaled)
     phases["A1"] += rows[-1]["seconds"]
 
     if run_a2:
