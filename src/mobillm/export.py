@@ -120,7 +120,7 @@ def _matmul_linears(layers: nn.ModuleList) -> None:
         for name, module in list(layer.named_modules()):
             if isinstance(module, nn.Linear):
                 parent, _, attr = name.rpartition(".")
-                setattr(layer.get_submodule(parent) if parent else layer, attr, _MatMulLinear(module))
+                setattr(layer.get_submodule(parent), attr, _MatMulLinear(module))  # "" is the layer itself
 
 
 class _Head(nn.Module):
