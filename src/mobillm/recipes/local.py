@@ -136,7 +136,7 @@ def fit_side(
     trainer = SideTrainer(side, head, side_config.codec, config, steps_per_epoch * config.num_epochs, device)
 
     def evaluate(cache) -> dict:
-        return evaluate_tapped(side, trainer.head, codec, cache).scores()
+        return evaluate_tapped(trainer.model, trainer.head, codec, cache).scores()
 
     zero_shot = zero_shot_tapped(side_config, head, test_cache).scores()
     step0_val = selection_score(evaluate(val_cache))  # the fresh side network, through the codec
@@ -156,7 +156,7 @@ def fit_side(
         evals_per_epoch=config.evals_per_epoch, patience=config.patience, initial_score=step0_val, desc="side",
     )
     return {
-        "side": side, "test": evaluate(test_cache), "zero_shot_test": zero_shot, **best_fields(side_config.task, result.best_score),
+        "side": trainer.model, "test": evaluate(test_cache), "zero_shot_test": zero_shot, **best_fields(side_config.task, result.best_score),
         "best_epoch": result.best_epoch, "steps": result.steps,
         "stopped_early": result.stopped_early, "history": result.history,
         "side_parameters": sum(p.numel() for p in side.parameters()),

@@ -1,7 +1,7 @@
 """A job's training checkpoint: one safetensors file, written at the end of every epoch (write, then rename).
 
-It holds what resuming needs to continue *exactly* as if nothing had happened: the side network, the AdamW
-moments, the learning-rate schedule's position, the best weights so far and :class:`FitState` (epoch, step,
+It holds what resuming needs to continue *exactly* as if nothing had happened: the side network (and its weights'
+average, with ``ema_gamma``), the AdamW moments, the learning-rate schedule's position, the best weights so far and :class:`FitState` (epoch, step,
 best score, early-stopping count, history). Tensors go in the safetensors body; the scalars in its metadata as
 JSON. Nothing is pickled.
 """
@@ -24,6 +24,8 @@ _META = "mobillm_checkpoint"
 
 def save_checkpoint(path: Path, trainer: SideTrainer, state: FitState, samples_trained: int) -> None:
     tensors = {f"side.{k}": v.detach().contiguous() for k, v in trainer.side.state_dict().items()}
+    if trainer.average is not None:
+        tensors.update({f"average.{k}": v.detach().contiguous() for k, v in trainer.average.state_dict().items()})
     optim = trainer.optimizer.state_dict()
     optim_scalars: dict[str, dict] = {}
     for index, slots in optim["state"].items():
@@ -53,6 +55,8 @@ def load_checkpoint(path: Path, trainer: SideTrainer) -> tuple[FitState, int]:
         meta = json.loads(f.metadata()[_META])
     tensors = load_file(path)
     trainer.side.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("side.")})
+    if trainer.average is not None:
+        trainer.average.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("average.")})
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):

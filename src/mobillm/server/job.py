@@ -151,7 +151,7 @@ class Job:
     def side_net_message(self) -> bytes:
         if self.error is not None:
             raise ProtocolError(ErrorCode.INTERNAL, f"training failed: {self.error!r}")
-        side, val = self.trainer.side, self.result["val"]
+        side, val = self.trainer.model, self.result["val"]
         return encode_message(
             SideNet(
                 config=self.side_config.model_dump(), step=self.trainer.step_count, val_accuracy=val.get("accuracy"),
@@ -192,7 +192,7 @@ class Job:
     @torch.no_grad()
     def evaluate(self) -> tuple[dict, list[int], list[int]]:
         """Scores of the eval batches, and (classification) each sample's predicted class."""
-        self.trainer.side.eval()
+        self.trainer.model.eval()
         scores = Evaluator(self.side_config.task, self.side_config.num_labels)
         for seq in self.feed.eval_seqs:
             groups, t, extra = self._load(seq)
@@ -220,7 +220,7 @@ class Job:
                 on_epoch_end=lambda state: self.dir.save_checkpoint(self.trainer, state, self.samples_trained),
             )
             scores, ids, preds = self.evaluate()
-            self.trainer.side.save_pretrained(self.dir.side_network_dir)
+            self.trainer.model.save_pretrained(self.dir.side_network_dir)
             self.result = {
                 **best_fields(self.side_config.task, result.best_score), "val": scores, "best_epoch": result.best_epoch,
                 "steps": result.steps, "stopped_early": result.stopped_early, "history": result.history,

@@ -6,6 +6,10 @@ the two paths share one ``train_step`` and one decoding of the wire format.
 The trainer owns where training runs (``device``, see :func:`mobillm.training.device.resolve_device`): the side
 network, its optimizer state and a copy of the frozen head live there; each batch is decoded on the CPU (the
 codecs' arithmetic) and moved there once, with its labels and masks. Losses come back as Python floats.
+
+With ``ema_gamma`` the trainer also keeps a power-function average of the weights (``torch.optim.swa_utils``'s
+:class:`AveragedModel`), and :attr:`SideTrainer.model` — what is validated, kept as the best and shipped — is that
+average.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from mobillm.backbone import FrozenHead
 from mobillm.scoring import loss_logits
@@ -42,6 +47,12 @@ class SideTrainer:
             config.warmup_steps,
         )
         self.step_count = 0
+        self.average = None if config.ema_gamma is None else AveragedModel(self.side, avg_fn=power_ema(config.ema_gamma))
+
+    @property
+    def model(self) -> SideNetwork:
+        """The side network to score, keep and ship: the weights' average with ``ema_gamma``, else the trained one."""
+        return self.side if self.average is None else self.average.module
 
     def activations(self, taps: list[Encoded]) -> torch.Tensor:
         """Decode one batch's taps to (B, [T,] M, H) on the trainer's device."""
@@ -58,7 +69,7 @@ class SideTrainer:
         """``(logits, targets)`` of one batch on the trainer's device, for scoring (``Evaluator.add``)."""
         acts = self.activations(taps)
         labels, attention_mask, last_index, loss_mask = self.on_device(labels, attention_mask, last_index, loss_mask)
-        return loss_logits(self.side, self.head, acts, labels, attention_mask, last_index, loss_mask)
+        return loss_logits(self.model, self.head, acts, labels, attention_mask, last_index, loss_mask)
 
     def train_batch(
         self,
@@ -83,14 +94,30 @@ class SideTrainer:
         )
         if not replay:
             self.step_count += 1
+        if self.average is not None:
+            self.average.update_parameters(self.side)
         return loss
 
     def snapshot(self) -> dict[str, torch.Tensor]:
-        """A copy of the side network's weights (for keeping the best validation checkpoint)."""
-        return copy.deepcopy(self.side.state_dict())
+        """A copy of :attr:`model`'s weights (for keeping the best validation checkpoint)."""
+        return copy.deepcopy(self.model.state_dict())
 
     def restore(self, state: dict[str, torch.Tensor]) -> None:
-        self.side.load_state_dict(state)
+        """Put a :meth:`snapshot` back into :attr:`model` (the network that is then scored and shipped)."""
+        self.model.load_state_dict(state)
+
+
+def power_ema(gamma: float):
+    """``AveragedModel``'s ``avg_fn`` of the power-function EMA (Karras et al. 2024, arXiv 2312.02696, eq. 2):
+    after step t the average keeps (1 - 1/t)^(gamma + 1) of itself, so step s weighs about s^gamma and the window is a
+    fixed fraction of the steps so far — however many there will be. gamma 0 is the uniform (Polyak) average."""
+
+    def avg_fn(average: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        t = num_averaged.item() + 1  # this update's step; the first update (t = 1) is a plain copy
+        beta = (1 - 1 / t) ** (gamma + 1)
+        return beta * average + (1 - beta) * current
+
+    return avg_fn
 
 
 def _on(module: torch.nn.Module, device: torch.device) -> bool:
