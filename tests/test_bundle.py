@@ -180,12 +180,12 @@ def test_a_bundle_without_generation_classifies(tmp_path):
         bundle.logits(hidden.numpy())
 
 
-def _side(block: str, task: str = "causal-lm", random: bool = False, seed: int = 0) -> SideNetwork:
+def _side(block: str, task: str = "causal-lm", random: bool = False, seed: int = 0, **extra) -> SideNetwork:
     head = {"causal-lm": "lm", "classification": "verbalizer"}[task]
     config = SideConfig(
         hidden_size=32, num_backbone_layers=4, shortcuts=SHORTCUTS, width=16, block=block, attention_heads=4,
         task=task, head=head, num_labels=0 if task == "causal-lm" else 2,
-        label_token_ids=None if task == "causal-lm" else [5, 6],
+        label_token_ids=None if task == "causal-lm" else [5, 6], **extra,
     )
     side = SideNetwork(config).eval()
     if random:
@@ -200,9 +200,10 @@ def _np_side(side: SideNetwork) -> NpSideNetwork:
     return NpSideNetwork(side.config.model_dump(), {k: v.numpy() for k, v in side.state_dict().items()})
 
 
-@pytest.mark.parametrize("block", ["mlp", "attention"])
+@pytest.mark.parametrize("block", ["mlp", "attention", "bidirectional"])
 def test_numpy_side_network_equals_torch(block, tmp_path):
-    side = _side(block, random=True)
+    side = (_side("attention", "classification", random=True, bidirectional=True) if block == "bidirectional"
+            else _side(block, random=True))
     acts = torch.randn(3, 5, 2, 32) * 3
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
     with torch.no_grad():

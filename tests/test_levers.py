@@ -227,5 +227,35 @@ def test_the_trainer_validates_ships_and_checkpoints_the_weights_average(tmp_pat
         resumed.train_batch(taps, labels)
     assert torch.equal(resumed.model.up.weight, averaged.model.up.weight)
     assert torch.equal(resumed.side.up.weight, averaged.side.up.weight)
-    with pytest.raises(ValueError, match="--ema-gamma"):
-        TrainConfig(method="lora", ema_gamma=7.0)
+
+
+def test_bidirectional_side_blocks_look_ahead_at_real_tokens_only_and_only_for_classification():
+    torch.manual_seed(0)
+    causal = SideNetwork(_config())
+    both = SideNetwork(_config(bidirectional=True))
+    both.load_state_dict(causal.state_dict())
+    with torch.no_grad():
+        causal.up.weight.normal_()
+        both.up.weight.copy_(causal.up.weight)
+    acts, mask = torch.randn(2, 5, 2, 32), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    later = acts.clone()
+    later[:, 3:] += 1.0  # change positions 3 and 4 only (row 1: its padding)
+    with torch.no_grad():
+        c, c2, b, b2 = (net.hidden(x, mask) for net in (causal, both) for x in (acts, later))
+    assert torch.equal(c[:, :3], c2[:, :3])  # causal: a position never sees later ones
+    assert not torch.allclose(b[0, :3], b2[0, :3])  # bidirectional: it does ...
+    assert torch.equal(b[1, :3], b2[1, :3])  # ... but never the padding
+    with pytest.raises(ValueError, match="bidirectional"):
+        _config(bidirectional=True, block="mlp")
+
+
+def test_ema_gamma_option_takes_a_number_or_off_and_names_itself_otherwise():
+    import typer
+
+    from mobillm.cli import _ema_gamma
+
+    assert _ema_gamma("3.5") == 3.5 and _ema_gamma("off") is None and _ema_gamma(7.0) == 7.0
+    for bad in ("-1", "fast", "inf"):
+        with pytest.raises(typer.BadParameter, match="'off'"):
+            _ema_gamma(bad)
+    assert TrainConfig().ema_gamma == 7.0 and TrainConfig(ema_gamma=None).ema_gamma is None

@@ -68,7 +68,8 @@ def test_an_int8_smooth_bundle_is_closer_to_fp32_than_int8_dynamic(family, tmp_p
         assert config.weights == weights
         got = Bundle.load(tmp_path / weights).taps(ids.numpy(), mask.numpy())[-1]
         errors[weights] = float(np.linalg.norm(got - want) / np.linalg.norm(want))
-    assert 0 < errors["int8-smooth"] < 0.7 * errors["int8-dynamic"], errors  # measured 0.21x (Llama), 0.47x (OPT)
+    # measured 0.25x (Llama), 0.79x (OPT) with the 7-bit weights of reduce_range; 0.21x / 0.47x with 8-bit weights
+    assert 0 < errors["int8-smooth"] < 0.9 * errors["int8-dynamic"], errors
     with pytest.raises(ConfigError, match="export it from the model"):
         quantize_bundle(tmp_path / "int8-dynamic", tmp_path / "again", "int8-smooth")
 

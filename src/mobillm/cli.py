@@ -4,6 +4,7 @@ afterwards: predict, evaluate, generate."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -80,13 +81,34 @@ SideInit = Annotated[SideInitName, typer.Option(
     help="side blocks' first weights: random, or backbone (LST: a pruned copy of each shortcut layer, chosen by weight "
          "magnitude; the server copies them from the public checkpoint)")]
 GateTemperature = Annotated[float, typer.Option(help="T of the side network's ladder gates sigmoid(alpha / T) (LST: 0.1)")]
+Bidirectional = Annotated[bool, typer.Option(
+    "--bidirectional/--causal",
+    help="classification with attention blocks: the side blocks attend to later positions too, or only to earlier ones")]
 Lr = Annotated[Optional[float], typer.Option(help="learning rate (default per method)")]
 Epochs = Annotated[Optional[int], typer.Option(help="training epochs (default per method)")]
 BatchSize = Annotated[int, typer.Option(help="samples per batch")]
 Schedule = Annotated[ScheduleName, typer.Option(help="learning-rate schedule")]
+
+
+def _ema_gamma(value: str | float) -> float | None:
+    """``--ema-gamma``: a non-negative exponent, or 'off' (the default arrives as a float)."""
+    if isinstance(value, float):
+        return value
+    if value.strip().lower() in ("off", "none"):
+        return None
+    try:
+        gamma = float(value)
+    except ValueError:
+        gamma = -1.0
+    if not gamma >= 0 or math.isinf(gamma):
+        raise typer.BadParameter(f"{value!r}: give a non-negative number (7 is the default) or 'off'")
+    return gamma
+
+
 EmaGamma = Annotated[Optional[float], typer.Option(
-    help="side network: validate and ship a power-function EMA of its weights with this exponent (window a fixed "
-         "fraction of the steps so far; 0: the uniform average)")]
+    parser=_ema_gamma, metavar="GAMMA|off",
+    help="side network: validate and ship a power-function EMA of its weights with this exponent (its window a "
+         "fixed fraction of the steps so far; 0: the uniform average; off: the last step's weights)")]
 Patience = Annotated[int, typer.Option(help="validations without gain before early stopping")]
 EvalsPerEpoch = Annotated[int, typer.Option(help="validations per epoch")]
 IdleReplays = Annotated[int, typer.Option(
@@ -211,8 +233,9 @@ def train(
     text_column: TextColumn = "sentence", label_column: LabelColumn = "label", no_header: NoHeader = False,
     prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
-    block: Block = "attention", side_init: SideInit = "random", gate_temperature: GateTemperature = 1.0, lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
-    ema_gamma: EmaGamma = None,
+    block: Block = "attention", side_init: SideInit = "random", gate_temperature: GateTemperature = 1.0, bidirectional: Bidirectional = True,
+    lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
+    ema_gamma: EmaGamma = 7.0,
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1,
     max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000, seed: Seed = 0,
     noise: Noise = 0.0, output_dir: OutputDir = Path("runs/train"),
@@ -374,8 +397,9 @@ def device(
     text_column: TextColumn = "sentence", label_column: LabelColumn = "label", no_header: NoHeader = False,
     prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
-    block: Block = "attention", side_init: SideInit = "random", gate_temperature: GateTemperature = 1.0, lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
-    ema_gamma: EmaGamma = None,
+    block: Block = "attention", side_init: SideInit = "random", gate_temperature: GateTemperature = 1.0, bidirectional: Bidirectional = True,
+    lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
+    ema_gamma: EmaGamma = 7.0,
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
     device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, noise: Noise = 0.0,
     output_dir: OutputDir = Path("runs/device"),
@@ -400,8 +424,9 @@ def finetune(
     text_column: TextColumn = "sentence", label_column: LabelColumn = "label", no_header: NoHeader = False,
     prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
-    block: Block = "attention", side_init: SideInit = "random", gate_temperature: GateTemperature = 1.0, lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
-    ema_gamma: EmaGamma = None,
+    block: Block = "attention", side_init: SideInit = "random", gate_temperature: GateTemperature = 1.0, bidirectional: Bidirectional = True,
+    lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
+    ema_gamma: EmaGamma = 7.0,
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
     device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, noise: Noise = 0.0,
     output_dir: OutputDir = Path("runs/finetune"),

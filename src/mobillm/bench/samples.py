@@ -69,6 +69,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "dropout0.1": ({"dropout": 0.1}, {}),
     "width128": ({"width": 128}, {}),
     "width256": ({"width": 256, "attention_heads": 8}, {}),
+    "bidirectional": ({"bidirectional": True}, {}),
+    "bidir-width128": ({"bidirectional": True, "width": 128}, {}),
+    "bidir-ema": ({"bidirectional": True}, {"ema_gamma": 7.0}),
 }
 
 

@@ -50,6 +50,7 @@ class NpSideNetwork:
         self.heads = int(self.config.get("attention_heads", 4))
         self.width = int(self.config.get("width", 64))
         self.gate_temperature = float(self.config.get("gate_temperature", 1.0))
+        self.causal = not self.config.get("bidirectional", False)
         self.num_layers = len(self.config["shortcuts"])
         self.state = {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}
         missing = [k for k in ("gate", "up.weight", "up.bias") if k not in self.state]
@@ -75,7 +76,8 @@ class NpSideNetwork:
         return x + _linear(h, s[f"{prefix}.mlp.3.weight"], s[f"{prefix}.mlp.3.bias"])
 
     def _attention(self, prefix: str, x: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray:
-        """Causal multi-head self-attention + MLP over (B, T, r), as ``AttentionBlock``."""
+        """Multi-head self-attention (causal unless the config is bidirectional) + MLP over (B, T, r), as
+        ``AttentionBlock``."""
         s = self.state
         B, T, r = x.shape
         d = r // self.heads
@@ -83,7 +85,7 @@ class NpSideNetwork:
         qkv = _linear(h, s[f"{prefix}.attn.in_proj_weight"], s[f"{prefix}.attn.in_proj_bias"])  # (B, T, 3r)
         q, k, v = (qkv[..., i * r:(i + 1) * r].reshape(B, T, self.heads, d).transpose(0, 2, 1, 3) for i in range(3))
         scores = q @ k.transpose(0, 1, 3, 2) / np.float32(math.sqrt(d))  # (B, heads, T, T)
-        blocked = np.triu(np.ones((T, T), dtype=bool), 1)[None, None]
+        blocked = np.triu(np.ones((T, T), dtype=bool), 1 if self.causal else T)[None, None]  # True = may not attend
         if attention_mask is not None:
             blocked = blocked | (np.asarray(attention_mask) == 0)[:, None, None, :]
         scores = np.where(blocked, -np.inf, scores)

@@ -25,7 +25,7 @@ class SideBlock(nn.Module):
     name: ClassVar[str]
     token_wise: ClassVar[bool]  # False: needs every position from the device (and a KV cache to generate)
 
-    def __init__(self, width: int, heads: int, dropout: float):
+    def __init__(self, width: int, heads: int, dropout: float, causal: bool = True):
         super().__init__()
 
 
@@ -36,8 +36,8 @@ class MLPBlock(SideBlock):
     name = "mlp"
     token_wise = True
 
-    def __init__(self, width: int, heads: int = 0, dropout: float = 0.0):
-        super().__init__(width, heads, dropout)
+    def __init__(self, width: int, heads: int = 0, dropout: float = 0.0, causal: bool = True):
+        super().__init__(width, heads, dropout, causal)
         self.norm = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Dropout(dropout), nn.Linear(width, width))
 
@@ -47,13 +47,15 @@ class MLPBlock(SideBlock):
 
 @register_block
 class AttentionBlock(SideBlock):
-    """LST-style token-mixing block: causal self-attention + MLP at width r over all positions."""
+    """LST-style token-mixing block: self-attention (causal unless ``causal=False``) + MLP at width r over all
+    positions."""
 
     name = "attention"
     token_wise = False
 
-    def __init__(self, width: int, heads: int = 4, dropout: float = 0.0):
-        super().__init__(width, heads, dropout)
+    def __init__(self, width: int, heads: int = 4, dropout: float = 0.0, causal: bool = True):
+        super().__init__(width, heads, dropout, causal)
+        self.causal = causal
         self.norm1 = nn.LayerNorm(width)
         self.attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.mlp = MLPBlock(width, dropout=dropout)
@@ -62,7 +64,7 @@ class AttentionBlock(SideBlock):
         if x.dim() != 3:
             raise ValueError("the attention side block needs every position: activations of shape (B, T, r)")
         T = x.shape[1]
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # True = may not attend
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1) if self.causal else None  # True = may not attend
         pad = None if attention_mask is None else attention_mask == 0
         h = self.norm1(x)
         x = x + self.attn(h, h, h, attn_mask=causal, key_padding_mask=pad, need_weights=False)[0]

@@ -36,6 +36,9 @@ class SideConfig(Config):
     block: str = Field("attention", description="side block type: 'attention' (token-mixing) or 'mlp' (token-wise)")
     attention_heads: int = Field(4, gt=0, description="heads of the 'attention' block")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    bidirectional: bool = Field(
+        False, description="classification: the 'attention' blocks attend to every real position, later ones too "
+        "(LS-LLaMA, Li et al. 2023, arXiv 2310.01208; LLM2Vec, arXiv 2404.05961); False: causal, as the backbone")
     init: Init = Field(
         "random", description="side blocks and down_i: random, or a magnitude-pruned copy of the shortcut layers (LST; "
         "sidenet.init, needs the backbone's layer weights where the side network is created)")
@@ -56,6 +59,9 @@ class SideConfig(Config):
             problems.append(f"block: {self.block!r} unknown — choose one of {sorted(BLOCK_TOKEN_WISE)}")
         if any(not 1 <= s <= self.num_backbone_layers for s in self.shortcuts) or self.shortcuts != sorted(set(self.shortcuts)):
             problems.append(f"shortcuts: {self.shortcuts} must increase strictly within 1..{self.num_backbone_layers}")
+        if self.bidirectional and (self.task != "classification" or self.block != "attention"):
+            problems.append("bidirectional: only the 'attention' blocks of a classification task can look ahead "
+                            "(a causal LM predicts each token from the ones before it)")
         if self.task == "causal-lm" and self.head != "lm":
             problems.append("head: a causal-lm task needs head='lm'")
         if self.task == "classification" and self.head == "lm":

@@ -40,7 +40,7 @@ class SideNetwork(nn.Module):
         self.in_norm = nn.RMSNorm(H, elementwise_affine=False)
         self.down = nn.ModuleList(nn.Linear(H, r) for _ in range(M))
         self.gate = nn.Parameter(torch.zeros(M))  # alpha_i; mu_i = sigmoid(alpha_i / T) = 0.5 at start
-        self.blocks = nn.ModuleList(block(r, config.attention_heads, config.dropout) for _ in range(M))
+        self.blocks = nn.ModuleList(block(r, config.attention_heads, config.dropout, not config.bidirectional) for _ in range(M))
         self.up = nn.Linear(r, H)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
