@@ -52,26 +52,31 @@ if TYPE_CHECKING:
     from mobillm.device.inference import TappedBatch
 
 BATCH = 16
+#: The default until 2026-12-03 — causal side blocks, the last step's weights — which issue 16's levers each changed
+#: once: its settings as updates, so that those rows (BENCHMARKS §18) come out the same under today's default.
+_CAUSAL, _LAST = {"bidirectional": False}, {"ema_gamma": None}
+_LST = {"init": "backbone", "gate_temperature": 0.1}
 #: --variants name -> (SideConfig updates, TrainConfig updates) of a side network trained on the curve: today's
 #: default and issue 16's levers (LST = Sung et al. 2022, arXiv 2206.06522: init from the backbone, T = 0.1)
 VARIANTS: dict[str, tuple[dict, dict]] = {
-    "default": ({}, {}),
-    "lst-init": ({"init": "backbone"}, {}),
-    "gate-t0.1": ({"gate_temperature": 0.1}, {}),
-    "lr3e-3": ({}, {"lr": 3e-3, "warmup_ratio": 0.1}),
-    "constant": ({}, {"schedule": "constant", "warmup_steps": 20}),
-    "rsqrt": ({}, {"schedule": "rsqrt", "warmup_steps": 20}),
-    "lst": ({"init": "backbone", "gate_temperature": 0.1}, {"lr": 3e-3, "warmup_ratio": 0.1}),
-    "lst-lr1e-3": ({"init": "backbone", "gate_temperature": 0.1}, {"lr": 1e-3, "warmup_ratio": 0.06}),
-    "ema": ({}, {"ema_gamma": 7.0}),
-    "anytime": ({}, {"schedule": "constant", "warmup_steps": 20, "ema_gamma": 7.0}),
-    "lst-ema": ({"init": "backbone", "gate_temperature": 0.1}, {"lr": 3e-3, "warmup_ratio": 0.1, "ema_gamma": 7.0}),
-    "dropout0.1": ({"dropout": 0.1}, {}),
-    "width128": ({"width": 128}, {}),
-    "width256": ({"width": 256, "attention_heads": 8}, {}),
-    "bidirectional": ({"bidirectional": True}, {}),
-    "bidir-width128": ({"bidirectional": True, "width": 128}, {}),
-    "bidir-ema": ({"bidirectional": True}, {"ema_gamma": 7.0}),
+    "default": ({}, {}),  # bidirectional blocks and the power EMA (gamma 7) since 2026-12-03
+    "causal": (_CAUSAL, _LAST),  # the default before
+    "lst-init": ({**_CAUSAL, "init": "backbone"}, _LAST),
+    "gate-t0.1": ({**_CAUSAL, "gate_temperature": 0.1}, _LAST),
+    "lr3e-3": (_CAUSAL, {**_LAST, "lr": 3e-3, "warmup_ratio": 0.1}),
+    "constant": (_CAUSAL, {**_LAST, "schedule": "constant", "warmup_steps": 20}),
+    "rsqrt": (_CAUSAL, {**_LAST, "schedule": "rsqrt", "warmup_steps": 20}),
+    "lst": ({**_CAUSAL, **_LST}, {**_LAST, "lr": 3e-3, "warmup_ratio": 0.1}),
+    "lst-lr1e-3": ({**_CAUSAL, **_LST}, {**_LAST, "lr": 1e-3, "warmup_ratio": 0.06}),
+    "ema": (_CAUSAL, {"ema_gamma": 7.0}),
+    "anytime": (_CAUSAL, {"schedule": "constant", "warmup_steps": 20, "ema_gamma": 7.0}),
+    "lst-ema": ({**_CAUSAL, **_LST}, {"lr": 3e-3, "warmup_ratio": 0.1, "ema_gamma": 7.0}),
+    "dropout0.1": ({**_CAUSAL, "dropout": 0.1}, _LAST),
+    "width128": ({**_CAUSAL, "width": 128}, _LAST),
+    "width256": ({**_CAUSAL, "width": 256, "attention_heads": 8}, _LAST),
+    "bidirectional": ({"bidirectional": True}, _LAST),
+    "bidir-width128": ({"bidirectional": True, "width": 128}, _LAST),
+    "bidir-ema": ({"bidirectional": True}, {"ema_gamma": 7.0}),  # what became the default
 }
 
 
@@ -160,6 +165,7 @@ def run_task(name: str, data: str, model: str, args, variants: list[str]) -> lis
     from mobillm.metrics import MetricsLog
     from mobillm.recipes.local import fit_side, train_baseline
     from mobillm.recipes.task import TaskOptions, prepare_task
+    from mobillm.sidenet import SideConfig
     from mobillm.train_config import TrainConfig
     from mobillm.wire.codecs import encoded_nbytes, get_codec
 
@@ -205,7 +211,7 @@ def run_task(name: str, data: str, model: str, args, variants: list[str]) -> lis
             at = {**common, "n": len(ids), "seed": seed}
             for variant in variants if len(chosen) in side_sizes else ():
                 side_updates, train_updates = VARIANTS[variant]
-                config = side_config.model_copy(update=side_updates)
+                config = SideConfig.parse({**side_config.model_dump(), **side_updates})  # validated
                 candidates = []
                 for epochs in args.side_epochs:
                     result = fit_side(config, head, TrainConfig(method="side", epochs=epochs, seed=seed, **train_updates),
