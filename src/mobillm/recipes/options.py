@@ -43,7 +43,6 @@ class SideOptions(BaseModel):
     max_eval_samples: int | None = Field(1000, gt=0, description="cap on validation samples (test is never capped)")
     noise: float = Field(0.0, ge=0.0, description="Gaussian noise on the taps before the codec, std relative to each row's RMS (device/noise.py)")
 
-
     @property
     def side_bidirectional(self) -> bool:
         """``SideConfig.bidirectional`` of the task: asked for, classification, and blocks that mix tokens."""
