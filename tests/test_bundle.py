@@ -27,7 +27,8 @@ from mobillm.wire.np_codecs import get_np_codec
 
 SHORTCUTS = [1, 3]  # the top shortcut (3) is below the last layer (4): the graphs stop there
 #: relative error of the top tap (Frobenius, real positions) against torch fp32 on the tiny models; measured
-#: 0.004-0.006 (int8), 0.009-0.010 (int8-dynamic) and 0.06-0.08 (int4); SmolLM2-135M figures: BENCHMARKS §19
+#: 0.004-0.006 (int8), 0.011-0.015 (int8-dynamic: 7-bit weights; 0.060-0.072 with 8-bit weights on a CPU without
+#: VNNI, whose int8 matmuls saturate) and 0.06-0.09 (int4); SmolLM2-135M figures: BENCHMARKS §19
 QUANT_BOUNDS = {"int8": 0.02, "int8-dynamic": 0.03, "int4": 0.15}
 
 
