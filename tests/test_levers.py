@@ -182,9 +182,9 @@ def test_power_ema_weighs_each_step_as_karras_et_al_and_gamma_0_is_the_plain_mea
 
     def weights(gamma: float, steps: int) -> torch.Tensor:
         """The weight of each step's iterate in the average after ``steps`` updates (iterate s = one-hot e_s)."""
-        fn, avg = power_ema(gamma), torch.eye(steps)[0]
+        update, avg = power_ema(gamma), torch.eye(steps)[0]
         for n in range(1, steps):
-            avg = fn(avg, torch.eye(steps)[n], torch.tensor(n))
+            update([avg], [torch.eye(steps)[n]], torch.tensor(n))  # in place
         return avg
 
     assert torch.allclose(weights(0.0, 5), torch.full((5,), 0.2))

@@ -255,13 +255,21 @@ def cached_taps(path: Path | None, key: dict, forward: Callable[[], list[TappedB
         if found != key:
             raise SystemExit(f"--taps: {path} holds the taps of {found}, not of {key}; pass another --taps directory "
                              "or delete that one")
-        tensors, batches = load_file(path), []
-        for b in range(int(tensors["count"])):
-            columns = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"b{b}.batch.")}
-            taps = [{k.split(".", 3)[3]: v for k, v in tensors.items() if k.startswith(f"b{b}.tap.{i}.")}
-                    for i in range(int(tensors[f"b{b}.taps"]))]
-            batches.append(TappedBatch(taps, EncodedBatch(**columns), tensors.get(f"b{b}.top")))
-        return batches
+        tensors = load_file(path)
+        count = int(tensors.pop("count"))
+        columns: list[dict] = [{} for _ in range(count)]
+        taps: list[list[dict]] = [[{} for _ in range(int(tensors.pop(f"b{b}.taps")))] for b in range(count)]
+        tops: list = [None] * count
+        for key, value in tensors.items():  # one pass: b{b}.batch.{field}, b{b}.tap.{i}.{name}, b{b}.top
+            b, kind, *rest = key.split(".", 3)
+            b = int(b[1:])
+            if kind == "batch":
+                columns[b][rest[0]] = value
+            elif kind == "tap":
+                taps[b][int(rest[0])][rest[1]] = value
+            else:
+                tops[b] = value
+        return [TappedBatch(taps[b], EncodedBatch(**columns[b]), tops[b]) for b in range(count)]
     batches = forward()
     tensors = {"count": torch.tensor(len(batches))}
     for b, item in enumerate(batches):

@@ -1,8 +1,8 @@
 """A job's training checkpoint: one safetensors file, written at the end of every epoch (write, then rename).
 
 It holds what resuming needs to continue *exactly* as if nothing had happened: the side network (and its weights'
-average, with ``ema_gamma``), the AdamW moments, the learning-rate schedule's position, the best weights so far and :class:`FitState` (epoch, step,
-best score, early-stopping count, history). Tensors go in the safetensors body; the scalars in its metadata as
+average, with ``ema_gamma``), the AdamW moments, the learning-rate schedule's position, the best weights so far and
+:class:`FitState` (epoch, step, best score, early-stopping count, history). Tensors go in the safetensors body; the scalars in its metadata as
 JSON. Nothing is pickled.
 """
 

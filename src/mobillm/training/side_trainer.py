@@ -47,7 +47,7 @@ class SideTrainer:
             config.warmup_steps,
         )
         self.step_count = 0
-        self.average = None if config.ema_gamma is None else AveragedModel(self.side, avg_fn=power_ema(config.ema_gamma))
+        self.average = None if config.ema_gamma is None else AveragedModel(self.side, multi_avg_fn=power_ema(config.ema_gamma))
 
     @property
     def model(self) -> SideNetwork:
@@ -108,16 +108,17 @@ class SideTrainer:
 
 
 def power_ema(gamma: float):
-    """``AveragedModel``'s ``avg_fn`` of the power-function EMA (Karras et al. 2024, arXiv 2312.02696, eq. 2):
+    """``AveragedModel``'s ``multi_avg_fn`` of the power-function EMA (Karras et al. 2024, arXiv 2312.02696, eq. 2):
     after step t the average keeps (1 - 1/t)^(gamma + 1) of itself, so step s weighs about s^gamma and the window is a
-    fixed fraction of the steps so far — however many there will be. gamma 0 is the uniform (Polyak) average."""
+    fixed fraction of the steps so far — however many there will be. gamma 0 is the uniform (Polyak) average.
+    In place on all parameters at once (one read of the step count per update, as torch's own EMA)."""
 
-    def avg_fn(average: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        t = num_averaged.item() + 1  # this update's step; the first update (t = 1) is a plain copy
-        beta = (1 - 1 / t) ** (gamma + 1)
-        return beta * average + (1 - beta) * current
+    @torch.no_grad()
+    def update(averages: list[torch.Tensor], currents: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        t = int(num_averaged) + 1  # this update's step; the first update (t = 1) is a plain copy
+        torch._foreach_lerp_(averages, currents, 1 - (1 - 1 / t) ** (gamma + 1))
 
-    return avg_fn
+    return update
 
 
 def _on(module: torch.nn.Module, device: torch.device) -> bool:
