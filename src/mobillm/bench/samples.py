@@ -327,12 +327,14 @@ def plot(rows: list[dict], path: Path) -> None:
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(5.5 * max(1, len(tasks)), 3.8), squeeze=False)
     groups = _groups(rows)
+    # one colour per method, the same in every panel
+    colors = {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
     for ax, name in zip(axes[0], tasks):
         for method in dict.fromkeys(r["method"] for r in rows if r["task"] == name):
             points = sorted((n, [100 * r["test_accuracy"] for r in g]) for (t, m, n), g in groups.items() if t == name and m == method)
             xs, ys = [n for n, _ in points], [mean(a) for _, a in points]
             bars = [[y - min(a) for y, (_, a) in zip(ys, points)], [max(a) - y for y, (_, a) in zip(ys, points)]]
-            ax.errorbar(xs, ys, yerr=bars, marker=".", capsize=3, label=method)
+            ax.errorbar(xs, ys, yerr=bars, marker=".", capsize=3, label=method, color=colors[method])
         zero = next((r["zero_shot_test"] for r in rows if r["task"] == name and r["zero_shot_test"] is not None), None)
         if zero is not None:  # a LoRA-only run forwards no taps, so it has no zero-shot figure
             ax.axhline(100 * zero, color="grey", linestyle=":", linewidth=1, label="zero-shot")
