@@ -260,8 +260,8 @@ def cached_taps(path: Path | None, key: dict, forward: Callable[[], list[TappedB
         columns: list[dict] = [{} for _ in range(count)]
         taps: list[list[dict]] = [[{} for _ in range(int(tensors.pop(f"b{b}.taps")))] for b in range(count)]
         tops: list = [None] * count
-        for key, value in tensors.items():  # one pass: b{b}.batch.{field}, b{b}.tap.{i}.{name}, b{b}.top
-            b, kind, *rest = key.split(".", 3)
+        for name, value in tensors.items():  # one pass: b{b}.batch.{field}, b{b}.tap.{i}.{name}, b{b}.top
+            b, kind, *rest = name.split(".", 3)
             b = int(b[1:])
             if kind == "batch":
                 columns[b][rest[0]] = value

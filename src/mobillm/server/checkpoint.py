@@ -2,8 +2,8 @@
 
 It holds what resuming needs to continue *exactly* as if nothing had happened: the side network (and its weights'
 average, with ``ema_gamma``), the AdamW moments, the learning-rate schedule's position, the best weights so far and
-:class:`FitState` (epoch, step, best score, early-stopping count, history). Tensors go in the safetensors body; the scalars in its metadata as
-JSON. Nothing is pickled.
+:class:`FitState` (epoch, step, best score, early-stopping count, history). Tensors go in the safetensors body;
+the scalars in its metadata as JSON. Nothing is pickled.
 """
 
 from __future__ import annotations
