@@ -282,6 +282,54 @@ def test_samples_taps_are_written_once_and_read_back_by_a_later_run(tmp_path, mo
         main([*args[:-1], str(tmp_path / "taps"), "--codec", "int8", "--out", str(tmp_path / "third")])
 
 
+def test_samples_ensemble_variant_averages_its_members_probabilities(tmp_path):
+    import json
+
+    from conftest import write_toy_sentiment
+
+    from mobillm.bench import samples
+
+    model = save_tiny_model(tmp_path / "tiny")
+    data = write_toy_sentiment(tmp_path / "toy", n_train=64, n_eval=32)
+    samples.main(["--model", str(model), "--data", str(data), "--n", "32,64", "--side-n", "64", "--seeds", "0",
+                  "--side-epochs", "1", "--lora-epochs", "0", "--eval-samples", "32", "--test-samples", "24",
+                  "--variants", "default,default*2", "--taps", str(tmp_path / "taps"), "--out", str(tmp_path / "out")])
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["side (default)", "side (default*2)"]
+    assert all(0 <= r["test_accuracy"] <= 1 for r in rows)
+    for bad in ("default*1", "default*x", "nope*2"):
+        with pytest.raises(SystemExit):
+            samples.main(["--variants", bad, "--out", str(tmp_path / "bad")])
+
+    # the ensemble's prediction is the mean of its members' probabilities: two copies of one member score as it
+    # does, and a member that is sure outvotes one that is not
+    from types import SimpleNamespace
+
+    import torch
+
+    from mobillm.bench.samples import ensemble_scores
+
+    class Member(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.config = SimpleNamespace(pivot_only=True, task="classification", num_labels=2)
+            self.weight = torch.nn.Parameter(torch.tensor(logits))
+
+        def forward(self, acts, head, attention_mask=None, last_index=None):
+            return self.weight.expand(acts.shape[0], 2)
+
+    batch = SimpleNamespace(labels=torch.tensor([0, 0, 1]), sample_ids=torch.arange(3), attention_mask=None,
+                            last_index=None, loss_mask=None)
+    tapped = [SimpleNamespace(batch=batch, taps=[{"x": torch.zeros(3, 1, 4)}])]
+    sure, unsure = Member([4.0, 0.0]), Member([0.0, 0.5])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("mobillm.device.inference.decode_layers", lambda codec, taps: taps[0]["x"])
+        both = ensemble_scores([sure, unsure], None, None, tapped, tapped)
+        twice = ensemble_scores([unsure, unsure], None, None, tapped, tapped)
+    assert both["best_val_accuracy"] == pytest.approx(2 / 3)  # class 0 everywhere, as the sure member says
+    assert twice["best_val_accuracy"] == pytest.approx(1 / 3)  # class 1, as the unsure member alone
+
+
 def test_interleaved_timing_runs_every_method_in_one_process(tmp_path, tiny_bundle):
     from mobillm.backbone import load_pretrained
     from mobillm.backbone.weights import save_device_model

@@ -259,3 +259,46 @@ def test_ema_gamma_option_takes_a_number_or_off_and_names_itself_otherwise():
         with pytest.raises(typer.BadParameter, match="'off'"):
             _ema_gamma(bad)
     assert TrainConfig().ema_gamma == 7.0 and TrainConfig(ema_gamma=None).ema_gamma is None
+
+
+def test_drop_positions_keeps_pivot_and_padding():
+    from mobillm.training.step import drop_positions
+
+    torch.manual_seed(0)
+    mask = torch.ones(64, 40, dtype=torch.long)
+    mask[:, 30:] = 0  # right padding
+    last = torch.full((64,), 29)
+    dropped = drop_positions(mask, last, 0.25)
+    assert torch.equal(mask[:, 30:], dropped[:, 30:])  # padding stays padding
+    assert dropped[:, 29].eq(1).all()  # the pivot is always seen
+    share = 1 - dropped[:, :29].float().mean().item()
+    assert 0.2 < share < 0.3  # about p of the other real positions hidden
+    assert mask.eq(1)[:, :30].all()  # the caller's mask is not changed in place
+
+
+@pytest.mark.parametrize("option", ["token_dropout", "label_smoothing"])
+def test_regularisers_change_training_only_when_set(option):
+    """Off (the default) the trainer's step is reproducible; on, the first step's loss differs (same seed, weights
+    and batch)."""
+    from mobillm.training.side_trainer import SideTrainer
+
+    torch.manual_seed(0)
+    config = _config(bidirectional=True)
+    acts = torch.randn(4, 6, 2, 32)
+    mask = torch.ones(4, 6, dtype=torch.long)
+    last = torch.full((4,), 5)
+    labels = torch.tensor([0, 1, 1, 0])
+    head = FrozenHead(torch.nn.Identity(), torch.nn.Linear(32, 12, bias=False))
+
+    def first_loss(value: float) -> float:
+        torch.manual_seed(1)
+        side = SideNetwork(config)
+        with torch.no_grad():
+            side.up.weight.normal_()  # a non-trivial side network: dropping positions changes its output
+        trainer = SideTrainer(side, head, "none", TrainConfig(**{option: value}, ema_gamma=None), total_steps=4)
+        trainer.activations = lambda taps: acts
+        torch.manual_seed(2)
+        return trainer.train_batch([], labels, mask, last)
+
+    assert first_loss(0.0) == first_loss(0.0)
+    assert first_loss(0.0) != first_loss(0.5)

@@ -35,6 +35,12 @@ class TrainConfig(Config):
         "2024, arXiv 2312.02696): after t steps the average weighs step s by about s^gamma, so its window is a fixed "
         "fraction of the steps so far and needs no total (0: the uniform average of every step; None: the last step's "
         "weights). The baselines ignore it")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="side network only: label smoothing of its cross-entropy (Szegedy et al. 2016)")
+    token_dropout: float = Field(
+        0.0, ge=0, lt=1, description="side network only, classification with token-mixing blocks: in each training "
+        "step every real position but the pivot is hidden from the side blocks with this probability (word dropout, "
+        "Iyyer et al. 2015, on the taps: the device's activations of a sentence become many views of it)")
     max_grad_norm: float = Field(1.0, gt=0)
     patience: int = Field(3, ge=1, description="evaluations without a validation gain before stopping")
     evals_per_epoch: int = Field(1, ge=1)

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from mobillm.device.inference import TappedBatch
 
 BATCH = 16
+#: An ensemble's member j trains with seed + MEMBER_SEED * j (member 0 is the single side network of that seed).
+MEMBER_SEED = 1000
 #: The default until 2026-12-03 — causal side blocks, the last step's weights — which issue 16's levers each changed
 #: once: its settings as updates, so that those rows (BENCHMARKS §18) come out the same under today's default.
 _CAUSAL, _LAST = {"bidirectional": False}, {"ema_gamma": None}
@@ -77,6 +79,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "bidirectional": ({"bidirectional": True}, _LAST),
     "bidir-width128": ({"bidirectional": True, "width": 128}, _LAST),
     "bidir-ema": ({"bidirectional": True}, {"ema_gamma": 7.0}),  # what became the default
+    "tokdrop0.1": ({}, {"token_dropout": 0.1}),
+    "tokdrop0.2": ({}, {"token_dropout": 0.2}),
+    "smooth0.1": ({}, {"label_smoothing": 0.1}),
 }
 
 
@@ -94,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lora-epochs", default=[1, 3], type=number_list(int), help="LoRA's epoch counts; 0: no LoRA")
     parser.add_argument("--lora-n", default=None, type=number_list(int), help="the N LoRA runs at (default: every --n)")
     parser.add_argument("--side-n", default=None, type=number_list(int), help="the N side networks train at (default: every --n)")
-    parser.add_argument("--variants", default="default", help=f"side networks to train: {','.join(VARIANTS)}, or none")
+    parser.add_argument("--variants", default="default",
+                        help=f"side networks to train: {','.join(VARIANTS)}, each optionally NAME*K (an ensemble of K), "
+                             "or none")
     parser.add_argument("--merge", default=None, help="comma-separated results directories: join their rows, run nothing")
     parser.add_argument("--eval-samples", type=int, default=1000, help="validation samples (model selection)")
     parser.add_argument("--test-samples", type=int, default=None, help="the first N test samples (default: all)")
@@ -115,8 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.merge:
         return report([r for run in args.merge.split(",") for r in read_rows(Path(run))], args.out, merged=args.merge)
     variants = [] if args.variants == "none" else args.variants.split(",")
-    if unknown := set(variants) - set(VARIANTS):
-        parser.error(f"--variants: unknown {sorted(unknown)}; choose from {','.join(VARIANTS)}")
+    for spec in variants:
+        try:
+            parse_variant(spec)
+        except ValueError as err:
+            parser.error(f"--variants: {err}")
     for flag, ns in (("--lora-n", args.lora_n), ("--side-n", args.side_n)):
         if ns and (extra := set(ns) - set(args.n)):
             parser.error(f"{flag}: {sorted(extra)} not among --n {args.n}")
@@ -210,16 +220,20 @@ def run_task(name: str, data: str, model: str, args, variants: list[str]) -> lis
             ids = [int(i) for item in chosen for i in item.batch.sample_ids]
             at = {**common, "n": len(ids), "seed": seed}
             for variant in variants if len(chosen) in side_sizes else ():
-                side_updates, train_updates = VARIANTS[variant]
+                base, members = parse_variant(variant)
+                side_updates, train_updates = VARIANTS[base]
                 config = SideConfig.parse({**side_config.model_dump(), **side_updates})  # validated
                 candidates = []
                 for epochs in args.side_epochs:
-                    result = fit_side(config, head, TrainConfig(method="side", epochs=epochs, seed=seed, **train_updates),
-                                      chosen, val, test, layers=layers)
-                    candidates.append((result["best_val_accuracy"], -epochs, result))
-                val_acc, budget, result = max(candidates, key=lambda c: c[:2])  # ties: the smaller budget
+                    results = [fit_side(config, head, TrainConfig(method="side", epochs=epochs, seed=seed + MEMBER_SEED * j,
+                                                                  **train_updates), chosen, val, test, layers=layers)
+                               for j in range(members)]
+                    scored = results[0] if members == 1 else ensemble_scores([r["side"] for r in results], head, codec, val, test)
+                    best_epoch = mean(r["best_epoch"] for r in results)
+                    candidates.append((scored["best_val_accuracy"], -epochs, scored["test"]["accuracy"], best_epoch))
+                val_acc, budget, test_acc, best_epoch = max(candidates, key=lambda c: c[:2])  # ties: the smaller budget
                 method = f"side ({variant}{f', taps {args.shortcuts}' if args.shortcuts else ''})"
-                rows.append(_row(at, method, result["test"]["accuracy"], val_acc, -budget, result["best_epoch"],
+                rows.append(_row(at, method, test_acc, val_acc, -budget, best_epoch,
                                  candidates_val={-c[1]: c[0] for c in candidates}, shortcuts=side_config.shortcuts,
                                  bytes_per_sample=sent / len(task.data.train)))
             for epochs in (e for e in args.lora_epochs if e > 0 and len(chosen) in lora_sizes):
@@ -232,6 +246,35 @@ def run_task(name: str, data: str, model: str, args, variants: list[str]) -> lis
                 rows.append(_row(at, f"LoRA {epochs} ep", summary["test"]["accuracy"], summary["best_val_accuracy"], epochs,
                                  summary["best_epoch"]))
     return rows
+
+
+def parse_variant(spec: str) -> tuple[str, int]:
+    """``--variants`` entry -> (variant, members): ``NAME`` is one side network, ``NAME*K`` an ensemble of K."""
+    name, star, count = spec.partition("*")
+    if name not in VARIANTS or (star and not (count.isdigit() and int(count) >= 2)):
+        raise ValueError(f"{spec!r}: expected one of {','.join(VARIANTS)}, optionally followed by *K with K >= 2")
+    return name, int(count) if star else 1
+
+
+def ensemble_scores(members: list, head, codec, val: list, test: list) -> dict:
+    """Validation and test accuracy of the mean of ``members``' class probabilities (deep ensembles,
+    Lakshminarayanan et al. 2017): side networks trained on the same taps from other seeds — the server's compute
+    only, the device's is one backbone pass and K small ladders."""
+    import torch
+
+    from mobillm.device.inference import evaluate_tapped
+
+    class Ensemble(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.members, self.config = torch.nn.ModuleList(members), members[0].config
+
+        def forward(self, acts, head, attention_mask=None, last_index=None):  # log of the summed probabilities
+            return torch.stack([m(acts, head, attention_mask, last_index).log_softmax(-1) for m in self.members]).logsumexp(0)
+
+    ensemble = Ensemble()
+    val_acc, test_scores = (evaluate_tapped(ensemble, head, codec, split).scores() for split in (val, test))
+    return {"best_val_accuracy": val_acc["accuracy"], "test": test_scores}
 
 
 def cached_taps(path: Path | None, key: dict, forward: Callable[[], list[TappedBatch]]) -> list[TappedBatch]:

@@ -23,7 +23,7 @@ from mobillm.backbone import FrozenHead
 from mobillm.scoring import loss_logits
 from mobillm.sidenet.model import SideNetwork
 from mobillm.train_config import TrainConfig
-from mobillm.training.step import make_optimizer, side_loss, train_step
+from mobillm.training.step import drop_positions, make_optimizer, side_loss, train_step
 from mobillm.wire.codecs import decode_layers, get_codec
 
 Encoded = dict[str, torch.Tensor]
@@ -85,8 +85,11 @@ class SideTrainer:
         acts = self.activations(taps)
         labels, attention_mask, last_index, loss_mask = self.on_device(labels, attention_mask, last_index, loss_mask)
         self.side.train()
+        if self.config.token_dropout and self.side.config.task == "classification" and last_index is not None:
+            attention_mask = drop_positions(attention_mask, last_index, self.config.token_dropout)
+        smoothing = self.config.label_smoothing
         loss = train_step(
-            lambda: side_loss(self.side, self.head, acts, labels, attention_mask, last_index, loss_mask),
+            lambda: side_loss(self.side, self.head, acts, labels, attention_mask, last_index, loss_mask, label_smoothing=smoothing),
             self.params,
             self.optimizer,
             None if replay else self.scheduler,

@@ -50,6 +50,16 @@ def train_step(loss_fn: Callable[[], torch.Tensor], params: list[nn.Parameter], 
     return float(loss.detach())
 
 
-def side_loss(side: SideNetwork, head: FrozenHead, acts: torch.Tensor, labels: torch.Tensor, *extra) -> torch.Tensor:
-    """Mean cross-entropy of the side network at the positions the loss reads (see ``evaluation.loss_logits``)."""
-    return F.cross_entropy(*loss_logits(side, head, acts, labels, *extra))
+def side_loss(
+    side: SideNetwork, head: FrozenHead, acts: torch.Tensor, labels: torch.Tensor, *extra, label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Mean cross-entropy of the side network at the positions the loss reads (see ``scoring.loss_logits``)."""
+    return F.cross_entropy(*loss_logits(side, head, acts, labels, *extra), label_smoothing=label_smoothing)
+
+
+def drop_positions(attention_mask: torch.Tensor, last_index: torch.Tensor, p: float) -> torch.Tensor:
+    """(B, T) mask -> a copy with each real position but ``last_index`` (B,) (the pivot, which the loss reads)
+    set to 0 with probability ``p``, from torch's global generator (seeded with the run)."""
+    drop = torch.rand(attention_mask.shape, device=attention_mask.device) < p
+    drop[torch.arange(drop.shape[0], device=drop.device), last_index] = False
+    return attention_mask.masked_fill(drop, 0)
