@@ -85,11 +85,13 @@ class SideTrainer:
         acts = self.activations(taps)
         labels, attention_mask, last_index, loss_mask = self.on_device(labels, attention_mask, last_index, loss_mask)
         self.side.train()
-        if self.config.token_dropout and self.side.config.task == "classification" and last_index is not None:
+        if self.config.token_dropout and self.side.config.task == "classification" and attention_mask is not None \
+                and last_index is not None:  # token-mixing blocks: every position was sent
             attention_mask = drop_positions(attention_mask, last_index, self.config.token_dropout)
         smoothing = self.config.label_smoothing
         loss = train_step(
-            lambda: side_loss(self.side, self.head, acts, labels, attention_mask, last_index, loss_mask, label_smoothing=smoothing),
+            lambda: side_loss(self.side, self.head, acts, labels, attention_mask, last_index, loss_mask,
+                              label_smoothing=smoothing),
             self.params,
             self.optimizer,
             None if replay else self.scheduler,
