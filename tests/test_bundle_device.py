@@ -45,12 +45,14 @@ def _run_device(bundle: Path, data: Path, port: int, out: Path, *options: str,
     return subprocess.run([sys.executable, "-c", DEVICE, *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("block,codec,noise", [("mlp", "int8", 0.0), ("attention", "nf4", 0.5)])
-def test_a_whole_device_job_on_a_bundle_without_torch(bundle_job, tmp_path, block, codec, noise):
+@pytest.mark.parametrize("block,codec,noise,members", [("mlp", "int8", 0.0, 1), ("attention", "nf4", 0.5, 1),
+                                                       ("attention", "nf4", 0.0, 3)])
+def test_a_whole_device_job_on_a_bundle_without_torch(bundle_job, tmp_path, block, codec, noise, members):
     bundle, data = bundle_job
     server = ThreadServer(SessionManager(tmp_path / "jobs"), window=2)
     out = tmp_path / "device"
-    run = _run_device(bundle, data, server.port, out, "--block", block, "--codec", codec, "--noise", str(noise))
+    run = _run_device(bundle, data, server.port, out, "--block", block, "--codec", codec, "--noise", str(noise),
+                      "--members", str(members))
     assert run.returncode == 0, run.stderr[-3000:]
     modules = [line for line in run.stdout.splitlines() if line.startswith("MODULES ")]
     assert modules == ["MODULES []"], run.stdout[-2000:]  # neither torch nor transformers, ever
@@ -64,7 +66,8 @@ def test_a_whole_device_job_on_a_bundle_without_torch(bundle_job, tmp_path, bloc
     assert summary["eval_agreement"] >= 0.95, summary["eval_agreement"]
     assert summary["noise"] == noise and (noise == 0) != (out / "noise_secret").exists()
     side = NpSideNetwork.from_pretrained(out / "side_network")
-    assert side.block == block and side.config["codec"] == codec
+    assert side.block == block and side.config["codec"] == codec and side.config["members"] == members
+    assert (side.members is None) == (members == 1) and len(side.members or [side]) == members
     job_dir = tmp_path / "jobs" / "onnx"
     assert job_dir.is_dir()
 

@@ -57,7 +57,7 @@ def test_cpu_trainer_gives_exactly_the_reference_losses(block):
         for taps, labels, extra in batches:
             side.train()
             acts = decode_layers(codec, taps)
-            reference.append(train_step(lambda: side_loss(side, head, acts, labels, *extra), params, optimizer, scheduler, 1.0))
+            reference.append(train_step(lambda: side_loss(side, head, acts, labels, *extra), [params], optimizer, scheduler, 1.0))
     assert losses == reference and all(isinstance(x, float) for x in losses)
     assert len(set(losses)) > 1  # it trains
 

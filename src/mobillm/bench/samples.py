@@ -85,6 +85,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "smooth0.1": ({}, {"label_smoothing": 0.1}),
     "lr5e-4": ({}, {"lr": 5e-4}),
     "lr2e-3": ({}, {"lr": 2e-3}),
+    # SideConfig.members: the ensemble as mobillm ships it — one trainer, the members' data order shared
+    "members3": ({"members": 3}, {}),
+    "members5": ({"members": 5}, {}),
 }
 
 

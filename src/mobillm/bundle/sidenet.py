@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -35,15 +35,27 @@ def _linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.nd
     return y if bias is None else y + bias
 
 
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
 def _gelu(x: np.ndarray) -> np.ndarray:
     return (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(np.float32)
 
 
 class NpSideNetwork:
-    """Backbone taps (B, [T,] M, H) -> the corrected top hidden state (B, [T,] H), as ``SideNetwork.hidden``."""
+    """Backbone taps (B, [T,] M, H) -> the corrected top hidden state (B, [T,] H), as ``SideNetwork.hidden``; an
+    ensemble (``members`` K > 1, tensors ``members.j.*``) -> class log-probabilities, as ``SideNetwork.forward``."""
 
     def __init__(self, config: Mapping, state: Mapping[str, np.ndarray]):
         self.config = dict(config)
+        count = int(self.config.get("members", 1))
+        #: An ensemble's ladders, each a one-ladder NpSideNetwork (``None``: this is one ladder).
+        self.members = None if count == 1 else [
+            NpSideNetwork({**self.config, "members": 1},
+                          {k.removeprefix(f"members.{j}."): v for k, v in state.items() if k.startswith(f"members.{j}.")})
+            for j in range(count)]
         self.block = self.config.get("block", "attention")
         if self.block not in ("mlp", "attention"):
             raise ConfigError(f"side block {self.block!r}: the numpy side network runs 'mlp' and 'attention' blocks")
@@ -53,7 +65,7 @@ class NpSideNetwork:
         self.causal = not self.config.get("bidirectional", False)
         self.num_layers = len(self.config["shortcuts"])
         self.state = {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}
-        missing = [k for k in ("gate", "up.weight", "up.bias") if k not in self.state]
+        missing = [k for k in ("gate", "up.weight", "up.bias") if k not in self.state and self.members is None]
         if missing:
             raise ConfigError(f"side network tensors missing: {missing}")
 
@@ -95,8 +107,25 @@ class NpSideNetwork:
         x = x + _linear(attended, s[f"{prefix}.attn.out_proj.weight"], s[f"{prefix}.attn.out_proj.bias"])
         return self._mlp(f"{prefix}.mlp", x)
 
+    def classify(
+        self, acts: np.ndarray, attention_mask: np.ndarray | None, last_index: np.ndarray | None,
+        label_logits: Callable[[np.ndarray], np.ndarray],
+    ) -> np.ndarray:
+        """(B, [T,] M, H) taps -> (B, C) scores: ``label_logits`` (the frozen head's label rows) of the corrected
+        top hidden state at each row's pivot token (``last_index``, when every position was sent); an ensemble's
+        are the log of its members' mean class probabilities."""
+        if self.members is not None:
+            logp = [_log_softmax(m.classify(acts, attention_mask, last_index, label_logits)) for m in self.members]
+            return np.logaddexp.reduce(np.stack(logp), axis=0) - np.float32(math.log(len(logp)))
+        hidden = self.hidden(acts, attention_mask)
+        if hidden.ndim == 3:
+            hidden = hidden[np.arange(len(hidden)), last_index]  # (B, H) at the pivot token
+        return label_logits(hidden)
+
     def hidden(self, acts: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
-        """(B, [T,] M, H) shortcut activations -> (B, [T,] H) corrected top hidden state."""
+        """(B, [T,] M, H) shortcut activations -> (B, [T,] H) corrected top hidden state (one ladder only)."""
+        if self.members is not None:
+            raise ConfigError(f"an ensemble of {len(self.members)} ladders has no single hidden state: use classify()")
         acts = np.asarray(acts, np.float32)
         if acts.shape[-2] != self.num_layers:
             raise ConfigError(f"activations of shape {acts.shape}: expected (..., {self.num_layers}, H)")

@@ -67,10 +67,7 @@ class BundleClassifier:
     def side_logits(self, side: NpSideNetwork, encoded: list[dict[str, np.ndarray]], tokens: TokenBatch) -> np.ndarray:
         """(B, num_labels) of the side network reading the decoded taps, at each row's pivot token."""
         acts = np.stack([self.codec.decode(e) for e in encoded], axis=-2)  # (B, [T,] M, H)
-        hidden = side.hidden(acts, None if self.pivot else tokens.attention_mask)
-        if hidden.ndim == 3:
-            hidden = hidden[np.arange(len(tokens)), tokens.last_index]  # (B, H) at the pivot token
-        return self.label_logits(hidden)
+        return side.classify(acts, None if self.pivot else tokens.attention_mask, tokens.last_index, self.label_logits)
 
 
 class BundleInference:

@@ -181,7 +181,7 @@ def train_baseline(task: Task, config: TrainConfig, metrics: MetricsLog, out: Pa
             lambda: torch.nn.functional.cross_entropy(
                 baseline_logits(model, batch.input_ids, batch.attention_mask, batch.last_index, ids), batch.labels
             ),
-            params, optimizer, scheduler, config.max_grad_norm,
+            [params], optimizer, scheduler, config.max_grad_norm,
         )
         device_seconds += time.perf_counter() - t
         samples, steps = samples + len(batch.labels), steps + 1

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mobillm.data.readers import LABEL_COLUMN, TEXT_COLUMN
 from mobillm.exceptions import MobillmError
-from mobillm.sidenet.config import BLOCK_TOKEN_WISE, Init, SideConfig
+from mobillm.sidenet.config import BLOCK_TOKEN_WISE, MAX_MEMBERS, Init, SideConfig
 from mobillm.wire.frame import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = ["SideOptions", "StreamOptions", "require_task"]
@@ -38,6 +38,7 @@ class SideOptions(BaseModel):
     # True won on validation at N 1,000 and 2,000 on SST-2 and the packaged task (BENCHMARKS §18).
     bidirectional: bool = Field(True, description="classification's token-mixing side blocks attend to later real "
                                 "positions too (a causal LM's, and token-wise blocks, never do)")
+    members: int = Field(1, ge=1, le=MAX_MEMBERS, description="classification: an ensemble of K side-network ladders")
     max_length: int = Field(128, gt=1)
     max_train_samples: int | None = Field(None, gt=0)
     max_eval_samples: int | None = Field(1000, gt=0, description="cap on validation samples (test is never capped)")

@@ -17,6 +17,9 @@ Init = Literal["random", "backbone"]
 #: Every side block type and whether it is token-wise, without importing the torch blocks (a device without torch
 #: validates configs too); :func:`mobillm.sidenet.blocks.register_block` adds a new type here.
 BLOCK_TOKEN_WISE: dict[str, bool] = {"mlp": True, "attention": False}
+#: The most ladders one side network may hold (``members``): each costs the server its training and the device its
+#: forward pass and download.
+MAX_MEMBERS = 16
 
 
 def _version() -> str:
@@ -43,6 +46,10 @@ class SideConfig(Config):
         "random", description="side blocks and down_i: random, or a magnitude-pruned copy of the shortcut layers (LST; "
         "sidenet.init, needs the backbone's layer weights where the side network is created)")
     gate_temperature: float = Field(1.0, gt=0, description="T of the ladder gates mu_i = sigmoid(alpha_i / T) (LST: 0.1)")
+    members: int = Field(
+        1, ge=1, le=MAX_MEMBERS, description="classification: K ladders from K random initialisations trained side by "
+        "side on the same taps, each on its own loss, predicting the mean of their class probabilities (deep "
+        "ensembles, Lakshminarayanan et al. 2017)")
     task: Task = "classification"
     head: HeadKind = "verbalizer"
     num_labels: int = Field(2, ge=0)
@@ -68,6 +75,11 @@ class SideConfig(Config):
             problems.append("head: classification uses 'verbalizer' or 'linear'")
         if self.head == "verbalizer" and (self.label_token_ids is None or len(self.label_token_ids) != self.num_labels):
             problems.append(f"label_token_ids: a verbalizer head needs exactly num_labels={self.num_labels} token ids")
+        if self.members > 1 and self.task != "classification":
+            problems.append("members: an ensemble of ladders predicts classes (a causal LM generates from one ladder)")
+        if self.members > 1 and self.init == "backbone":
+            problems.append("members: init 'backbone' starts every ladder from the same copy, so they would stay one "
+                            "network — use init 'random' for an ensemble")
         if self.block == "attention" and self.width % self.attention_heads:
             problems.append(f"attention_heads: width {self.width} must be divisible by {self.attention_heads}")
         if problems:

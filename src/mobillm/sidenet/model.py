@@ -7,10 +7,17 @@
     logits = frozen_head(out)                                 final norm + LM head of the backbone
 
 Because ``up`` starts at zero, step 0 reproduces the backbone's own (zero-shot) predictions exactly.
+
+With ``members = K > 1`` (classification) the side network is an ensemble: K such ladders (``members.j.*``), each
+initialised at random on its own, trained on its own loss (``training.step.side_loss``), and scored by the mean of
+their class probabilities:
+
+    log p(y) = logsumexp_j log_softmax(logits_j)(y) - log K
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +41,12 @@ class SideNetwork(nn.Module):
         (loading a trained one: :meth:`from_pretrained`)."""
         super().__init__()
         self.config = config
+        #: An ensemble's ladders, each a one-ladder SideNetwork (``None``: this is one ladder).
+        self.members = None
+        if config.members > 1:
+            one = config.model_copy(update={"members": 1})
+            self.members = nn.ModuleList(SideNetwork(one) for _ in range(config.members))
+            return
         H, r, M = config.hidden_size, config.width, len(config.shortcuts)
         block = SIDE_BLOCKS[config.block]
         # Backbone activations carry a few very large channels; a scale-free norm keeps down_i well-conditioned.
@@ -47,7 +60,10 @@ class SideNetwork(nn.Module):
         self.classifier = nn.Linear(H, config.num_labels) if config.head == "linear" else None
 
     def hidden(self, acts: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, [T,] M, H) shortcut activations -> (B, [T,] H) corrected top hidden state."""
+        """(B, [T,] M, H) shortcut activations -> (B, [T,] H) corrected top hidden state (one ladder only)."""
+        if self.members is not None:
+            raise ValueError(f"an ensemble of {len(self.members)} ladders has no single hidden state: score it "
+                             "through forward(), or each of its members")
         if acts.shape[-2:] != (len(self.down), self.config.hidden_size):
             raise ValueError(f"activations of shape {tuple(acts.shape)}: expected (..., {len(self.down)}, {self.config.hidden_size})")
         mu = torch.sigmoid(self.gate / self.config.gate_temperature)
@@ -66,8 +82,12 @@ class SideNetwork(nn.Module):
     ) -> torch.Tensor:
         """Logits: (B, num_labels) for classification, (B, T, vocab) for causal LM.
 
-        For classification from all positions (token-mixing blocks), ``last_index`` picks the pivot token.
+        For classification from all positions (token-mixing blocks), ``last_index`` picks the pivot token. An
+        ensemble returns the log of its members' mean class probabilities.
         """
+        if self.members is not None:
+            logp = [m(acts, head, attention_mask, last_index).log_softmax(-1) for m in self.members]  # K x (B, C)
+            return torch.stack(logp).logsumexp(0) - math.log(len(logp))
         out = self.hidden(acts, attention_mask)
         if self.config.task == "classification" and out.dim() == 3:
             out = out[torch.arange(out.shape[0]), last_index]  # (B, H)
@@ -77,7 +97,10 @@ class SideNetwork(nn.Module):
         """Corrected top hidden states (..., H) -> logits: classifier, verbalizer rows, or the whole LM head.
 
         With a fresh side network ``out`` is the backbone's own top hidden state, so this is also how the bare
-        backbone is scored (zero-shot)."""
+        backbone is scored (zero-shot). An ensemble maps through its first member (its members' heads differ only
+        with a trained ``linear`` classifier)."""
+        if self.members is not None:
+            return self.members[0].logits(out, head)
         if self.classifier is not None:
             return self.classifier(head.normed(out))
         ids = self.config.label_token_ids if self.config.head == "verbalizer" else None

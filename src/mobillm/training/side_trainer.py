@@ -42,6 +42,8 @@ class SideTrainer:
         self.config = config
         self.codec = get_codec(codec)
         self.params = [p for p in side.parameters() if p.requires_grad]
+        #: Clipped each on its own: an ensemble's members, else all parameters.
+        self.groups = [[p for p in m.parameters() if p.requires_grad] for m in side.members or [side]]
         self.optimizer, self.scheduler = make_optimizer(
             self.params, config.learning_rate, config.weight_decay, max(1, total_steps), config.warmup_ratio, config.schedule,
             config.warmup_steps,
@@ -92,11 +94,11 @@ class SideTrainer:
         loss = train_step(
             lambda: side_loss(self.side, self.head, acts, labels, attention_mask, last_index, loss_mask,
                               label_smoothing=smoothing),
-            self.params,
+            self.groups,
             self.optimizer,
             None if replay else self.scheduler,
             self.config.max_grad_norm,
-        )
+        ) / len(self.groups)  # an ensemble: its members' mean loss
         if not replay:
             self.step_count += 1
         if self.average is not None:

@@ -38,12 +38,16 @@ def make_optimizer(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_step(loss_fn: Callable[[], torch.Tensor], params: list[nn.Parameter], optimizer, scheduler, max_grad_norm: float) -> float:
-    """Forward via ``loss_fn``, backward, clip, step (the schedule too, unless ``scheduler`` is None). Returns the loss."""
+def train_step(
+    loss_fn: Callable[[], torch.Tensor], groups: list[list[nn.Parameter]], optimizer, scheduler, max_grad_norm: float,
+) -> float:
+    """Forward via ``loss_fn``, backward, clip each of ``groups`` to ``max_grad_norm`` on its own (an ensemble's
+    members, or all parameters as one group), step (the schedule too, unless ``scheduler`` is None). Returns the loss."""
     optimizer.zero_grad(set_to_none=True)
     loss = loss_fn()
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    for params in groups:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
@@ -53,8 +57,12 @@ def train_step(loss_fn: Callable[[], torch.Tensor], params: list[nn.Parameter], 
 def side_loss(
     side: SideNetwork, head: FrozenHead, acts: torch.Tensor, labels: torch.Tensor, *extra, label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """Mean cross-entropy of the side network at the positions the loss reads (see ``scoring.loss_logits``)."""
-    return F.cross_entropy(*loss_logits(side, head, acts, labels, *extra), label_smoothing=label_smoothing)
+    """Mean cross-entropy of the side network at the positions the loss reads (see ``scoring.loss_logits``). An
+    ensemble's is the sum of its members' own losses — not the loss of their mean — so that each member's gradient
+    is the one it would get alone (independent members, as deep ensembles train them)."""
+    members = [side] if side.members is None else side.members
+    return sum(F.cross_entropy(*loss_logits(m, head, acts, labels, *extra), label_smoothing=label_smoothing)
+               for m in members)
 
 
 def drop_positions(attention_mask: torch.Tensor, last_index: torch.Tensor, p: float) -> torch.Tensor:
