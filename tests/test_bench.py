@@ -301,33 +301,36 @@ def test_samples_ensemble_variant_averages_its_members_probabilities(tmp_path):
         with pytest.raises(SystemExit):
             samples.main(["--variants", bad, "--out", str(tmp_path / "bad")])
 
-    # the ensemble's prediction is the mean of its members' probabilities: two copies of one member score as it
-    # does, and a member that is sure outvotes one that is not
+    # the ensemble's prediction is the mean of its members' probabilities (a SideConfig.members ensemble of them)
     from types import SimpleNamespace
 
     import torch
 
+    from mobillm.backbone import FrozenHead
     from mobillm.bench.samples import ensemble_scores
+    from mobillm.sidenet import SideConfig, SideNetwork
 
-    class Member(torch.nn.Module):
-        def __init__(self, logits):
-            super().__init__()
-            self.config = SimpleNamespace(pivot_only=True, task="classification", num_labels=2)
-            self.weight = torch.nn.Parameter(torch.tensor(logits))
-
-        def forward(self, acts, head, attention_mask=None, last_index=None):
-            return self.weight.expand(acts.shape[0], 2)
-
-    batch = SimpleNamespace(labels=torch.tensor([0, 0, 1]), sample_ids=torch.arange(3), attention_mask=None,
-                            last_index=None, loss_mask=None)
-    tapped = [SimpleNamespace(batch=batch, taps=[{"x": torch.zeros(3, 1, 4)}])]
-    sure, unsure = Member([4.0, 0.0]), Member([0.0, 0.5])
+    config = SideConfig(hidden_size=8, num_backbone_layers=2, shortcuts=[2], width=4, block="mlp", num_labels=2,
+                        label_token_ids=[0, 1])
+    torch.manual_seed(0)
+    members = [SideNetwork(config) for _ in range(3)]
+    for member in members:
+        for param in member.parameters():
+            torch.nn.init.normal_(param, std=1.0)
+    head = FrozenHead(torch.nn.RMSNorm(8), torch.nn.Linear(8, 3, bias=False))
+    acts, labels = torch.randn(64, 1, 8), torch.randint(0, 2, (64,))
+    with torch.no_grad():
+        each = [m(acts, head).softmax(-1) for m in members]
+    mean_pred = (sum(each) / 3).argmax(-1)
+    assert any(bool((p.argmax(-1) != mean_pred).any()) for p in each)  # the mean is not just one member's vote
+    batch = SimpleNamespace(labels=labels, sample_ids=torch.arange(64), attention_mask=None, last_index=None,
+                            loss_mask=None)
+    tapped = [SimpleNamespace(batch=batch, taps=[{"x": acts}])]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("mobillm.device.inference.decode_layers", lambda codec, taps: taps[0]["x"])
-        both = ensemble_scores([sure, unsure], None, None, tapped, tapped)
-        twice = ensemble_scores([unsure, unsure], None, None, tapped, tapped)
-    assert both["best_val_accuracy"] == pytest.approx(2 / 3)  # class 0 everywhere, as the sure member says
-    assert twice["best_val_accuracy"] == pytest.approx(1 / 3)  # class 1, as the unsure member alone
+        scored = ensemble_scores(members, head, None, tapped, tapped)
+    expected = float((mean_pred == labels).float().mean())
+    assert scored["best_val_accuracy"] == pytest.approx(expected) and scored["test"]["accuracy"] == pytest.approx(expected)
 
 
 def test_interleaved_timing_runs_every_method_in_one_process(tmp_path, tiny_bundle):

@@ -265,20 +265,13 @@ def parse_variant(spec: str) -> tuple[str, int]:
 def ensemble_scores(members: list, head, codec, val: list, test: list) -> dict:
     """Validation and test accuracy of the mean of ``members``' class probabilities (deep ensembles,
     Lakshminarayanan et al. 2017): side networks trained on the same taps from other seeds — the server's compute
-    only, the device's is one backbone pass and K small ladders."""
-    import torch
-
+    only, the device's is one backbone pass and K small ladders — joined as one ``SideConfig.members`` ensemble."""
     from mobillm.device.inference import evaluate_tapped
+    from mobillm.sidenet import SideNetwork
 
-    class Ensemble(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.members, self.config = torch.nn.ModuleList(members), members[0].config
-
-        def forward(self, acts, head, attention_mask=None, last_index=None):  # log of the summed probabilities
-            return torch.stack([m(acts, head, attention_mask, last_index).log_softmax(-1) for m in self.members]).logsumexp(0)
-
-    ensemble = Ensemble()
+    config = members[0].config.model_copy(update={"members": len(members)})
+    ensemble = SideNetwork.from_state(config, {f"members.{j}.{k}": v for j, m in enumerate(members)
+                                               for k, v in m.state_dict().items()})
     val_acc, test_scores = (evaluate_tapped(ensemble, head, codec, split).scores() for split in (val, test))
     return {"best_val_accuracy": val_acc["accuracy"], "test": test_scores}
 
