@@ -201,6 +201,17 @@ def _np_side(side: SideNetwork) -> NpSideNetwork:
     return NpSideNetwork(side.config.model_dump(), {k: v.numpy() for k, v in side.state_dict().items()})
 
 
+def test_numpy_gelu_is_torchs_exact_gelu_to_float32_resolution():
+    from mobillm.bundle.sidenet import _gelu
+
+    x = np.concatenate([np.linspace(-12, 12, 200_001), [0.0, -0.0, 1e-30, -1e-30, 40.0, -40.0]]).astype(np.float32)
+    want = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()  # the erf form, nn.GELU()'s default
+    got = _gelu(x)
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=2e-7)
+    assert np.abs(got - torch.nn.functional.gelu(torch.from_numpy(x), approximate="tanh").numpy()).max() > 1e-4
+
+
 @pytest.mark.parametrize("block", ["mlp", "attention", "bidirectional"])
 def test_numpy_side_network_equals_torch(block, tmp_path):
     side = (_side("attention", "classification", random=True, bidirectional=True) if block == "bidirectional"
