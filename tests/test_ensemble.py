@@ -157,3 +157,39 @@ def test_numpy_ensemble_equals_torch(block, tmp_path):
                                                    None if last is None else last.numpy(), label_logits),
                                    one(acts, head, mask, last).numpy(), atol=1e-5, rtol=0)
     assert math.isclose(float(np.exp(got[0]).sum()), 1.0, abs_tol=1e-5)
+
+
+def test_bag_weights_are_a_fixed_poisson_replicate_per_member():
+    from mobillm.training.step import bag_weights
+
+    ids = torch.arange(4000)
+    w = bag_weights(ids, 3, seed=7)
+    assert w.shape == (3, 4000) and w.dtype == torch.float32 and (w == w.round()).all() and (w >= 0).all()
+    assert abs(float(w.mean()) - 1.0) < 0.03 and abs(float((w == 0).float().mean()) - math.exp(-1)) < 0.02
+    assert float((w[0] == w[1]).float().mean()) < 0.5  # the members' replicates differ
+    perm = torch.randperm(4000)
+    assert torch.equal(bag_weights(ids[perm], 3, seed=7), w[:, perm])  # a sample's weight follows it, in any batch
+    assert not torch.equal(bag_weights(ids, 3, seed=8), w)
+
+
+def test_bagging_weighs_each_members_loss_and_needs_sample_ids():
+    torch.manual_seed(0)
+    start = _trained(SideNetwork(_config(members=2))).state_dict()
+    acts, mask, last, labels = _batch(0)
+    taps = [get_codec("none").encode(acts[..., i, :]) for i in range(2)]
+    ids = torch.tensor([3, 10, 11, 40])
+
+    def step(bagging: bool, members: int = 2, **kw) -> SideTrainer:
+        side = SideNetwork(_config(members=members))
+        side.load_state_dict(start if members == 2 else {k.removeprefix("members.0."): v for k, v in start.items()
+                                                         if k.startswith("members.0.")})
+        trainer = SideTrainer(side, _head(), "none", TrainConfig(method="side", bagging=bagging), total_steps=4)
+        trainer.train_batch(taps, labels, mask, last, **kw)
+        return trainer
+
+    plain, bagged = step(False, sample_ids=ids), step(True, sample_ids=ids)
+    assert not torch.equal(plain.side.state_dict()["members.0.up.weight"], bagged.side.state_dict()["members.0.up.weight"])
+    with pytest.raises(ValueError, match="sample_ids"):
+        step(True)
+    one_plain, one_bagged = step(False, members=1), step(True, members=1)  # one ladder: bagging does nothing
+    assert all(torch.equal(v, one_bagged.side.state_dict()[k]) for k, v in one_plain.side.state_dict().items())

@@ -41,6 +41,10 @@ class TrainConfig(Config):
         0.0, ge=0, lt=1, description="side network only, classification with token-mixing blocks: in each training "
         "step every real position but the pivot is hidden from the side blocks with this probability (word dropout, "
         "Iyyer et al. 2015, on the taps: the device's activations of a sentence become many views of it)")
+    bagging: bool = Field(
+        False, description="side network ensembles (SideConfig.members > 1): online bagging (Oza & Russell 2001) — "
+        "member j weighs each training sample by a Poisson(1) draw fixed by (seed, j, sample id), so that the members "
+        "see different bootstrap replicates of the device's stream, and of the cache's epochs alike")
     max_grad_norm: float = Field(1.0, gt=0)
     patience: int = Field(3, ge=1, description="evaluations without a validation gain before stopping")
     evals_per_epoch: int = Field(1, ge=1)

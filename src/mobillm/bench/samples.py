@@ -88,6 +88,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     # SideConfig.members: the ensemble as mobillm ships it — one trainer, the members' data order shared
     "members3": ({"members": 3}, {}),
     "members5": ({"members": 5}, {}),
+    "members5-bag": ({"members": 5}, {"bagging": True}),  # + online bagging (Oza & Russell 2001)
 }
 
 

@@ -145,7 +145,8 @@ def fit_side(
         return (train_cache[i] for i in epoch_order(len(train_cache), epoch, config.seed))
 
     def train_on(item: TappedBatch) -> float:
-        loss = trainer.train_batch(item.taps, item.batch.labels, *side_extras(side_config, item.batch))
+        loss = trainer.train_batch(item.taps, item.batch.labels, *side_extras(side_config, item.batch),
+                                   sample_ids=item.batch.sample_ids)
         if metrics:
             metrics.write(step=trainer.step_count, loss=loss)
         return loss

@@ -171,7 +171,8 @@ class Job:
     def _train_on(self, seq: int, replay: bool = False) -> float:
         started = time.perf_counter()
         groups, t, extra = self._load(seq)
-        loss = self.trainer.train_batch(groups, t["labels"], *extra, replay=replay)  # decodes the layers, once
+        loss = self.trainer.train_batch(groups, t["labels"], *extra, replay=replay,  # decodes the layers, once
+                                        sample_ids=t["sample_ids"])
         self.step_seconds.observe(time.perf_counter() - started)  # the whole step: cache read, decode, train
         if replay:
             self.replay_steps += 1

@@ -23,7 +23,7 @@ from mobillm.backbone import FrozenHead
 from mobillm.scoring import loss_logits
 from mobillm.sidenet.model import SideNetwork
 from mobillm.train_config import TrainConfig
-from mobillm.training.step import drop_positions, make_optimizer, side_loss, train_step
+from mobillm.training.step import bag_weights, drop_positions, make_optimizer, side_loss, train_step
 from mobillm.wire.codecs import decode_layers, get_codec
 
 Encoded = dict[str, torch.Tensor]
@@ -81,19 +81,25 @@ class SideTrainer:
         last_index: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
         replay: bool = False,
+        sample_ids: torch.Tensor | None = None,
     ) -> float:
         """One optimizer step. A ``replay`` step (a batch trained on again while the server waits) leaves the
-        learning-rate schedule and the step count where they are: those follow the device's batches."""
+        learning-rate schedule and the step count where they are: those follow the device's batches. An ensemble
+        with ``bagging`` needs the batch's ``sample_ids`` (they fix each member's weights)."""
         acts = self.activations(taps)
         labels, attention_mask, last_index, loss_mask = self.on_device(labels, attention_mask, last_index, loss_mask)
         self.side.train()
         if self.config.token_dropout and self.side.config.task == "classification" and attention_mask is not None \
                 and last_index is not None:  # token-mixing blocks: every position was sent
             attention_mask = drop_positions(attention_mask, last_index, self.config.token_dropout)
-        smoothing = self.config.label_smoothing
+        smoothing, weights = self.config.label_smoothing, None
+        if self.config.bagging and self.side.members is not None:
+            if sample_ids is None:
+                raise ValueError("bagging: the batch's sample_ids are needed to weigh each member's samples")
+            weights = bag_weights(sample_ids, len(self.side.members), self.config.seed).to(self.device)
         loss = train_step(
             lambda: side_loss(self.side, self.head, acts, labels, attention_mask, last_index, loss_mask,
-                              label_smoothing=smoothing),
+                              label_smoothing=smoothing, weights=weights),
             self.groups,
             self.optimizer,
             None if replay else self.scheduler,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,13 +57,36 @@ def train_step(
 
 def side_loss(
     side: SideNetwork, head: FrozenHead, acts: torch.Tensor, labels: torch.Tensor, *extra, label_smoothing: float = 0.0,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of the side network at the positions the loss reads (see ``scoring.loss_logits``). An
     ensemble's is the sum of its members' own losses — not the loss of their mean — so that each member's gradient
-    is the one it would get alone (independent members, as deep ensembles train them)."""
+    is the one it would get alone (independent members, as deep ensembles train them); ``weights`` (K, B), from
+    :func:`bag_weights`, weigh member j's sample b (classification)."""
     members = [side] if side.members is None else side.members
-    return sum(F.cross_entropy(*loss_logits(m, head, acts, labels, *extra), label_smoothing=label_smoothing)
-               for m in members)
+    total = 0.0
+    for j, member in enumerate(members):
+        logits, targets = loss_logits(member, head, acts, labels, *extra)
+        if weights is None:
+            total = total + F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        else:
+            losses = F.cross_entropy(logits, targets, label_smoothing=label_smoothing, reduction="none")  # (B,)
+            total = total + (losses * weights[j]).mean()
+    return total
+
+
+#: P(Poisson(1) <= k), k = 0..9: the draws of :func:`bag_weights` by inverse transform (P(> 9) < 1.2e-7)
+_POISSON_CDF = torch.tensor([sum(math.exp(-1) / math.factorial(i) for i in range(k + 1)) for k in range(10)],
+                            dtype=torch.float64)
+
+
+def bag_weights(sample_ids: torch.Tensor, members: int, seed: int) -> torch.Tensor:
+    """(B,) sample ids -> (members, B) Poisson(1) weights, member j's for sample i a function of (seed, j, i) only —
+    the same whenever the sample comes back (a cached epoch, a resent batch): a bootstrap replicate per member."""
+    ids = [int(i) for i in sample_ids]
+    u = torch.tensor([[np.random.default_rng((seed, j, i)).random() for i in ids] for j in range(members)],
+                     dtype=torch.float64)  # (K, B) uniforms
+    return (u[..., None] > _POISSON_CDF).sum(-1).to(torch.float32)
 
 
 def drop_positions(attention_mask: torch.Tensor, last_index: torch.Tensor, p: float) -> torch.Tensor:
