@@ -52,7 +52,7 @@ def test_a_whole_device_job_on_a_bundle_without_torch(bundle_job, tmp_path, bloc
     server = ThreadServer(SessionManager(tmp_path / "jobs"), window=2)
     out = tmp_path / "device"
     run = _run_device(bundle, data, server.port, out, "--block", block, "--codec", codec, "--noise", str(noise),
-                      "--members", str(members))
+                      "--members", str(members), *(("--bagging",) if members > 1 else ()))
     assert run.returncode == 0, run.stderr[-3000:]
     modules = [line for line in run.stdout.splitlines() if line.startswith("MODULES ")]
     assert modules == ["MODULES []"], run.stdout[-2000:]  # neither torch nor transformers, ever
@@ -68,6 +68,8 @@ def test_a_whole_device_job_on_a_bundle_without_torch(bundle_job, tmp_path, bloc
     side = NpSideNetwork.from_pretrained(out / "side_network")
     assert side.block == block and side.config["codec"] == codec and side.config["members"] == members
     assert (side.members is None) == (members == 1) and len(side.members or [side]) == members
+    hello = json.loads((tmp_path / "jobs" / "onnx" / "hello.json").read_text())  # what the server trained
+    assert hello["train_config"]["bagging"] == (members > 1) and hello["side_config"]["members"] == members
     job_dir = tmp_path / "jobs" / "onnx"
     assert job_dir.is_dir()
 

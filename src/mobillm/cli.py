@@ -114,6 +114,10 @@ EmaGamma = Annotated[Optional[float], typer.Option(
     parser=_ema_gamma, metavar="GAMMA|off",
     help="side network: validate and ship a power-function EMA of its weights with this exponent (its window a "
          "fixed fraction of the steps so far; 0: the uniform average; off: the last step's weights)")]
+Bagging = Annotated[bool, typer.Option(
+    "--bagging/--no-bagging",
+    help="with --members K > 1: each member weighs each training sample by its own fixed Poisson(1) draw (online "
+         "bagging), so that the members see different bootstrap replicates of the stream")]
 Patience = Annotated[int, typer.Option(help="validations without gain before early stopping")]
 EvalsPerEpoch = Annotated[int, typer.Option(help="validations per epoch")]
 IdleReplays = Annotated[int, typer.Option(
@@ -204,7 +208,7 @@ def print_summary(summary: dict) -> None:
     Console().print(table)
 
 
-TRAIN_OPTIONS = ("lr", "epochs", "batch_size", "schedule", "ema_gamma", "patience", "seed")
+TRAIN_OPTIONS = ("lr", "epochs", "batch_size", "schedule", "ema_gamma", "bagging", "patience", "seed")
 
 
 def _train_config(args: dict, *extra: str, **fixed):
@@ -241,7 +245,7 @@ def train(
     block: Block = "attention", side_init: SideInit = "random", gate_temperature: GateTemperature = 1.0, bidirectional: Bidirectional = True,
     members: Members = 1,
     lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
-    ema_gamma: EmaGamma = 7.0,
+    ema_gamma: EmaGamma = 7.0, bagging: Bagging = False,
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1,
     max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000, seed: Seed = 0,
     noise: Noise = 0.0, output_dir: OutputDir = Path("runs/train"),
@@ -406,7 +410,7 @@ def device(
     block: Block = "attention", side_init: SideInit = "random", gate_temperature: GateTemperature = 1.0, bidirectional: Bidirectional = True,
     members: Members = 1,
     lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
-    ema_gamma: EmaGamma = 7.0,
+    ema_gamma: EmaGamma = 7.0, bagging: Bagging = False,
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
     device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, noise: Noise = 0.0,
     output_dir: OutputDir = Path("runs/device"),
@@ -434,7 +438,7 @@ def finetune(
     block: Block = "attention", side_init: SideInit = "random", gate_temperature: GateTemperature = 1.0, bidirectional: Bidirectional = True,
     members: Members = 1,
     lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
-    ema_gamma: EmaGamma = 7.0,
+    ema_gamma: EmaGamma = 7.0, bagging: Bagging = False,
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
     device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0, noise: Noise = 0.0,
     output_dir: OutputDir = Path("runs/finetune"),
