@@ -22,6 +22,7 @@ from mobillm import PROGRESS_LOGGER
 from mobillm.exceptions import MobillmError
 from mobillm.ports import free_port, wait_listening
 from mobillm.recipes.job_bundle import DEFAULT_BUNDLE_WEIGHTS
+from mobillm.recipes.options import DEFAULT_MEMBERS
 from mobillm.sidenet.config import MAX_MEMBERS
 
 #: What the `torch` extra adds to the device-only base install (pyproject.toml), by import name.
@@ -85,10 +86,11 @@ GateTemperature = Annotated[float, typer.Option(help="T of the side network's la
 Bidirectional = Annotated[bool, typer.Option(
     "--bidirectional/--causal",
     help="classification with attention blocks: the side blocks attend to later positions too, or only to earlier ones")]
-Members = Annotated[int, typer.Option(
-    min=1, max=MAX_MEMBERS,
-    help="classification: train K side-network ladders from K initialisations on the same taps and predict their mean "
-         "class probabilities (an ensemble: K x the server's training and the download, one backbone pass)")]
+Members = Annotated[Optional[int], typer.Option(
+    min=1, max=MAX_MEMBERS, show_default=False,
+    help=f"classification: train K side-network ladders from K initialisations on the same taps and predict their mean "
+         f"class probabilities (an ensemble: K x the server's training and the download, one backbone pass) "
+         f"[default: {DEFAULT_MEMBERS}; causal-lm: 1]")]
 Lr = Annotated[Optional[float], typer.Option(help="learning rate (default per method)")]
 Epochs = Annotated[Optional[int], typer.Option(help="training epochs (default per method)")]
 BatchSize = Annotated[int, typer.Option(help="samples per batch")]
@@ -243,7 +245,7 @@ def train(
     prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", side_init: SideInit = "random", gate_temperature: GateTemperature = 1.0, bidirectional: Bidirectional = True,
-    members: Members = 1,
+    members: Members = None,
     lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     ema_gamma: EmaGamma = 7.0, bagging: Bagging = False,
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1,
@@ -408,7 +410,7 @@ def device(
     prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", side_init: SideInit = "random", gate_temperature: GateTemperature = 1.0, bidirectional: Bidirectional = True,
-    members: Members = 1,
+    members: Members = None,
     lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     ema_gamma: EmaGamma = 7.0, bagging: Bagging = False,
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
@@ -436,7 +438,7 @@ def finetune(
     prompt_column: PromptColumn = "prompt",
     response_column: ResponseColumn = "response", codec: Codec = "nf4", shortcuts: Shortcuts = None, width: Width = 64,
     block: Block = "attention", side_init: SideInit = "random", gate_temperature: GateTemperature = 1.0, bidirectional: Bidirectional = True,
-    members: Members = 1,
+    members: Members = None,
     lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
     ema_gamma: EmaGamma = 7.0, bagging: Bagging = False,
     patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,

@@ -71,7 +71,7 @@ class _BundleTask:
         self.side_config = SideConfig.parse(dict(
             hidden_size=c.hidden_size, num_backbone_layers=c.num_layers, shortcuts=c.shortcuts, width=options.width,
             block=options.block, codec=options.codec, init=options.side_init, gate_temperature=options.gate_temperature,
-            bidirectional=options.side_bidirectional, members=options.members,
+            bidirectional=options.side_bidirectional, members=options.side_members,
             num_labels=len(self.data.label_names),
             label_token_ids=self.label_token_ids(self.template.label_words), label_names=self.data.label_names,
             prompt_template=self.template.template,

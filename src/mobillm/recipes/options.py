@@ -14,7 +14,11 @@ from mobillm.exceptions import MobillmError
 from mobillm.sidenet.config import BLOCK_TOKEN_WISE, MAX_MEMBERS, Init, SideConfig
 from mobillm.wire.frame import DEFAULT_MAX_MESSAGE_BYTES
 
-__all__ = ["SideOptions", "StreamOptions", "require_task"]
+__all__ = ["DEFAULT_MEMBERS", "SideOptions", "StreamOptions", "require_task"]
+
+#: Ladders of a classification side network unless ``--members`` says otherwise: an ensemble of 5 won on validation
+#: at N 1,000 and 2,000 on SST-2 and the packaged task (BENCHMARKS §18, 2026-12-04).
+DEFAULT_MEMBERS = 5
 
 
 class SideOptions(BaseModel):
@@ -38,11 +42,20 @@ class SideOptions(BaseModel):
     # True won on validation at N 1,000 and 2,000 on SST-2 and the packaged task (BENCHMARKS §18).
     bidirectional: bool = Field(True, description="classification's token-mixing side blocks attend to later real "
                                 "positions too (a causal LM's, and token-wise blocks, never do)")
-    members: int = Field(1, ge=1, le=MAX_MEMBERS, description="classification: an ensemble of K side-network ladders")
+    members: int | None = Field(None, ge=1, le=MAX_MEMBERS, description="classification: an ensemble of K side-network "
+                                "ladders (None: DEFAULT_MEMBERS for classification, one for a causal LM)")
     max_length: int = Field(128, gt=1)
     max_train_samples: int | None = Field(None, gt=0)
     max_eval_samples: int | None = Field(1000, gt=0, description="cap on validation samples (test is never capped)")
     noise: float = Field(0.0, ge=0.0, description="Gaussian noise on the taps before the codec, std relative to each row's RMS (device/noise.py)")
+
+    @property
+    def side_members(self) -> int:
+        """``SideConfig.members`` of the task: as asked for, else DEFAULT_MEMBERS for classification, one ladder for
+        a causal LM (whose generation reads one)."""
+        if self.members is not None:
+            return self.members
+        return DEFAULT_MEMBERS if self.task == "classification" else 1
 
     @property
     def side_bidirectional(self) -> bool:

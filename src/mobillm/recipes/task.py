@@ -59,7 +59,7 @@ def prepare_task(options: TaskOptions, seed: int, loaded: tuple[nn.Module, objec
         hidden_size=cfg.hidden_size, num_backbone_layers=cfg.num_hidden_layers,
         shortcuts=parse_shortcuts(options.shortcuts, cfg.num_hidden_layers), width=options.width, block=options.block,
         codec=options.codec, init=options.side_init, gate_temperature=options.gate_temperature,
-        bidirectional=options.side_bidirectional, members=options.members,
+        bidirectional=options.side_bidirectional, members=options.side_members,
     )
     if options.task == "causal-lm":
         side_config = SideConfig.parse(dict(shape, task="causal-lm", head="lm", num_labels=0))
