@@ -200,6 +200,7 @@ def test_the_default_is_an_ensemble_for_classification_and_one_ladder_for_a_caus
 
     assert DEFAULT_MEMBERS == 5
     assert SideOptions().side_members == DEFAULT_MEMBERS and SideOptions(task="causal-lm").side_members == 1
+    assert SideOptions(side_init="backbone").side_members == 1  # every member would start from the same copy
     assert SideOptions(members=1).side_members == 1 and SideOptions(task="causal-lm", members=3).side_members == 3
     with pytest.raises(ValidationError):
         SideOptions(members=MAX_MEMBERS + 1)

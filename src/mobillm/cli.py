@@ -90,7 +90,7 @@ Members = Annotated[Optional[int], typer.Option(
     min=1, max=MAX_MEMBERS, show_default=False,
     help=f"classification: train K side-network ladders from K initialisations on the same taps and predict their mean "
          f"class probabilities (an ensemble: K x the server's training and the download, one backbone pass) "
-         f"[default: {DEFAULT_MEMBERS}; causal-lm: 1]")]
+         f"[default: {DEFAULT_MEMBERS}; causal-lm and --side-init backbone: 1]")]
 Lr = Annotated[Optional[float], typer.Option(help="learning rate (default per method)")]
 Epochs = Annotated[Optional[int], typer.Option(help="training epochs (default per method)")]
 BatchSize = Annotated[int, typer.Option(help="samples per batch")]

@@ -51,11 +51,12 @@ class SideOptions(BaseModel):
 
     @property
     def side_members(self) -> int:
-        """``SideConfig.members`` of the task: as asked for, else DEFAULT_MEMBERS for classification, one ladder for
-        a causal LM (whose generation reads one)."""
+        """``SideConfig.members`` of the task: as asked for, else DEFAULT_MEMBERS for classification from random
+        starts, one ladder for a causal LM (whose generation reads one) or a backbone copy (the same for every
+        member)."""
         if self.members is not None:
             return self.members
-        return DEFAULT_MEMBERS if self.task == "classification" else 1
+        return DEFAULT_MEMBERS if self.task == "classification" and self.side_init == "random" else 1
 
     @property
     def side_bidirectional(self) -> bool:
