@@ -22,8 +22,8 @@ from mobillm.files import SIDE_CONFIG_NAME, SIDE_WEIGHTS_NAME
 _EPS_RMS = float(np.finfo(np.float32).eps)  # nn.RMSNorm(eps=None) in float32
 _EPS_LN = 1e-5  # nn.LayerNorm's default
 #: erf(x) = 1 - (a1 t + ... + a5 t^5) exp(-x^2), t = 1 / (1 + p x), x >= 0: Abramowitz & Stegun 7.1.26, absolute error
-#: <= 1.5e-7 — float32's resolution — in numpy's vector arithmetic (``math.erf`` element by element took ~75% of the
-#: side network's time; numpy has no erf and the device installs no scipy).
+#: <= 1.5e-7 — float32's resolution — in numpy's vector arithmetic (``math.erf`` element by element took about half of
+#: the side network's time; numpy has no erf and the device installs no scipy).
 _ERF_P, _ERF_A = 0.3275911, (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 
 

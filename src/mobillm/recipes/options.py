@@ -16,8 +16,8 @@ from mobillm.wire.frame import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = ["DEFAULT_MEMBERS", "SideOptions", "StreamOptions", "require_task"]
 
-#: Ladders of a classification side network unless ``--members`` says otherwise: an ensemble of 5 won on validation
-#: at N 1,000 and 2,000 on SST-2 and the packaged task (BENCHMARKS §18, 2026-12-04).
+#: Ladders of a classification side network unless ``--members`` says otherwise: an ensemble of 5 was the best on SST-2
+#: validation at N 1,000 and 2,000 and level on the packaged task's (BENCHMARKS §18, 2026-12-04).
 DEFAULT_MEMBERS = 5
 
 
@@ -43,7 +43,7 @@ class SideOptions(BaseModel):
     bidirectional: bool = Field(True, description="classification's token-mixing side blocks attend to later real "
                                 "positions too (a causal LM's, and token-wise blocks, never do)")
     members: int | None = Field(None, ge=1, le=MAX_MEMBERS, description="classification: an ensemble of K side-network "
-                                "ladders (None: DEFAULT_MEMBERS for classification, one for a causal LM)")
+                                "ladders (None: see side_members)")
     max_length: int = Field(128, gt=1)
     max_train_samples: int | None = Field(None, gt=0)
     max_eval_samples: int | None = Field(1000, gt=0, description="cap on validation samples (test is never capped)")
