@@ -75,8 +75,9 @@ class NpSideNetwork:
         self.gate_temperature = float(self.config.get("gate_temperature", 1.0))
         self.causal = not self.config.get("bidirectional", False)
         self.num_layers = len(self.config["shortcuts"])
-        self.state = {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}
-        missing = [k for k in ("gate", "up.weight", "up.bias") if k not in self.state and self.members is None]
+        # an ensemble's tensors live in its members only (one float32 copy on the device)
+        self.state = {} if self.members else {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}
+        missing = [] if self.members else [k for k in ("gate", "up.weight", "up.bias") if k not in self.state]
         if missing:
             raise ConfigError(f"side network tensors missing: {missing}")
 

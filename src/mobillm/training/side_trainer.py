@@ -41,9 +41,9 @@ class SideTrainer:
         self.head = head if _on(head, self.device) else copy.deepcopy(head).to(self.device)
         self.config = config
         self.codec = get_codec(codec)
-        self.params = [p for p in side.parameters() if p.requires_grad]
         #: Clipped each on its own: an ensemble's members, else all parameters.
         self.groups = [[p for p in m.parameters() if p.requires_grad] for m in side.members or [side]]
+        self.params = [p for group in self.groups for p in group]
         self.optimizer, self.scheduler = make_optimizer(
             self.params, config.learning_rate, config.weight_decay, max(1, total_steps), config.warmup_ratio, config.schedule,
             config.warmup_steps,
