@@ -5,9 +5,12 @@ measured."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 from mobillm.bench.io import results_dir
 
@@ -45,8 +48,7 @@ def device_checkpoint(model: str, weights: str) -> Path:
     path = results_dir("checkpoints") / f"{model}-{weights}"
     if not (path / "device_weights.json").is_file():
         print(f"converting {model} to {weights} device weights in {path} …", flush=True)
-        subprocess.run([sys.executable, "-m", "mobillm.bench.models", model, weights, str(path)], check=True,
-                       env={**os.environ, "TQDM_DISABLE": "1"})  # transformers' GGUF bar, in every log
+        _make_once(path, "device_weights.json", lambda tmp: [model, weights, tmp])
     return path
 
 
@@ -60,9 +62,27 @@ def device_bundle(model: str, weights: str) -> Path:
     if not (path / "bundle.json").is_file():
         source = device_bundle(model, "fp32") if _from_fp32_bundle(weights) else device_checkpoint(model, "fp32")
         print(f"exporting {model} to a {weights} device bundle in {path} …", flush=True)
-        subprocess.run([sys.executable, "-m", "mobillm.bench.models", "bundle", model, weights, str(path), str(source)],
-                       check=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        _make_once(path, "bundle.json", lambda tmp: ["bundle", model, weights, tmp, str(source)])
     return path
+
+
+def _make_once(path: Path, marker: str, arguments: Callable[[str], list[str]]) -> None:
+    """Run this module on ``arguments(tmp)`` in a child process, writing into a directory of its own, and move
+    that into place as ``path`` in one rename: benchmarks started side by side (one per core) each convert, and
+    none reads a half-written ``path``; the first rename wins, the others' copies are dropped. A ``path`` without
+    its ``marker`` file can only be what an interrupted conversion left, and is replaced."""
+    if path.is_dir() and not (path / marker).is_file():
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    subprocess.run([sys.executable, "-m", "mobillm.bench.models", *arguments(str(tmp))], check=True,
+                   env={**os.environ, "TQDM_DISABLE": "1"})  # transformers' GGUF bar, in every log
+    try:
+        tmp.rename(path)
+    except OSError:  # another process's copy is in place (a rename onto a non-empty directory fails)
+        if not path.is_dir():
+            raise
+        shutil.rmtree(tmp)
 
 
 def _convert(model: str, weights: str, path: str) -> None:
