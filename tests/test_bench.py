@@ -123,7 +123,7 @@ def test_a_random_benchmark_model_without_a_tokenizer_gets_a_bundle_for_memory(t
 def test_benchmark_checkpoints_are_converted_into_place_in_one_rename(tmp_path, monkeypatch):
     """Two benchmarks started side by side both convert the missing checkpoint: each writes its own directory and
     the first rename wins, so neither ever sees a half-written one; what an interrupted conversion left (no
-    ``device_weights.json``) is replaced, not trusted."""
+    ``device_weights.json``) is replaced, not trusted; a conversion that fails leaves nothing behind."""
     from pathlib import Path
 
     from mobillm.bench import models
@@ -135,6 +135,7 @@ def test_benchmark_checkpoints_are_converted_into_place_in_one_rename(tmp_path, 
     def convert(cmd, **kw):  # the child process: writes the checkpoint into the directory it is given
         out = Path(cmd[-1])
         assert out != path and out.parent == path.parent  # never into the final place
+        out.mkdir(parents=True)
         (out / "device_weights.json").write_text(str(len(writes)))
         writes.append(out)
         if len(writes) == 1:  # a second benchmark converts (and renames) while the first one is still converting
@@ -146,6 +147,15 @@ def test_benchmark_checkpoints_are_converted_into_place_in_one_rename(tmp_path, 
     assert models.device_checkpoint("smollm2-135m", "fp32") == path
     assert len(writes) == 2 and (path / "device_weights.json").read_text() == "1"  # the first rename won
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no leftover and no copy of the loser
+
+    def fail(cmd, **kw):  # a conversion that dies half-way leaves nothing behind
+        Path(cmd[-1]).mkdir(parents=True)
+        raise models.subprocess.CalledProcessError(1, cmd)
+
+    monkeypatch.setattr(models.subprocess, "run", fail)
+    with pytest.raises(models.subprocess.CalledProcessError):
+        models.device_checkpoint("smollm2-135m", "int8")
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
 
 
 def test_the_codecs_benchmarks_bundle_backbone_taps_what_the_torch_device_taps(tiny_bundle):

@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -73,10 +73,13 @@ def _make_once(path: Path, marker: str, arguments: Callable[[str], list[str]]) -
     its ``marker`` file can only be what an interrupted conversion left, and is replaced."""
     if path.is_dir() and not (path / marker).is_file():
         shutil.rmtree(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    subprocess.run([sys.executable, "-m", "mobillm.bench.models", *arguments(str(tmp))], check=True,
-                   env={**os.environ, "TQDM_DISABLE": "1"})  # transformers' GGUF bar, in every log
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")  # the child creates it, with the usual permissions
+    try:
+        subprocess.run([sys.executable, "-m", "mobillm.bench.models", *arguments(str(tmp))], check=True,
+                       env={**os.environ, "TQDM_DISABLE": "1"})  # transformers' GGUF bar, in every log
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         tmp.rename(path)
     except OSError:  # another process's copy is in place (a rename onto a non-empty directory fails)
