@@ -46,9 +46,8 @@ def device_checkpoint(model: str, weights: str) -> Path:
     if model not in MODELS:
         raise SystemExit(f"unknown benchmark model {model!r}: choose {', '.join(MODELS)}")
     path = results_dir("checkpoints") / f"{model}-{weights}"
-    if not (path / "device_weights.json").is_file():
-        print(f"converting {model} to {weights} device weights in {path} …", flush=True)
-        _make_once(path, "device_weights.json", lambda tmp: [model, weights, tmp])
+    _make_once(path, "device_weights.json", f"converting {model} to {weights} device weights",
+               lambda tmp: [model, weights, tmp])
     return path
 
 
@@ -59,23 +58,29 @@ def device_bundle(model: str, weights: str) -> Path:
     if model not in MODELS:
         raise SystemExit(f"unknown benchmark model {model!r}: choose {', '.join(MODELS)}")
     path = results_dir("bundles") / f"{model}-{weights}"
-    if not (path / "bundle.json").is_file():
+
+    def arguments(tmp: str) -> list[str]:  # the source is made first, when the bundle is missing only
         source = device_bundle(model, "fp32") if _from_fp32_bundle(weights) else device_checkpoint(model, "fp32")
-        print(f"exporting {model} to a {weights} device bundle in {path} …", flush=True)
-        _make_once(path, "bundle.json", lambda tmp: ["bundle", model, weights, tmp, str(source)])
+        return ["bundle", model, weights, tmp, str(source)]
+
+    _make_once(path, "bundle.json", f"exporting {model} to a {weights} device bundle", arguments)
     return path
 
 
-def _make_once(path: Path, marker: str, arguments: Callable[[str], list[str]]) -> None:
-    """Run this module on ``arguments(tmp)`` in a child process, writing into a directory of its own, and move
-    that into place as ``path`` in one rename: benchmarks started side by side (one per core) each convert, and
-    none reads a half-written ``path``; the first rename wins, the others' copies are dropped. A ``path`` without
-    its ``marker`` file can only be what an interrupted conversion left, and is replaced."""
-    if path.is_dir() and not (path / marker).is_file():
-        shutil.rmtree(path)
+def _make_once(path: Path, marker: str, doing: str, arguments: Callable[[str], list[str]]) -> None:
+    """Unless ``path`` holds its ``marker`` file, run this module on ``arguments(tmp)`` in a child process, writing
+    into a directory of its own, and move that into place as ``path`` in one rename: benchmarks started side by side
+    (one per core) each convert, and none reads a half-written ``path``; the first rename wins, the others' copies
+    are dropped. A ``path`` without its marker can only be what an interrupted conversion left, and is replaced."""
+    if (path / marker).is_file():
+        return
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")  # the child creates it, with the usual permissions
+    command = [sys.executable, "-m", "mobillm.bench.models", *arguments(str(tmp))]
+    print(f"{doing} in {path} …", flush=True)
+    if path.is_dir() and not (path / marker).is_file():  # (another process may have made it meanwhile)
+        shutil.rmtree(path)
     try:
-        subprocess.run([sys.executable, "-m", "mobillm.bench.models", *arguments(str(tmp))], check=True,
+        subprocess.run(command, check=True,
                        env={**os.environ, "TQDM_DISABLE": "1"})  # transformers' GGUF bar, in every log
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
