@@ -24,8 +24,8 @@ from websockets.http11 import Request, Response
 
 from mobillm import __version__
 from mobillm.exceptions import ProtocolError
-from mobillm.server.auth import JOB_NAME, TokenStore, bearer_token
-from mobillm.server.endpoints import StatusEndpoints
+from mobillm.server.auth import JOB_NAME, SUBPROTOCOL, TokenStore, authenticate, select_subprotocol
+from mobillm.server.endpoints import StatusEndpoints, TokenCheckEndpoint
 from mobillm.server.prometheus import ServerMetrics
 from mobillm.server.sessions import JobSession, Sessions
 from mobillm.server.status import ServerStatus, SessionError
@@ -66,7 +66,8 @@ class Limits:
 
 
 class Server:
-    """``tokens``: check each connection's bearer token for the job in its URL (None: no authentication).
+    """``tokens``: check each connection's token for the job in its URL (None: no authentication); the port also
+    answers ``GET /jobs/NAME/auth``, a token check a web page can read (:class:`TokenCheckEndpoint`).
     ``status``: also serve the status page, ``/status.json`` and ``/metrics`` (with ``tokens``: to the holder of
     the status token only)."""
 
@@ -82,6 +83,7 @@ class Server:
         self.started = time.monotonic()
         self.metrics = ServerMetrics(lambda: self.sessions, manager.status)
         self.endpoints = StatusEndpoints(self.status, self.metrics.exposition, tokens) if status else None
+        self.token_check = TokenCheckEndpoint(tokens, lambda message: self._record(ErrorCode.AUTH, message, None))
 
     async def status(self) -> ServerStatus:
         """The back end's jobs with what only the front end sees: open sessions and errors."""
@@ -94,22 +96,29 @@ class Server:
         )
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """The handshake hook: a plain request for a status path gets its page; anything else :meth:`authorize`."""
+        """The handshake hook: a plain request for a status path gets its page, one for ``/jobs/NAME/auth`` its
+        token check; anything else :meth:`authorize`."""
         if self.endpoints is not None and self.endpoints.serves(request):
             return await self.endpoints.respond(request)
+        if self.token_check.serves(request):
+            return await self.token_check.respond(request)
         return await self.authorize(connection, request)
 
     async def authorize(self, connection: ServerConnection, request: Request) -> Response | None:
-        """The handshake check: 401 unless the URL is ``/jobs/NAME`` and the bearer token is that job's."""
+        """The handshake check: 401 unless the URL is ``/jobs/NAME`` and the request presents that job's token,
+        as ``Authorization: Bearer`` or as a ``mobillm.token.`` subprotocol
+        (:func:`~mobillm.server.auth.authenticate`)."""
         if self.tokens is None:
             return None
         job = path_job(request.path)
-        token = bearer_token(request.headers.get("Authorization"))
-        if job is None or token is None:
-            return self._unauthorized(connection, "connect to /jobs/NAME with 'Authorization: Bearer TOKEN'")
-        if not await asyncio.to_thread(self.tokens.verify, job, token):
-            log.warning("refused a connection to job %s: invalid token", job)
-            return self._unauthorized(connection, f"invalid token for job {job}")
+        if job is None:
+            return self._unauthorized(connection, "connect to /jobs/NAME with 'Authorization: Bearer TOKEN' or the "
+                                                  f"subprotocols {SUBPROTOCOL!r} and 'mobillm.token.TOKEN'")
+        refusal = await authenticate(self.tokens, job, request.headers, request.path, subprotocol=True)
+        if refusal is not None:
+            if refusal.reason == "invalid_token":
+                log.warning("refused a connection to job %s: invalid token", job)
+            return self._unauthorized(connection, refusal.message)
         return None
 
     def _unauthorized(self, connection: ServerConnection, message: str) -> Response:
@@ -200,7 +209,7 @@ async def run_server(
     server = Server(manager, limits, tokens, status)
     async with serve(
         server.handle, host, port, max_size=limits.max_message_bytes, compression=None, ping_timeout=None,
-        process_request=server.process_request, ssl=tls,
+        process_request=server.process_request, select_subprotocol=select_subprotocol, ssl=tls,
     ) as ws_server:
         bound = ws_server.sockets[0].getsockname()[1]
         if ready:

@@ -2,8 +2,14 @@
 
 ``mobillm token create --job NAME`` makes a random token, prints it once and stores
 ``<jobs-dir>/NAME/token.json`` = {salt, scrypt hash}. A device presents the token in the WebSocket handshake
-(``Authorization: Bearer …`` on ``/jobs/NAME``); the server refuses a connection without a valid one with
-HTTP 401 before the WebSocket opens, so no message of an unauthenticated peer is ever parsed.
+on ``/jobs/NAME``, in one of two places, read by one function (:func:`authenticate`):
+
+- ``Authorization: Bearer TOKEN`` (the Python device);
+- ``Sec-WebSocket-Protocol: mobillm.v1, mobillm.token.TOKEN`` (a browser, which cannot set ``Authorization``
+  on a WebSocket); the server answers ``mobillm.v1`` (:func:`select_subprotocol`), never the token.
+
+The server refuses a connection without a valid one with HTTP 401 before the WebSocket opens, so no message of
+an unauthenticated peer is ever parsed. A token in the URL's query string is never read: it is refused.
 
 ``mobillm token create --status`` makes the one token of the server's status page and ``/metrics``
 (``<jobs-dir>/.status-token.json``, the same kind of record; no job name starts with a dot, so no job's
@@ -12,6 +18,7 @@ folder can take its place). A job's token does not open the status page, nor the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -19,6 +26,12 @@ import json
 import re
 import secrets
 from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import parse_qsl, urlsplit
+
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHeader
+from websockets.headers import parse_subprotocol
 
 from mobillm.exceptions import ConfigError
 from mobillm.files import JOB_NAME_PATTERN, write_atomic
@@ -28,6 +41,9 @@ STATUS_TOKEN_FILE = ".status-token.json"
 JOB_NAME = re.compile(JOB_NAME_PATTERN)  # the Hello's rule: the name of a folder under --jobs-dir
 # scrypt with 16 MiB of memory: ~50 ms per check, so guessing is slow even for a weak token (ours are 256-bit).
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+SUBPROTOCOL = "mobillm.v1"  # the WebSocket subprotocol a device may offer; the server answers with it
+TOKEN_SUBPROTOCOL = "mobillm.token."  # + TOKEN: a job token offered as a subprotocol (never answered)
+URL_TOKEN_PARAMS = frozenset({"token", "access_token"})  # query parameters refused outright (URLs get logged)
 
 
 def _hash(token: str, salt: bytes) -> bytes:
@@ -82,6 +98,78 @@ def bearer_token(authorization: str | None, *, basic: bool = False) -> str | Non
         except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
             return None
     return None
+
+
+class Refusal(NamedTuple):
+    """Why a request's credentials are refused: a short ``reason`` for programs, a ``message`` for people
+    (never containing the token)."""
+
+    reason: str  # no_token | malformed | token_in_url | two_tokens | no_subprotocol | invalid_token
+    message: str
+
+
+def presented_token(headers: Headers, path: str, *, subprotocol: bool) -> str | Refusal:
+    """The job token a request presents, or why none is usable.
+
+    Sources: ``Authorization: Bearer TOKEN``, and with ``subprotocol`` (a WebSocket handshake) also one
+    ``mobillm.token.TOKEN`` among the ``Sec-WebSocket-Protocol`` values, which must then include
+    :data:`SUBPROTOCOL`. Both given: they must be the same token, or the request is refused. Another
+    ``Authorization`` scheme (a browser's cached Basic credentials of the status page, say) is not a job token
+    and is ignored. A ``token`` or ``access_token`` query parameter refuses the request, whatever else it carries.
+    """
+    if any(name.lower() in URL_TOKEN_PARAMS for name, _ in parse_qsl(urlsplit(path).query, keep_blank_values=True)):
+        return Refusal("token_in_url", "a token in the URL is never accepted (URLs are logged): send it as "
+                                       "'Authorization: Bearer TOKEN' or the 'mobillm.token.TOKEN' subprotocol")
+    authorization = headers.get("Authorization")
+    header = bearer_token(authorization)
+    if not subprotocol and authorization is not None and not header:
+        return Refusal("malformed", "the Authorization header must be 'Bearer TOKEN'")
+    offered = _subprotocols(headers) if subprotocol else []
+    if offered is None:
+        return Refusal("malformed", "the Sec-WebSocket-Protocol header is not a comma-separated list of tokens")
+    offers = [value.removeprefix(TOKEN_SUBPROTOCOL) for value in offered if value.startswith(TOKEN_SUBPROTOCOL)]
+    if len(offers) > 1:
+        return Refusal("two_tokens", "offer one 'mobillm.token.TOKEN' subprotocol, not several")
+    offer = offers[0] if offers else None
+    if offer is not None and SUBPROTOCOL not in offered:
+        return Refusal("no_subprotocol", f"offer the {SUBPROTOCOL!r} subprotocol along with the token")
+    if offer == "" or header == "":
+        return Refusal("malformed", "the token is empty")
+    if offer is not None and header is not None and not hmac.compare_digest(offer.encode(), header.encode()):
+        return Refusal("two_tokens", "the Authorization header and the subprotocol carry different tokens")
+    token = header if header is not None else offer
+    if token is None:
+        how = "'Authorization: Bearer TOKEN'" + (f" or the subprotocols {SUBPROTOCOL!r} and 'mobillm.token.TOKEN'"
+                                                 if subprotocol else "")
+        return Refusal("no_token", f"no token: send {how}")
+    return token
+
+
+async def authenticate(
+    tokens: TokenStore, job: str, headers: Headers, path: str, *, subprotocol: bool,
+) -> Refusal | None:
+    """None when the request presents ``job``'s current token (:func:`presented_token`, checked off the event
+    loop: scrypt takes ~50 ms); else why not. An unknown job reads as a wrong token."""
+    token = presented_token(headers, path, subprotocol=subprotocol)
+    if isinstance(token, Refusal):
+        return token
+    if not await asyncio.to_thread(tokens.verify, job, token):
+        return Refusal("invalid_token", f"invalid token for job {job}")  # wrong, revoked, another job's, no job
+    return None
+
+
+def select_subprotocol(connection, offered) -> str | None:
+    """websockets' ``select_subprotocol`` hook: :data:`SUBPROTOCOL` when the device offers it, else no
+    subprotocol (every Python device offers none); never a token."""
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+
+def _subprotocols(headers: Headers) -> list[str] | None:
+    """The ``Sec-WebSocket-Protocol`` values, from every such header; None if one is malformed."""
+    try:
+        return [value for header in headers.get_all("Sec-WebSocket-Protocol") for value in parse_subprotocol(header)]
+    except InvalidHeader:
+        return None
 
 
 def _create(path: Path, owner: str, replace: bool) -> str:

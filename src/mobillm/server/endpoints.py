@@ -1,4 +1,5 @@
-"""The HTTP side of the server's port: the status page, its JSON and Prometheus' ``/metrics``.
+"""The HTTP side of the server's port: the status page, its JSON and Prometheus' ``/metrics``; and a job's token
+check for web pages.
 
 - ``/status``: an HTML page (with ``/status.css`` and ``/status.js``; no external resource, works offline)
   that polls ``/status.json`` every two seconds and draws each job's figures and curves;
@@ -9,12 +10,18 @@ They answer plain HTTP ``GET`` requests on the WebSocket port (a WebSocket upgra
 page), only when the server runs with ``--status``; with authentication on they need the status token
 (``mobillm token create --status``) as ``Authorization: Bearer TOKEN`` or as the password of HTTP Basic
 authentication (which browsers ask for). Job tokens do not open them.
+
+``GET /jobs/NAME/auth`` (:class:`TokenCheckEndpoint`, always served) checks ``Authorization: Bearer TOKEN``
+against job NAME exactly as the WebSocket handshake does and answers JSON a page can read (it cannot read a
+WebSocket's 401): 200 ``{"ok": true, "job": NAME}``, or 401 ``{"ok": false, "job", "error", "message"}``.
+The page is served by this same server, so there are no CORS headers: another origin cannot read the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -24,10 +31,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from mobillm.server.auth import TokenStore, bearer_token
+from mobillm.server.auth import JOB_NAME, TokenStore, authenticate, bearer_token
 from mobillm.server.status import ServerStatus
 
-__all__ = ["STATUS_PATHS", "StatusEndpoints", "http_response"]
+__all__ = ["STATUS_PATHS", "StatusEndpoints", "TokenCheckEndpoint", "http_response"]
 
 log = logging.getLogger("mobillm.server")
 
@@ -96,3 +103,56 @@ class StatusEndpoints:
             return True
         log.warning("refused a status request for %s: invalid status token", request.path)
         return False
+
+
+class TokenCheckEndpoint:
+    """``GET /jobs/NAME/auth``: does the ``Authorization: Bearer TOKEN`` of this request open job NAME's WebSocket?
+
+    The same check as the handshake's (:func:`~mobillm.server.auth.authenticate`, the header as its one source),
+    answered as JSON: 200 ``{"ok": true, "job": NAME}``; 401 ``{"ok": false, "job": NAME, "error": REASON,
+    "message": …}`` with REASON ``no_token``, ``malformed`` (not ``Bearer TOKEN``), ``token_in_url`` or
+    ``invalid_token`` (wrong, revoked, another job's token, or no such job: it says no more about which jobs exist
+    than the handshake does); 400 ``bad_job`` for a NAME that is no job name. ``tokens`` None (``--no-auth``):
+    always 200. ``refused`` is told each refusal's message (the server counts it as an ``auth`` error)."""
+
+    PREFIX, SUFFIX = "/jobs/", "/auth"
+
+    def __init__(self, tokens: TokenStore | None, refused: Callable[[str], None] = lambda message: None):
+        self.tokens, self.refused = tokens, refused
+
+    @classmethod
+    def job(cls, request: Request) -> str | None:
+        """The NAME of a ``/jobs/NAME/auth`` path (unchecked), else None."""
+        path = request.path.split("?", 1)[0]
+        if not (path.startswith(cls.PREFIX) and path.endswith(cls.SUFFIX)):
+            return None
+        name = path[len(cls.PREFIX):-len(cls.SUFFIX)]
+        return name if name and "/" not in name else None
+
+    @classmethod
+    def serves(cls, request: Request) -> bool:
+        """A plain HTTP ``GET`` of ``/jobs/NAME/auth``; anything else there (a WebSocket upgrade, another site's
+        ``OPTIONS`` preflight) goes on to the handshake's check, which refuses it."""
+        return (cls.job(request) is not None and getattr(request, "method", "GET") == "GET"  # older websockets: GET only
+                and request.headers.get("Upgrade", "").lower() != "websocket")
+
+    async def respond(self, request: Request) -> Response:
+        job = self.job(request)
+        if not JOB_NAME.fullmatch(job):
+            return _json(HTTPStatus.BAD_REQUEST, {"ok": False, "job": job, "error": "bad_job", "message":
+                         "a job name is 1-64 letters, digits, '_', '.' or '-', not starting with '.'"})
+        if self.tokens is None:
+            return _json(HTTPStatus.OK, {"ok": True, "job": job})
+        refusal = await authenticate(self.tokens, job, request.headers, request.path, subprotocol=False)
+        if refusal is None:
+            return _json(HTTPStatus.OK, {"ok": True, "job": job})
+        if refusal.reason == "invalid_token":
+            log.warning("refused a token check for job %s: invalid token", job)
+        self.refused(refusal.message)
+        return _json(HTTPStatus.UNAUTHORIZED, {"ok": False, "job": job, "error": refusal.reason,
+                                               "message": refusal.message},
+                     ("WWW-Authenticate", 'Bearer realm="mobillm"'))  # Bearer: no browser login dialog
+
+
+def _json(status: HTTPStatus, body: dict, *headers: tuple[str, str]) -> Response:
+    return http_response(status, json.dumps(body).encode(), "application/json", *headers)
