@@ -251,3 +251,34 @@ def test_loading_a_model_shows_one_progress_line(toy_task, tmp_path):
     lines = [line for line in result.output.splitlines() if line.startswith("loading ")]
     assert len(lines) == 1 and f"loading {model_dir} (transformers, " in lines[0] and lines[0].endswith(" s")
     assert "it/s" not in result.output
+
+
+def test_template_states_every_setting_of_a_web_job(tmp_path):
+    """`mobillm template`: the Hello of a job on a bundle less what the data decide, validated by the models."""
+    from mobillm.bundle.config import BundleConfig
+    from mobillm.sidenet import SideConfig
+    from mobillm.train_config import TrainConfig
+    from mobillm.wire.messages import Hello
+
+    BundleConfig(model="tiny", fingerprint="abc123", model_type="llama", num_layers=4, shortcuts=[2, 4], hidden_size=32,
+                 vocab_size=96, kv_heads=2, head_dim=8, pad_token_id=0, opset=18).save(tmp_path)
+    result = runner.invoke(app, ["template", "--bundle", str(tmp_path), "--codec", "int8", "--lr", "0.002"])
+    assert result.exit_code == 0, result.output
+    template = json.loads(result.stdout)
+    side = template["side_config"]
+    assert list(side) == list(SideConfig.model_fields)  # every field, in the order the Hello writes them
+    assert [k for k, v in side.items() if v is None] == ["num_labels", "label_token_ids", "label_names", "prompt_template"]
+    assert (side["codec"], side["shortcuts"], side["hidden_size"], side["members"]) == ("int8", [2, 4], 32, 5)
+    assert template["pivot_only"] is False and side["bidirectional"] is True
+    assert template["train_config"] == TrainConfig(method="side", lr=0.002).model_dump(mode="json")
+    # filled in as the web device does, it is a Hello the server accepts
+    side.update(num_labels=2, label_token_ids=[5, 6], label_names=["neg", "pos"], prompt_template="{text}")
+    Hello(job="j", model=template["model"], fingerprint=template["fingerprint"], side_config=side,
+          train_config=template["train_config"], train_samples=3)
+
+    mlp = json.loads(runner.invoke(app, ["template", "--bundle", str(tmp_path), "--block", "mlp"]).stdout)
+    assert mlp["pivot_only"] is True and mlp["side_config"]["bidirectional"] is False
+    bad = runner.invoke(app, ["template", "--bundle", str(tmp_path), "--width", "10"])
+    assert bad.exit_code != 0 and "attention_heads" in bad.output
+    missing = runner.invoke(app, ["template", "--bundle", str(tmp_path / "nope")])
+    assert missing.exit_code != 0 and "mobillm export" in missing.output

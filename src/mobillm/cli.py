@@ -3,6 +3,7 @@ afterwards: predict, evaluate, generate."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -429,6 +430,39 @@ def device(
     except (MobillmError, ValidationError, OSError) as err:
         _fail(err)
     print_summary(summary)
+
+
+@app.command()
+def template(
+    bundle: Annotated[Path, typer.Option(help="the device bundle (mobillm export) the web device runs")],
+    text_column: TextColumn = "sentence", label_column: LabelColumn = "label", no_header: NoHeader = False,
+    codec: Codec = "nf4", width: Width = 64,
+    block: Block = "attention", gate_temperature: GateTemperature = 1.0, bidirectional: Bidirectional = True,
+    members: Members = None,
+    lr: Lr = None, epochs: Epochs = None, batch_size: BatchSize = 16, schedule: Schedule = "cosine",
+    ema_gamma: EmaGamma = 7.0, bagging: Bagging = False,
+    patience: Patience = 3, evals_per_epoch: EvalsPerEpoch = 1, max_length: MaxLength = 128, max_train_samples: MaxTrain = None, max_eval_samples: MaxEval = 1000,
+    device_epochs: DeviceEpochs = 1, idle_replays: IdleReplays = 0, seed: Seed = 0,
+    output: Annotated[Optional[Path], typer.Option(help="write the template here instead of stdout")] = None,
+) -> None:
+    """Print the Hello template of a classification job on a bundle for the web device (web/device.mjs --template):
+    every side and training setting of the job, built here so that the JavaScript device never guesses a default."""
+    args = dict(locals())
+    from mobillm.bundle.config import BundleConfig
+    from mobillm.recipes.job_template import job_template
+    from mobillm.recipes.options import SideOptions
+
+    try:
+        config = _train_config(args, "evals_per_epoch", "idle_replays", method="side")
+        bundle_config = BundleConfig.load(args.pop("bundle"))
+        out, epochs_sent = args.pop("output"), args.pop("device_epochs")
+        text = json.dumps(job_template(bundle_config, SideOptions(**args), epochs_sent, config), indent=2) + "\n"
+    except (MobillmError, ValidationError, OSError) as err:
+        _fail(err)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
 
 
 @app.command()

@@ -33,6 +33,7 @@ from mobillm.exceptions import ConfigError
 from mobillm.files import METRICS_NAME, SIDE_CONFIG_NAME, SIDE_WEIGHTS_NAME, write_summary
 from mobillm.metrics import MetricsLog
 from mobillm.recipes.bundle_infer import BundleClassifier
+from mobillm.recipes.job_template import side_fields
 from mobillm.recipes.options import SideOptions, StreamOptions
 from mobillm.scoring import Scorer, score_batches
 from mobillm.sidenet.config import SideConfig
@@ -69,10 +70,7 @@ class _BundleTask:
         )
         self.template: PromptTemplate = default_template(self.data.label_names)
         self.side_config = SideConfig.parse(dict(
-            hidden_size=c.hidden_size, num_backbone_layers=c.num_layers, shortcuts=c.shortcuts, width=options.width,
-            block=options.block, codec=options.codec, init=options.side_init, gate_temperature=options.gate_temperature,
-            bidirectional=options.side_bidirectional, members=options.side_members,
-            num_labels=len(self.data.label_names),
+            side_fields(c, options), num_labels=len(self.data.label_names),
             label_token_ids=self.label_token_ids(self.template.label_words), label_names=self.data.label_names,
             prompt_template=self.template.template,
         ))
