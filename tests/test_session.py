@@ -4,26 +4,39 @@ after a reconnect, Hello first, unexpected messages, and every error code's Erro
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import make_hello
 from loopback import FakeJob, Loopback, batch_tensors
 
 from mobillm.exceptions import JobLost, PayloadTooBig, ProtocolError, ServerRefused, WireError
 from mobillm.wire.errors import ErrorCode
+from mobillm.wire.frame import write_frame
 from mobillm.wire.messages import (
     Ack,
     Done,
     Error,
     GetSideNet,
+    Hello,
     SideNet,
     Welcome,
     decode_message,
     encode_message,
 )
-from mobillm.wire.session import Acked, DeviceSession, Failure, ServerSession, SideNetArrived, State, failure
+from mobillm.wire.session import (
+    Acked,
+    DeviceSession,
+    Failure,
+    Opened,
+    ServerSession,
+    SideNetArrived,
+    State,
+    failure,
+)
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 
@@ -272,3 +285,96 @@ def test_an_unknown_code_is_a_bug_that_raises():
 def test_the_protocol_doc_lists_every_code_with_its_close_code():
     rows = dict(re.findall(r"^\| `([a-z_]+)` \| (\d{4}) \|", DOC.read_text(), flags=re.MULTILINE))
     assert {code: int(close) for code, close in rows.items()} == {c.value: c.close_code for c in ErrorCode}
+
+
+# -- the table both devices run (tests/session_rules.json) -------------------------------------------------------
+#: The device session's rules as a table that the JS session runs too (web/test/session.test.mjs); see its "about".
+RULES = json.loads((Path(__file__).resolve().parent / "session_rules.json").read_text())
+OBSERVED = ("error", "refused", "event", "resend", "seq", "loss", "step", "resume", "expect")
+RULE_DTYPES = {"I64": np.int64, "F32": np.float32}
+
+
+def expected(step: dict) -> dict:
+    """What the table says a step observes."""
+    return {k: step[k] for k in OBSERVED if k in step}
+
+
+def rule_tensors(spec: dict | None) -> dict[str, np.ndarray]:
+    """The table's ``{dtype, shape, data}`` tensors (F16 data are the raw bits, as the JS side holds them)."""
+    def array(t):
+        if t["dtype"] == "F16":
+            return np.array(t["data"], dtype=np.uint16).view(np.float16).reshape(t["shape"])
+        return np.array(t["data"], dtype=RULE_DTYPES[t["dtype"]]).reshape(t["shape"])
+
+    return {name: array(t) for name, t in (spec or {}).items()}
+
+
+def act(device: DeviceSession, step: dict, sent: dict[int, bytes]):
+    """One step's action or receive; what it yields (an event, bytes or None)."""
+    if "expect" in step:
+        return None
+    if "server" in step:
+        return device.receive(write_frame(rule_tensors(step.get("tensors")), json.dumps({"v": 1, **step["server"]})))
+    if "server_text" in step:
+        return device.receive(step["server_text"])
+    if step["do"] == "batch":
+        tensors = {"sample_ids": np.array([step["sample"]], dtype=np.int64), **rule_tensors(RULES["batch"])}
+        data = device.batch(step["split"], step["epoch"], tensors)
+        sent[decode_message(data).header.seq] = data
+        return data
+    actions = {"hello": device.hello, "connection_lost": device.connection_lost, "get_side_net": device.get_side_net,
+               "done": lambda: device.done(step["epoch"])}
+    return actions[step["do"]]()
+
+
+def describe_resent(data: bytes, sent: dict[int, bytes]) -> str:
+    header = decode_message(data).header
+    if header.type == "batch":
+        return f"batch {header.seq}" + ("" if sent.get(header.seq) == data else " (changed)")
+    return f"done {header.epoch}" if header.type == "done" else header.type
+
+
+def observe(device: DeviceSession, step: dict, outcome, sent: dict[int, bytes]) -> dict:
+    """Everything a step's outcome shows; the caller keeps what the table names."""
+    if "expect" in step:
+        held = {"state": lambda: device.state.value, "opens": lambda: device.opens,
+                "side_net_pending": lambda: device.side_net_pending, "window_full": lambda: device.window_full,
+                "all_acked": lambda: device.all_acked, "pending": lambda: list(device.window.pending)}
+        return {"expect": {k: held[k]() for k in step["expect"]}}
+    if isinstance(outcome, bytes):
+        header = decode_message(outcome).header
+        return {"seq": getattr(header, "seq", None), "resume": getattr(header, "resume", None)}
+    if isinstance(outcome, Opened):
+        return {"event": "opened", "resend": [describe_resent(d, sent) for d in outcome.resend]}
+    if isinstance(outcome, Acked):
+        return {"event": "acked", "seq": outcome.ack.seq, "loss": outcome.ack.loss}
+    if isinstance(outcome, SideNetArrived):
+        return {"event": "side_net_arrived", "step": outcome.frame.header.step}
+    return {}
+
+
+def run_rules_case(case: dict) -> list[dict]:
+    """Run one case of the table on Python's DeviceSession; per step, what it observed of what the step names."""
+    options = {"max_bytes": case["max_bytes"]} if "max_bytes" in case else {}
+    device = DeviceSession(Hello.model_validate(RULES["hello"]), framework="np", **options)
+    sent: dict[int, bytes] = {}
+    seen = []
+    for step in case["steps"]:
+        try:
+            outcome = observe(device, step, act(device, step, sent), sent)
+        except ServerRefused as err:
+            seen.append({"refused": str(err.code)})
+            continue
+        except ProtocolError as err:
+            seen.append({"error": str(err.code)})
+            continue
+        except PayloadTooBig:
+            seen.append({"error": "too_big"})
+            continue
+        seen.append({k: v for k, v in outcome.items() if k in expected(step)})
+    return seen
+
+
+@pytest.mark.parametrize("case", RULES["cases"], ids=lambda case: case["name"])
+def test_the_session_rules_both_devices_run(case):
+    assert run_rules_case(case) == [expected(step) for step in case["steps"]]
