@@ -108,6 +108,32 @@ def test_a_reconnect_resends_what_the_server_lacks_and_replays_every_done():
     run(go())
 
 
+def test_a_new_device_process_resumes_the_job_from_what_the_server_holds():
+    """A device process that ended mid-job, and a new one started on its job state (``resume=True``): the new
+    one's first Hello resumes, it numbers on after the Welcome's last_seq, and the job stores every seq once."""
+    async def go():
+        job = FakeJob()
+        first = DeviceSession(make_hello())
+        loop = Loopback(first, lambda hello: job)
+        await loop.connect()
+        send_batches(loop, first, range(4))
+        await loop.to_server_all(limit=3)  # seqs 0..2 arrive; the process ends with seq 3 unsent
+        loop.cut()
+
+        second = DeviceSession(make_hello(), resume=True)
+        loop = Loopback(second, lambda hello: job)
+        opened = await loop.connect()
+        assert loop.server.hello.resume and opened.welcome.last_seq == 2 and opened.resend == []
+        assert second.held == 3
+        send_batches(loop, second, [3, 4])  # the device skipped its first 3 batches: these are the 4th and 5th
+        loop.send(second.done(0))
+        await loop.to_server_all()
+        assert [e.ack.seq for e in loop.to_device_all()] == [3, 4] and second.all_acked
+        assert job.stored == [0, 1, 2, 3, 4] and job.received == [0, 1, 2, 3, 4] and job.done == [0]
+
+    run(go())
+
+
 def test_a_resent_duplicate_is_reacked_not_stored_again():
     async def go():
         device, loop, job = setup()
@@ -337,7 +363,7 @@ def describe_resent(data: bytes, sent: dict[int, bytes]) -> str:
 def observe(device: DeviceSession, step: dict, outcome, sent: dict[int, bytes]) -> dict:
     """Everything a step's outcome shows; the caller keeps what the table names."""
     if "expect" in step:
-        held = {"state": lambda: device.state.value, "opens": lambda: device.opens,
+        held = {"state": lambda: device.state.value, "opens": lambda: device.opens, "held": lambda: device.held,
                 "side_net_pending": lambda: device.side_net_pending, "window_full": lambda: device.window_full,
                 "all_acked": lambda: device.all_acked, "pending": lambda: list(device.window.pending)}
         return {"expect": {k: held[k]() for k in step["expect"]}}
@@ -355,7 +381,7 @@ def observe(device: DeviceSession, step: dict, outcome, sent: dict[int, bytes]) 
 
 def run_rules_case(case: dict) -> list[dict]:
     """Run one case of the table on Python's DeviceSession; per step, what it observed of what the step names."""
-    options = {"max_bytes": case["max_bytes"]} if "max_bytes" in case else {}
+    options = {k: case[k] for k in ("max_bytes", "resume") if k in case}
     device = DeviceSession(Hello.model_validate(RULES["hello"]), framework="np", **options)
     sent: dict[int, bytes] = {}
     seen = []

@@ -1,6 +1,7 @@
 """The JavaScript device (``web/device.mjs``, Node) runs whole jobs against a real server: it finishes, its local
 predictions equal the Python bundle runtime's on the side network it downloaded, its batches carry what the Python
-bundle device's carry, no text or token id crosses the wire, and a connection cut mid-job resumes with nothing lost.
+bundle device's carry, no text or token id crosses the wire, and a connection cut mid-job resumes with nothing lost,
+as does a device process killed mid-job and started again on its output directory.
 
 The server runs on a thread of this process (so the capture sees every message at its protocol layer), with a
 token per job that the Node device presents as a WebSocket subprotocol, as a browser must.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from conftest import tiny_model
 from helpers import make_tiny_tokenizer
 from safetensors.numpy import load_file
 from servers import CuttingProxy, ThreadServer
+from test_reliability import StallingProxy
 from test_wire_capture import MIN_RUN, SECRET_WORDS, TEMPLATE_WORDS, Capture, leaks
 from webjs import WEB, node
 
@@ -73,16 +76,20 @@ def _template(bundle_dir: Path, path: Path, codec: str, **train) -> Path:
     return path
 
 
+def _node_args(port: int, job: str, token: str, bundle_dir: Path, template: Path, data_dir: Path, out: Path,
+               *extra: str) -> list[str]:
+    return [node(), str(WEB / "device.mjs"), "--server", f"ws://127.0.0.1:{port}", "--job", job, "--token", token,
+            "--bundle", str(bundle_dir), "--template", str(template), "--data", str(data_dir), "--output-dir", str(out),
+            *extra]
+
+
 def _run_node(port: int, job: str, token: str, bundle_dir: Path, template: Path, data_dir: Path, out: Path,
-              *extra: str) -> dict:
-    proc = subprocess.run(
-        [node(), str(WEB / "device.mjs"), "--server", f"ws://127.0.0.1:{port}", "--job", job, "--token", token,
-         "--bundle", str(bundle_dir), "--template", str(template), "--data", str(data_dir), "--output-dir", str(out),
-         *extra],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads((out / "summary.json").read_text())
+              *extra: str, code: int = 0) -> dict | str:
+    """Run the Node device to its end: its summary, or for an expected exit ``code`` other than 0 its stderr."""
+    proc = subprocess.run(_node_args(port, job, token, bundle_dir, template, data_dir, out, *extra),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == code, proc.stderr[-4000:]
+    return json.loads((out / "summary.json").read_text()) if code == 0 else proc.stderr
 
 
 @pytest.fixture(scope="module", params=[("llama", "nf4"), ("opt", "int8")], ids=["llama-nf4", "opt-int8"])
@@ -213,4 +220,42 @@ def test_a_connection_cut_mid_job_resumes_with_nothing_lost(web_job, tmp_path):
         assert [len(seqs) for seqs in manager.jobs[name].feed.train_seqs] == [64 // BATCH]
     a = load_file(tmp_path / "straight" / "side_network" / "side_network.safetensors")
     b = load_file(tmp_path / "cut" / "side_network" / "side_network.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("web_job", [("llama", "nf4")], indirect=True, ids=["llama-nf4"])
+def test_a_killed_node_device_resumes_from_its_output_directory(web_job, tmp_path):
+    """The Node device killed mid-job and started again with the same --output-dir resumes the job from its
+    job_state.json: the batches the server holds are skipped, every batch is trained once, and the side network
+    equals the uninterrupted job's to the bit; started on a changed data file it is refused, naming the change."""
+    manager, server, tokens = web_job["manager"], web_job["server"], web_job["tokens"]
+    token = tokens.create("resumed")
+    args = (token, web_job["bundle_dir"], web_job["template"])
+    out = tmp_path / "out"
+    proxy = StallingProxy(server.port, after=40_000)
+    killed = subprocess.Popen(_node_args(proxy.port, "resumed", *args, web_job["data_dir"], out),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proxy.stalled.wait(120), killed.stderr.read() if killed.poll() is not None else "no batch sent"
+    finally:
+        killed.kill()
+        killed.wait()
+    assert json.loads((out / "job_state.json").read_text())["hello"]["job"] == "resumed"
+
+    changed = tmp_path / "changed"
+    shutil.copytree(web_job["data_dir"], changed)
+    rows = (changed / "train.tsv").read_text().splitlines()
+    flipped = [rows[0]] + [f"{text}\t{1 - int(label)}" for text, label in (row.split("\t") for row in rows[1:])]
+    (changed / "train.tsv").write_text("\n".join(flipped) + "\n")
+    stderr = _run_node(server.port, "resumed", *args, changed, out, code=2)
+    assert "its train examples changed" in stderr and f"remove {out / 'job_state.json'} to start it afresh" in stderr
+
+    summary = _run_node(server.port, "resumed", *args, web_job["data_dir"], out)
+    total = (64 + 16) // BATCH
+    assert 1 <= summary["batches_skipped"] < total and summary["batches_sent"] == total - summary["batches_skipped"]
+    assert summary["reconnects"] == 0 and not (out / "job_state.json").exists()
+    job = manager.jobs["resumed"]
+    assert [len(seqs) for seqs in job.feed.train_seqs] == [64 // BATCH] and job.samples_trained == 2 * 64
+    a = load_file(web_job["root"] / "out" / "side_network" / "side_network.safetensors")  # the fixture's straight job
+    b = load_file(out / "side_network" / "side_network.safetensors")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

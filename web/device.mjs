@@ -9,6 +9,8 @@
  *
  * Writes OUTPUT_DIR/summary.json, OUTPUT_DIR/side_network/ (side_config.json + side_network.safetensors, as the
  * Python device saves it) and OUTPUT_DIR/test_predictions.json (each test sample's id, label, prediction, logits).
+ * While the job runs OUTPUT_DIR/job_state.json keeps what resumes it: run the same command again after the process
+ * ended (killed, crashed) and the job goes on from the batches the server holds (docs/protocol.md §6b).
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -21,6 +23,8 @@ import { readDataSource } from './src/data/node_files.mjs';
 import { loadDataset } from './src/data/sources.mjs';
 import { DEFAULT_MAX_MESSAGE_BYTES, writeSafetensors } from './src/wire/frame.mjs';
 import { BundleTask, runBundleDevice } from './src/recipes/bundle_device.mjs';
+import { SavedJob } from './src/device/job_state.mjs';
+import { fileJobStore } from './src/device/node_job_store.mjs';
 
 const USAGE = `usage: node web/device.mjs --server ws://HOST:PORT --job NAME --bundle DIR --template FILE --data PATH [options]
 
@@ -38,7 +42,8 @@ const USAGE = `usage: node web/device.mjs --server ws://HOST:PORT --job NAME --b
   --cafile FILE            CA certificate(s) to verify a wss:// server
   --reconnects N           re-open a dropped connection up to N times     [30]
   --backoff-ms MS          wait between reconnects                        [2000]
-  --output-dir DIR         where the summary, side network and predictions go [runs/web-device]`;
+  --output-dir DIR         where the summary, side network and predictions go [runs/web-device];
+                           its job_state.json resumes a job the device was stopped in (remove it to start afresh)`;
 
 const OPTIONS = {
   server: { type: 'string', default: 'ws://127.0.0.1:8765' },
@@ -90,13 +95,16 @@ async function main() {
     maxTrainSamples: data.max_train_samples, maxEvalSamples: data.max_eval_samples,
   });
   const task = new BundleTask(bundle, jobTemplate, dataset);
+  const out = args['output-dir'];
+  const savedJob = await SavedJob.open(fileJobStore(out), await task.jobState(args.job));
+  if (savedJob.resume) process.stderr.write(`resuming job '${args.job}' (${savedJob.store.name})\n`);
   const total = dataset.validation.length + dataset.train.length * jobTemplate.device_epochs;
   let sent = 0;
   const socketOptions = { maxPayload: DEFAULT_MAX_MESSAGE_BYTES, perMessageDeflate: false };
   if (args.cafile !== undefined) socketOptions.ca = await readFile(args.cafile);
   const { summary, sideNet, predictions } = await runBundleDevice(task, {
     server: args.server, job: args.job, token: args.token ?? process.env.MOBILLM_TOKEN ?? null,
-    WebSocketImpl: WebSocket, socketOptions,
+    WebSocketImpl: WebSocket, socketOptions, savedJob,
     reconnects: nonNegativeInt(args.reconnects, '--reconnects'), backoffMs: nonNegativeInt(args['backoff-ms'], '--backoff-ms'),
     onSent: (stats, samples) => {
       sent += samples;
@@ -107,7 +115,6 @@ async function main() {
   });
   process.stderr.write('\n');
 
-  const out = args['output-dir'];
   await mkdir(join(out, 'side_network'), { recursive: true });
   await writeFile(join(out, 'side_network', 'side_config.json'), `${JSON.stringify(sideNet.config, null, 2)}\n`);
   await writeFile(join(out, 'side_network', 'side_network.safetensors'), writeSafetensors(sideNet.tensors, { format: 'pt' }));
@@ -115,6 +122,7 @@ async function main() {
   summary.data = args.data;
   summary.bundle = args.bundle;
   await writeFile(join(out, 'summary.json'), `${JSON.stringify(summary, null, 2)}\n`);
+  await savedJob.finished();
   const pct = (x) => `${(100 * x).toFixed(2)}%`;
   console.log(`zero-shot test accuracy ${pct(summary.zero_shot_test.accuracy)} → fine-tuned ${pct(summary.test.accuracy)} `
     + `(n ${summary.n_test}); ${summary.device_seconds_per_sample.toFixed(4)} s/sample on the device, `

@@ -8,6 +8,8 @@ SIDE_CONFIG_NAME = "side_config.json"
 SIDE_WEIGHTS_NAME = "side_network.safetensors"
 METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "summary.json"
+#: a device's saved job state (device/job_state.py), kept in its output directory while the job runs
+JOB_STATE_NAME = "job_state.json"
 #: A job's name, which names its folder under the server's --jobs-dir: 1-64 letters, digits, '_', '.', '-', never
 #: starting with '.' (so never '..'). The Hello's ``job`` field and the server's URL and token checks use it.
 JOB_NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"

@@ -61,13 +61,13 @@ describe('readBundleConfig', () => {
   });
 
   it('names every problem at once, with the file', () => {
-    const bad = { ...BUNDLE, model: undefined, shortcuts: [3, 1], opset: 16, weights: 'int2', extra: 1 };
+    const bad = { ...BUNDLE, model: undefined, shortcuts: [3, 1], opset: 16, weights: 2, extra: 1 };
     assert.throws(() => readBundleConfig(JSON.stringify(bad), 'b/bundle.json'), (err) => {
       assert.ok(err instanceof ConfigError);
       assert.deepEqual(err.problems, [
         'b/bundle.json: extra: unknown field',
         'b/bundle.json: model: missing (a string)',
-        'b/bundle.json: weights: must be one of fp32, int8, int8-dynamic, int4, int8-smooth, got "int2"',
+        'b/bundle.json: weights: must be a weight format (bundle.json as mobillm export writes it), got 2',
         'b/bundle.json: opset: must be an integer >= 17, got 16',
         'b/bundle.json: shortcuts: [3,1] must increase strictly within 1..4',
       ]);

@@ -6,7 +6,9 @@ bytes. Forward passes run in a worker thread so the connection stays responsive;
 ``window`` batches are unacked, never for a training step.
 
 :func:`stream_tensors` streams any source of Batch tensors (torch or numpy) and imports no torch: the bundle
-runtime's device uses it as is; :func:`stream` is the torch backbone's source on top of it.
+runtime's device uses it as is; :func:`stream` is the torch backbone's source on top of it. With a
+:class:`~mobillm.device.job_state.SavedJob` a job an earlier process of the device started is resumed: the
+sources skip the batches the server holds without computing them.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ import ssl
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Callable
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from mobillm.device.job_state import SavedJob
 from mobillm.device.stats import TapStats
-from mobillm.exceptions import ServerRefused
+from mobillm.exceptions import ConfigError, ServerRefused
 from mobillm.procfs import peak_rss_bytes
 from mobillm.wire.errors import ErrorCode
 from mobillm.wire.frame import DEFAULT_MAX_MESSAGE_BYTES, Framework
@@ -35,10 +39,20 @@ if TYPE_CHECKING:
     from mobillm.device.taps import TappedBackbone
     from mobillm.wire.codecs import Codec
 
-__all__ = ["StreamStats", "BatchSource", "stream", "stream_tensors"]
+__all__ = ["StreamStats", "BatchSource", "Source", "stream", "stream_tensors"]
 
-#: One Batch to send: its tensors (``Batch.tensors``) and its number of samples.
+#: Batches to send: each one's tensors (``Batch.tensors``) and its number of samples.
 BatchSource = Iterable[tuple[Mapping[str, Any], int]]
+
+
+@dataclass(frozen=True)
+class Source:
+    """The batches of one split (or one device epoch of it), in their seeded order: ``count`` of them, and
+    ``batches(skip)``, which yields every one after the first ``skip`` without computing those (a resumed job
+    skips the batches the server holds)."""
+
+    count: int
+    batches: Callable[[int], BatchSource]
 
 
 @dataclass
@@ -47,6 +61,8 @@ class StreamStats:
     bytes_sent: int = 0
     bytes_received: int = 0
     batches_sent: int = 0
+    #: batches not sent because the server held them (a job an earlier process of the device started)
+    batches_skipped: int = 0
     window_wait_seconds: float = 0.0
     #: training steps the server had done when each batch was acked (shows the overlap)
     acked_steps: list[int] = field(default_factory=list)
@@ -59,7 +75,7 @@ class StreamStats:
         return {
             "device_seconds_per_sample": self.forward.seconds / n, "bytes_per_sample": self.forward.bytes / n,
             "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received, "batches_sent": self.batches_sent,
-            "window_wait_seconds": self.window_wait_seconds, "peak_memory_bytes": peak_rss_bytes(),
+            "batches_skipped": self.batches_skipped, "window_wait_seconds": self.window_wait_seconds, "peak_memory_bytes": peak_rss_bytes(),
         }
 
     def record(self, elapsed: float) -> dict:
@@ -186,8 +202,8 @@ class _Connection:
 async def stream_tensors(
     url: str,
     hello: Hello,
-    evaluation: BatchSource,
-    train: Callable[[int], BatchSource],
+    evaluation: Source,
+    train: Callable[[int], Source],
     *,
     stats: StreamStats | None = None,
     framework: Framework = "pt",
@@ -198,6 +214,7 @@ async def stream_tensors(
     cafile: str | None = None,
     reconnects: int = 30,
     backoff: float = 2.0,
+    saved_job: SavedJob | None = None,
 ) -> tuple[Frame, StreamStats]:
     """Run one job from the device's side; return the ``SideNet`` frame (its tensors torch, or numpy with
     ``framework="np"``) and what it cost.
@@ -208,14 +225,32 @@ async def stream_tensors(
     handshake; a ``wss://`` URL is verified against the system's CAs or ``cafile``. A dropped connection is
     re-opened up to ``reconnects`` times (``backoff`` seconds apart) without losing or repeating a batch.
     ``on_sent(stats, samples)`` is called after every batch.
+
+    ``saved_job`` keeps the job's state: saved once the server welcomes the job; when an earlier process saved
+    it (``saved_job.resume``), the first Hello resumes the job and the batches the server holds are skipped,
+    every epoch's ``Done`` sent again. The caller removes the state (``saved_job.finished()``) once it has kept
+    the result.
     """
     stats = stats if stats is not None else StreamStats()
-    session = DeviceSession(hello, max_bytes=max_message_bytes, framework=framework)
+    session = DeviceSession(hello, max_bytes=max_message_bytes, framework=framework, resume=saved_job is not None and saved_job.resume)
     conn = _Connection(url, session, token, cafile, stats, reconnects, backoff)
     await conn.open()
     try:
-        async def send_all(split: str, epoch: int, source: BatchSource) -> None:
-            iterator: Iterator = iter(source)
+        sources = [evaluation] + [train(epoch) for epoch in range(device_epochs)]
+        total = sum(source.count for source in sources)
+        if session.held > total:
+            raise ConfigError(f"the server holds {session.held} batches of job {hello.job!r}, this device makes {total}: "
+                              "it is another job of that name; choose another job name")
+        if saved_job is not None:
+            saved_job.started()
+        held = session.held
+
+        async def send_all(split: str, epoch: int, source: Source) -> None:
+            nonlocal held
+            skip = min(held, source.count)
+            held -= skip
+            stats.batches_skipped += skip
+            iterator: Iterator = iter(source.batches(skip))
             while (item := await asyncio.to_thread(next, iterator, None)) is not None:
                 tensors, samples = item
                 waited = time.perf_counter()
@@ -229,8 +264,8 @@ async def stream_tensors(
                     on_sent(stats, samples)
 
         await send_all("eval", 0, evaluation)
-        for epoch in range(device_epochs):
-            await send_all("train", epoch, train(epoch))
+        for epoch, source in enumerate(sources[1:]):
+            await send_all("train", epoch, source)
             await conn.send(session.done(epoch))
         await conn.run(lambda link: link.wait_for(lambda: session.all_acked))
         await conn.send(session.get_side_net())
@@ -259,22 +294,23 @@ async def stream(
     batcher's seeded order); nothing is kept once a batch is acked (local scoring forwards the split again).
     ``noise`` is added to every tap before the codec (the same draw for a sample in every epoch and resend).
     ``options`` are :func:`stream_tensors`' keyword options (``device_epochs``, ``max_message_bytes``,
-    ``on_sent``, ``token``, ``cafile``, ``reconnects``, ``backoff``), passed on as they are."""
+    ``on_sent``, ``token``, ``cafile``, ``reconnects``, ``backoff``, ``saved_job``), passed on as they are."""
     from mobillm.device.inference import tap_batches
 
     stats = StreamStats()
 
-    def source(tapped_batches) -> BatchSource:
-        for tapped in tapped_batches:
-            b = tapped.batch
-            yield Batch.tensors(tapped.taps, sample_ids=b.sample_ids, labels=b.labels, loss_mask=b.loss_mask,
-                                attention_mask=None if pivot else b.attention_mask,
-                                last_index=None if pivot else b.last_index), len(b)
+    def source(examples: list, split: str, epoch: int, tap_stats: TapStats | None) -> Source:
+        def batches(skip: int) -> BatchSource:
+            encoded = islice(batcher.batches(examples, batch_size, shuffle=split == "train", seed=seed, epoch=epoch), skip, None)
+            for tapped in tap_batches(backbone, codec, encoded, pivot, tap_stats, noise, split):  # skipped: never forwarded
+                b = tapped.batch
+                yield Batch.tensors(tapped.taps, sample_ids=b.sample_ids, labels=b.labels, loss_mask=b.loss_mask,
+                                    attention_mask=None if pivot else b.attention_mask,
+                                    last_index=None if pivot else b.last_index), len(b)
 
-    evaluation_batches = batcher.batches(evaluation, batch_size, shuffle=False, seed=seed)
+        return Source(-(-len(examples) // batch_size), batches)
+
     return await stream_tensors(
-        url, hello, source(tap_batches(backbone, codec, evaluation_batches, pivot, None, noise, "eval")),
-        lambda epoch: source(tap_batches(backbone, codec, batcher.batches(train, batch_size, shuffle=True, seed=seed,
-                                                                          epoch=epoch), pivot, stats.forward, noise, "train")),
+        url, hello, source(evaluation, "eval", 0, None), lambda epoch: source(train, "train", epoch, stats.forward),
         stats=stats, **options,
     )

@@ -3,8 +3,9 @@ with neither torch nor transformers in the process (design §3).
 
 The same job as :mod:`mobillm.recipes.device`: the bundle's tokenizer makes the torch batcher's batches, its
 taps graph the backbone's taps, the numpy codecs the same wire tensors; they stream through the same session,
-window, resend and reconnect logic (:func:`~mobillm.device.client.stream_tensors`). The downloaded side network
-is then scored locally in numpy (:class:`~mobillm.bundle.sidenet.NpSideNetwork` and the bundle's head graph):
+window, resend and reconnect logic (:func:`~mobillm.device.client.stream_tensors`), and a job the device was
+stopped in is resumed from its output directory (``job_state.json``). The downloaded side network is then scored
+locally in numpy (:class:`~mobillm.bundle.sidenet.NpSideNetwork` and the bundle's head graph):
 test accuracy, zero-shot accuracy and agreement with the server's eval predictions. Nothing is kept per sample:
 validation and test are forwarded again for scoring, so memory does not grow with the data.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,8 @@ from mobillm.bundle.sidenet import NpSideNetwork
 from mobillm.data import TextDataset, default_template, load_dataset
 from mobillm.data.order import batch_chunks
 from mobillm.data.templates import PromptTemplate
-from mobillm.device.client import BatchSource, StreamStats, stream_tensors
+from mobillm.device.client import Source, StreamStats, stream_tensors
+from mobillm.device.job_state import JobState, JobStateFile, SavedJob
 from mobillm.device.noise import device_noise
 from mobillm.device.stats import TapStats
 from mobillm.exceptions import ConfigError
@@ -87,10 +90,13 @@ class _BundleTask:
         return ids
 
     def forward(self, examples: list, batch_size: int, split: str, *, shuffle: bool, seed: int, epoch: int = 0,
-                stats: TapStats | None = None) -> Iterator[tuple[dict, np.ndarray, list[dict], TokenBatch, list[np.ndarray]]]:
-        """For each batch, in the torch batcher's order: ``(Batch tensors, labels, encoded taps, token batch,
-        raw taps (B, T, H) per shortcut layer)``; ``split`` (train / eval / test) seeds the noise draws."""
-        for chunk in batch_chunks(len(examples), batch_size, shuffle=shuffle, seed=seed, epoch=epoch):
+                stats: TapStats | None = None, skip: int = 0,
+                ) -> Iterator[tuple[dict, np.ndarray, list[dict], TokenBatch, list[np.ndarray]]]:
+        """For each batch after the first ``skip``, in the torch batcher's order: ``(Batch tensors, labels,
+        encoded taps, token batch, raw taps (B, T, H) per shortcut layer)``; ``split`` (train / eval / test)
+        seeds the noise draws."""
+        chunks = batch_chunks(len(examples), batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
+        for chunk in islice(chunks, skip, None):
             rows = [examples[i] for i in chunk]
             start = time.perf_counter()
             sample_ids = np.array(chunk, np.int64)
@@ -108,10 +114,14 @@ class _BundleTask:
             yield tensors, labels, encoded, tokens, taps
 
     def source(self, examples: list, batch_size: int, split: str, *, shuffle: bool, seed: int, epoch: int = 0,
-               stats: TapStats | None = None) -> BatchSource:
-        for tensors, labels, *_ in self.forward(examples, batch_size, split, shuffle=shuffle, seed=seed, epoch=epoch,
-                                                stats=stats):
-            yield tensors, len(labels)
+               stats: TapStats | None = None) -> Source:
+        """:meth:`forward`'s batches to stream; those skipped are never forwarded."""
+        def batches(skip: int):
+            for tensors, labels, *_ in self.forward(examples, batch_size, split, shuffle=shuffle, seed=seed, epoch=epoch,
+                                                    stats=stats, skip=skip):
+                yield tensors, len(labels)
+
+        return Source(-(-len(examples) // batch_size), batches)
 
     def side_scorer(self, side: NpSideNetwork) -> Scorer[tuple]:
         """The side network on a :meth:`forward` batch, reading the taps through the codec's round trip as the
@@ -144,7 +154,8 @@ def _save_side_network(directory: Path, config: SideConfig, state: dict[str, np.
 
 
 def run_bundle_device(options: BundleDeviceOptions, config: TrainConfig) -> dict:
-    """Run one job on the bundle and score the downloaded side network locally; return the summary."""
+    """Run one job on the bundle and score the downloaded side network locally; return the summary. A job this
+    output directory holds the state of (``job_state.json``: the device stopped before the end) is resumed."""
     started = time.perf_counter()
     out = Path(options.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,6 +165,10 @@ def run_bundle_device(options: BundleDeviceOptions, config: TrainConfig) -> dict
         job=options.job, model=bundle.config.model, fingerprint=bundle.config.fingerprint, side_config=side_config,
         train_config=config, train_samples=len(data.train), device_epochs=options.device_epochs,
     )
+    saved_job = SavedJob(JobStateFile(out), JobState.of(
+        hello, str(options.data), {"max_length": options.max_length, "noise": options.noise},
+        {"validation": data.validation, "train": data.train},
+    ))
     metrics = MetricsLog(out / METRICS_NAME)
     stats = StreamStats()
     size, seed = config.batch_size, config.seed
@@ -168,7 +183,7 @@ def run_bundle_device(options: BundleDeviceOptions, config: TrainConfig) -> dict
             options.server, hello, task.source(data.validation, size, "eval", shuffle=False, seed=seed),
             lambda epoch: task.source(data.train, size, "train", shuffle=True, seed=seed, epoch=epoch, stats=stats.forward),
             stats=stats, framework="np", device_epochs=options.device_epochs, max_message_bytes=options.max_message_bytes,
-            on_sent=on_sent, token=options.token, cafile=options.cafile,
+            on_sent=on_sent, token=options.token, cafile=options.cafile, saved_job=saved_job,
         ))
     trained = SideConfig.parse(frame.header.config)
     side = NpSideNetwork(trained.model_dump(), frame.tensors)
@@ -191,4 +206,5 @@ def run_bundle_device(options: BundleDeviceOptions, config: TrainConfig) -> dict
     }
     metrics.write(event="device_finished", **{k: v for k, v in summary.items() if k != "data_notes"})
     write_summary(out, summary)
+    saved_job.finished()
     return summary

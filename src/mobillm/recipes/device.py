@@ -1,9 +1,10 @@
 """``mobillm device``: one fine-tuning job seen from the device, end to end.
 
 Load the backbone and the data, stream the taps to the server, download the side network, then evaluate
-backbone + side network locally — no server needed for that last part. Nothing is kept per sample: the local
-scoring forwards test (side network and zero-shot scores from the same pass) and validation (agreement with
-the server's eval) again, batch by batch, so memory does not grow with the data (design §3).
+backbone + side network locally — no server needed for that last part. A job the device was stopped in is
+resumed from its output directory (``job_state.json``, :mod:`mobillm.device.job_state`). Nothing is kept per
+sample: the local scoring forwards test (side network and zero-shot scores from the same pass) and validation
+(agreement with the server's eval) again, batch by batch, so memory does not grow with the data (design §3).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from mobillm.backbone import FrozenHead, fingerprint, public_model_id
 from mobillm.device.client import stream
 from mobillm.device.inference import evaluate_tapped, side_scorer, tap_split, zero_shot_scorer
+from mobillm.device.job_state import JobState, JobStateFile, SavedJob
 from mobillm.device.noise import device_noise
 from mobillm.device.taps import TappedBackbone
 from mobillm.files import METRICS_NAME, write_summary
@@ -56,6 +58,10 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
         return tap_split(backbone, codec, batcher, examples, config.batch_size, pivot, f"device forward ({split})",
                          noise=noise, split=split)
 
+    saved_job = SavedJob(JobStateFile(out), JobState.of(
+        hello, str(options.data), {"max_length": options.max_length, "noise": options.noise},
+        {"validation": validation, "train": data.train},
+    ))
     metrics = MetricsLog(out / METRICS_NAME)
     total = len(validation) + len(data.train) * options.device_epochs
     with tqdm(total=total, desc=f"device → {options.server}", unit="sample", disable=None) as bar:
@@ -68,7 +74,7 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
             options.server, hello, backbone, codec, batcher, data.train, validation,
             batch_size=config.batch_size, seed=config.seed, pivot=pivot, device_epochs=options.device_epochs,
             max_message_bytes=options.max_message_bytes, on_sent=on_sent, token=options.token, cafile=options.cafile,
-            noise=noise,
+            noise=noise, saved_job=saved_job,
         ))
     side = SideNetwork.from_state(SideConfig.parse(frame.header.config), frame.tensors)
     side.save_pretrained(out / "side_network")
@@ -98,4 +104,5 @@ def run_device(options: DeviceOptions, config: TrainConfig) -> dict:
     }
     metrics.write(event="device_finished", **{k: v for k, v in summary.items() if k != "data_notes"})
     write_summary(out, summary)
+    saved_job.finished()
     return summary

@@ -16,6 +16,7 @@ from mobillm.server.status import JobStatus
 from mobillm.training.device import resolve_device
 from mobillm.wire.errors import ErrorCode
 from mobillm.wire.messages import Hello
+from mobillm.wire.session import hello_differences
 
 
 class SessionManager:
@@ -80,7 +81,8 @@ class SessionManager:
                 if hello.resume:
                     return LocalSession(job)
                 if not job.wait(0):
-                    raise ProtocolError(ErrorCode.BAD_HEADER, f"job {hello.job!r} is running; reconnect with resume or use another name")
+                    raise ProtocolError(ErrorCode.BAD_HEADER, f"job {hello.job!r} is running: a device resumes it with "
+                                                      "the job state it kept (resume), any other uses another job name")
             stored = JobDir(self.jobs_dir / hello.job).stored_hello() if hello.resume else None
             resume = stored is not None
             if resume:
@@ -103,19 +105,7 @@ class SessionManager:
 
 def _same_config(held: Hello, hello: Hello) -> None:
     """Refuse a Hello for a job held with another configuration, naming the fields that differ."""
-    differ = _differences(*(h.model_dump(exclude={"token", "resume"}) for h in (held, hello)))
+    differ = hello_differences(held, hello)
     if differ:
         raise ProtocolError(ErrorCode.BAD_HEADER, f"job {hello.job!r} exists with another configuration ({', '.join(differ)} "
                                           "differ); connect with the same settings or use another job name")
-
-
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """The dotted names of the fields where two nested dicts differ."""
-    out = []
-    for key in sorted(a.keys() | b.keys()):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += _differences(x, y, f"{prefix}{key}.")
-        elif x != y:
-            out.append(prefix + key)
-    return out

@@ -11,7 +11,10 @@ to send (the shape of the websockets library's sans-I/O ``protocol.py``).
 The device's batches stay in its :class:`~mobillm.wire.protocol.SendWindow` until acked; after a dropped
 connection ``hello()`` again, and the ``Opened`` event of the new ``Welcome(last_seq)`` carries what to send
 again: the batches the server lacks, in order, the ``Done`` of every finished epoch, and a pending
-``GetSideNet``. The server-side order and duplicate rules belong to the job (``ReceiveOrder``), which outlives
+``GetSideNet``. A device started again on a job an earlier process of it began (``DeviceSession(resume=True)``,
+its job state kept: ``device/job_state.py``) sends ``resume`` from its first ``Hello``; that first ``Welcome``
+tells it how many batches the server ``held``: their seqs are not used again, and the device skips those
+batches. The server-side order and duplicate rules belong to the job (``ReceiveOrder``), which outlives
 connections. The adapters (``device/client.py``, ``server/app.py``) only move bytes; tests drive these objects
 directly (``tests/loopback.py``).
 """
@@ -42,7 +45,7 @@ from mobillm.wire.protocol import SendWindow
 
 __all__ = [
     "State", "DeviceSession", "Opened", "Acked", "SideNetArrived", "ServerSession", "HelloReceived",
-    "BatchReceived", "DoneReceived", "SideNetRequested", "Failure", "failure",
+    "BatchReceived", "DoneReceived", "SideNetRequested", "Failure", "failure", "hello_differences",
 ]
 
 
@@ -80,22 +83,32 @@ class SideNetArrived:
 class DeviceSession:
     """The device's end of one job's session, across reconnects. ``window`` exists from the first Welcome.
     Batches carry torch tensors or numpy arrays; the side network arrives as ``framework`` says (``"np"``:
-    numpy, for a device without torch)."""
+    numpy, for a device without torch).
 
-    def __init__(self, hello: Hello, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, framework: Framework = "pt"):
+    ``resume``: an earlier process of this device started the job (a restarted device, a reopened tab). The
+    first ``Hello`` then asks to resume it, and the first ``Welcome`` sets ``held``, the batches the server
+    holds (``last_seq + 1``): the next batch takes seq ``held``, and the device skips its first ``held``
+    batches, which it makes again in the same order. ``held`` is 0 for a job this process started."""
+
+    def __init__(self, hello: Hello, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, framework: Framework = "pt",
+                 resume: bool = False):
         self.hello_message, self.max_bytes, self.framework = hello, max_bytes, framework
+        self.resume = resume
         self.state = State.CLOSED
         self.window: SendWindow | None = None
+        self.held = 0
         self.done_epochs: list[int] = []
         self.side_net_pending = False
         self.opens = 0  # Welcomes received; every one after the first is a resumed session
 
     def hello(self) -> bytes:
-        """Open (or re-open) the connection: the ``Hello``, with ``resume`` once a session existed."""
+        """Open (or re-open) the connection: the ``Hello``, with ``resume`` once a session existed (or from the
+        first one, for a job an earlier process started)."""
         if self.state is not State.CLOSED:
             raise ProtocolError(ErrorCode.UNEXPECTED, f"hello on a {self.state.value} session")
         self.state = State.CONNECTING
-        return encode_message(self.hello_message.model_copy(update={"resume": self.window is not None}))
+        resume = self.resume or self.window is not None
+        return encode_message(self.hello_message.model_copy(update={"resume": resume}))
 
     def connection_lost(self) -> None:
         """The connection ended; what is unacked stays in the window for the next :meth:`hello`."""
@@ -128,6 +141,8 @@ class DeviceSession:
         self.opens += 1
         if self.window is None:
             self.window = SendWindow(welcome.window)
+            if self.resume:  # numbering goes on after what the server holds of the earlier process's batches
+                self.held = self.window.next_seq = welcome.last_seq + 1
             return Opened(welcome, [])
         resend = self.window.welcome(welcome.last_seq)
         resend += [encode_message(Done(epoch=epoch)) for epoch in self.done_epochs]
@@ -163,6 +178,23 @@ class DeviceSession:
         if self.window is None:
             raise ProtocolError(ErrorCode.UNEXPECTED, "the session has not been welcomed yet")
         return self.window
+
+
+def hello_differences(held: Hello, hello: Hello) -> list[str]:
+    """The dotted names of the fields where ``hello`` differs from ``held``, the Hello a job was started with,
+    apart from ``token`` and ``resume``: a session may attach to the job only when there are none (§3)."""
+    return _differences(*(h.model_dump(exclude={"token", "resume"}) for h in (held, hello)))
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(a.keys() | b.keys()):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(prefix + key)
+    return out
 
 
 # -- server -----------------------------------------------------------------------------------------------

@@ -7,8 +7,11 @@
  * WebSocket of its own). Browsers cannot set `Authorization` on a WebSocket, so the job token travels as a
  * subprotocol: the device offers `mobillm.v1` and `mobillm.token.<token>`, and the server echoes `mobillm.v1`
  * only (docs/protocol.md §1).
+ *
+ * With a SavedJob (device/job_state.mjs) a job an earlier process of the device started is resumed: the sources skip
+ * the batches the server holds without computing them.
  */
-import { ConnectionLost, ServerRefused } from '../exceptions.mjs';
+import { ConfigError, ConnectionLost, ServerRefused } from '../exceptions.mjs';
 import { DeviceSession } from '../wire/session.mjs';
 import { DEFAULT_MAX_MESSAGE_BYTES } from '../wire/frame.mjs';
 
@@ -25,6 +28,8 @@ export class StreamStats {
     this.bytesSent = 0;
     this.bytesReceived = 0;
     this.batchesSent = 0;
+    /** batches not sent because the server held them (a job an earlier process of the device started) */
+    this.batchesSkipped = 0;
     this.windowWaitSeconds = 0;
     /** training steps the server had done when each batch was acked (shows the overlap) */
     this.ackedSteps = [];
@@ -38,7 +43,7 @@ export class StreamStats {
     return {
       device_seconds_per_sample: this.forward.seconds / n, bytes_per_sample: this.forward.bytes / n,
       bytes_sent: this.bytesSent, bytes_received: this.bytesReceived, batches_sent: this.batchesSent,
-      window_wait_seconds: this.windowWaitSeconds, reconnects: this.reconnects,
+      batches_skipped: this.batchesSkipped, window_wait_seconds: this.windowWaitSeconds, reconnects: this.reconnects,
     };
   }
 }
@@ -224,33 +229,56 @@ class Connection {
 }
 
 /**
+ * The batches of one split (or one device epoch of it), in their seeded order, as device/client.py's Source:
+ * `count` of them, and `batches(skip)`, which yields every one after the first `skip` without computing those (a
+ * resumed job skips the batches the server holds).
+ * @typedef {{count: number, batches: (skip: number) => AsyncIterable<{tensors: object, samples: number}>}} Source
+ */
+
+/**
  * Run one job from the device's side; resolves to `{frame, stats}`: the SideNet frame and what it cost.
  *
  * Sends the `evaluation` batches first (the server can then score step 0 and every epoch), then for each epoch
- * `train(epoch)`'s batches and a Done. A source is an async iterable of `{tensors, samples}` (the Batch tensors
- * of wire/messages.mjs's `batchTensors` and the number of samples). Connects to `{url}/jobs/{job}` with the token
- * as a subprotocol. A dropped connection is re-opened up to `reconnects` times, `backoffMs` apart, without losing
- * or repeating a batch; a server's Error ends the job with a ServerRefused.
+ * `train(epoch)`'s batches and a Done. A source's batches are `{tensors, samples}` (the Batch tensors of
+ * wire/messages.mjs's `batchTensors` and the number of samples). Connects to `{url}/jobs/{job}` with the token as a
+ * subprotocol. A dropped connection is re-opened up to `reconnects` times, `backoffMs` apart, without losing or
+ * repeating a batch; a server's Error ends the job with a ServerRefused.
+ *
+ * `savedJob` keeps the job's record: saved once the server welcomes the job; when an earlier process saved it
+ * (`savedJob.resume`), the first Hello resumes the job and the batches the server holds are skipped, every epoch's
+ * Done sent again. The caller removes the record (`savedJob.finished()`) once it has kept the result.
  *
  * @param {string} url ws:// or wss:// address of a `mobillm serve`
  * @param {object} hello the Hello's fields (wire/messages.mjs)
- * @param {AsyncIterable<{tensors: object, samples: number}>} evaluation
- * @param {(epoch: number) => AsyncIterable<{tensors: object, samples: number}>} train
+ * @param {Source} evaluation
+ * @param {(epoch: number) => Source} train
  * @param {object} options `WebSocketImpl` (the browser's WebSocket, or Node's `ws`), `token`, `socketOptions`
  *   (passed to the constructor, e.g. `ws`'s `{maxPayload, ca}`), `stats`, `deviceEpochs` (1), `maxMessageBytes`,
- *   `onSent(stats, samples)`, `reconnects` (30), `backoffMs` (2000)
+ *   `onSent(stats, samples)`, `reconnects` (30), `backoffMs` (2000), `savedJob` (a job_state.mjs SavedJob)
  */
 export async function streamTensors(url, hello, evaluation, train, options) {
   const {
     WebSocketImpl, token = null, socketOptions, stats = new StreamStats(), deviceEpochs = 1,
-    maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES, onSent = null, reconnects = 30, backoffMs = 2000,
+    maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES, onSent = null, reconnects = 30, backoffMs = 2000, savedJob = null,
   } = options;
-  const session = new DeviceSession(hello, { maxBytes: maxMessageBytes });
+  const session = new DeviceSession(hello, { maxBytes: maxMessageBytes, resume: savedJob?.resume ?? false });
   const conn = new Connection(url, session, stats, { token, WebSocketImpl, socketOptions, reconnects, backoffMs });
   await conn.open();
   try {
+    const sources = [evaluation];
+    for (let epoch = 0; epoch < deviceEpochs; epoch += 1) sources.push(train(epoch));
+    const total = sources.reduce((n, source) => n + source.count, 0);
+    if (session.held > total) {
+      throw new ConfigError(`the server holds ${session.held} batches of job '${session.helloMessage.job}', this device makes `
+        + `${total}: it is another job of that name; choose another job name`);
+    }
+    await savedJob?.started();
+    let held = session.held;
     const sendAll = async (split, epoch, source) => {
-      for await (const { tensors, samples } of source) {
+      const skip = Math.min(held, source.count);
+      held -= skip;
+      stats.batchesSkipped += skip;
+      for await (const { tensors, samples } of source.batches(skip)) {
         const waited = performance.now();
         await conn.run((link) => link.waitFor(() => !session.windowFull));
         stats.windowWaitSeconds += (performance.now() - waited) / 1000;
@@ -263,7 +291,7 @@ export async function streamTensors(url, hello, evaluation, train, options) {
     };
     await sendAll('eval', 0, evaluation);
     for (let epoch = 0; epoch < deviceEpochs; epoch += 1) {
-      await sendAll('train', epoch, train(epoch));
+      await sendAll('train', epoch, sources[epoch + 1]);
       await conn.send(session.done(epoch));
     }
     await conn.run((link) => link.waitFor(() => session.allAcked));

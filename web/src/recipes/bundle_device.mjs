@@ -7,7 +7,8 @@
  * test are forwarded again for scoring.
  *
  * The job's settings come from a template built in Python (`mobillm template`, recipes/job_template.py), so the
- * web device never guesses a default; the data decide the label names, their words and the prompt.
+ * web device never guesses a default; the data decide the label names, their words and the prompt. A job the device
+ * was stopped in is resumed from its record (`task.jobState` kept in a device/job_state.mjs store).
  */
 import { ConfigError } from '../exceptions.mjs';
 import { batchChunks } from '../data/order.mjs';
@@ -17,6 +18,7 @@ import { batchTensors } from '../wire/messages.mjs';
 import { int64, tensor } from '../wire/tensor.mjs';
 import { SideNetwork } from '../bundle/sidenet.mjs';
 import { deviceNoise } from '../device/noise.mjs';
+import { jobState } from '../device/job_state.mjs';
 import { Evaluator } from '../scoring.mjs';
 import { streamTensors, StreamStats } from '../device/client.mjs';
 
@@ -92,12 +94,26 @@ export class BundleTask {
   }
 
   /**
-   * For each batch of `examples`, in the Python device's order: `{tensors, labels, sampleIds, encoded, tokens, taps}`.
-   * `stats` (forward seconds, samples, bytes) counts the work when given.
+   * The record of `job` that device/job_state.mjs keeps to resume it: the Hello, `max_length` and the digests of
+   * the validation and train examples (Python's bundle device keeps the same).
+   * @param {string} job
    */
-  async *forward(examples, { shuffle, epoch = 0, stats = null }) {
+  jobState(job) {
+    return jobState(this.hello(job), this.data.name, { max_length: this.maxLength },
+      { validation: this.data.validation, train: this.data.train }, this.jobTemplate.mobillm_version);
+  }
+
+  /**
+   * For each batch of `examples` after the first `skip`, in the Python device's order:
+   * `{tensors, labels, sampleIds, encoded, tokens, taps}`. `stats` (forward seconds, samples, bytes) counts the work
+   * when given.
+   */
+  async *forward(examples, { shuffle, epoch = 0, stats = null, skip = 0 }) {
     const { prefix, suffix } = this.prompt;
+    let index = 0;
     for (const chunk of batchChunks(examples.length, this.trainConfig.batch_size, { shuffle, seed: this.trainConfig.seed, epoch })) {
+      index += 1;
+      if (index <= skip) continue; // held by the server: never forwarded
       const started = performance.now();
       const rows = chunk.map((i) => examples[i]);
       const tok = this.bundle.tokenizer;
@@ -121,9 +137,18 @@ export class BundleTask {
     }
   }
 
-  /** `forward`'s batches as a stream source: `{tensors, samples}`. */
-  async *source(examples, options) {
-    for await (const batch of this.forward(examples, options)) yield { tensors: batch.tensors, samples: batch.labels.data.length };
+  /**
+   * `forward`'s batches as a stream source (device/client.mjs's Source): their count, and `{tensors, samples}` for
+   * each after the first `skip`.
+   */
+  source(examples, options) {
+    const forward = (skip) => this.forward(examples, { ...options, skip });
+    return {
+      count: Math.ceil(examples.length / this.trainConfig.batch_size),
+      async* batches(skip) {
+        for await (const batch of forward(skip)) yield { tensors: batch.tensors, samples: batch.labels.data.length };
+      },
+    };
   }
 
   /** (B, H) top hidden states -> a promise of (B, C) logits of the label words' rows of the frozen head. */
@@ -157,7 +182,9 @@ export class BundleTask {
  *
  * @param {BundleTask} task
  * @param {object} options `server` (ws:// or wss:// URL), `job`, `token`, `WebSocketImpl`, `socketOptions`,
- *   `maxMessageBytes`, `reconnects`, `backoffMs`, `onSent(stats, samples)`
+ *   `maxMessageBytes`, `reconnects`, `backoffMs`, `onSent(stats, samples)`, `savedJob` (a job_state.mjs SavedJob of
+ *   `task.jobState(job)`: resumes the job its store held; the caller calls `savedJob.finished()` once it has kept
+ *   the result)
  * @returns {Promise<{summary: object, sideNet: {config: object, tensors: object}, predictions: object}>}
  */
 export async function runBundleDevice(task, options) {

@@ -10,7 +10,10 @@
  *
  * The batches stay in the SendWindow until acked; after a dropped connection `hello()` again, and the 'opened'
  * event of the new Welcome(last_seq) carries what to send again: the batches the server lacks, in order, the Done
- * of every finished epoch, and a pending GetSideNet.
+ * of every finished epoch, and a pending GetSideNet. A device started again on a job an earlier process of it began
+ * (`{resume: true}`, its job state kept: device/job_state.mjs) sends `resume` from its first Hello; that first
+ * Welcome tells it how many batches the server `held`: their seqs are not used again, and the device skips those
+ * batches.
  */
 import { ProtocolError, ServerRefused } from '../exceptions.mjs';
 import { DEFAULT_MAX_MESSAGE_BYTES } from './frame.mjs';
@@ -24,29 +27,42 @@ export const State = Object.freeze({
   CLOSED: 'closed', // the connection ended; the device may open it again
 });
 
-/** The device's end of one job's session, across reconnects; `window` exists from the first Welcome. */
+/**
+ * The device's end of one job's session, across reconnects; `window` exists from the first Welcome.
+ *
+ * `resume`: an earlier process of this device started the job (a reopened tab, a restarted device). The first Hello
+ * then asks to resume it, and the first Welcome sets `held`, the batches the server holds (`last_seq + 1`): the next
+ * batch takes seq `held`, and the device skips its first `held` batches, which it makes again in the same order.
+ * `held` is 0 for a job this process started.
+ */
 export class DeviceSession {
   /**
    * @param {object} hello the Hello's fields (job, token, model, fingerprint, side_config, train_config,
    *   train_samples, device_epochs); validated here (ProtocolError bad_header)
-   * @param {{maxBytes?: number}} [options] the largest message accepted from the server
+   * @param {{maxBytes?: number, resume?: boolean}} [options] the largest message accepted from the server; whether
+   *   an earlier process started the job
    */
-  constructor(hello, { maxBytes = DEFAULT_MAX_MESSAGE_BYTES } = {}) {
+  constructor(hello, { maxBytes = DEFAULT_MAX_MESSAGE_BYTES, resume = false } = {}) {
     this.helloMessage = makeHeader({ ...hello, type: 'hello' });
     this.maxBytes = maxBytes;
+    this.resume = resume;
     this.state = State.CLOSED;
     /** @type {SendWindow | null} */
     this.window = null;
+    this.held = 0;
     this.doneEpochs = [];
     this.sideNetPending = false;
     this.opens = 0; // Welcomes received; every one after the first is a resumed session
   }
 
-  /** Open (or re-open) the connection: the Hello's bytes, with `resume` once a session existed. */
+  /**
+   * Open (or re-open) the connection: the Hello's bytes, with `resume` once a session existed (or from the first
+   * one, for a job an earlier process started).
+   */
   hello() {
     if (this.state !== State.CLOSED) throw new ProtocolError('unexpected', `hello on a ${this.state} session`);
     this.state = State.CONNECTING;
-    return encodeMessage({ ...this.helloMessage, resume: this.window !== null });
+    return encodeMessage({ ...this.helloMessage, resume: this.resume || this.window !== null });
   }
 
   /** The connection ended; what is unacked stays in the window for the next `hello()`. */
@@ -89,6 +105,10 @@ export class DeviceSession {
     this.opens += 1;
     if (this.window === null) {
       this.window = new SendWindow(welcome.window);
+      if (this.resume) { // numbering goes on after what the server holds of the earlier process's batches
+        this.held = welcome.last_seq + 1;
+        this.window.nextSeq = this.held;
+      }
       return { kind: 'opened', welcome, resend: [] };
     }
     const resend = this.window.welcome(welcome.last_seq);
@@ -137,4 +157,30 @@ export class DeviceSession {
     if (this.window === null) throw new ProtocolError('unexpected', 'the session has not been welcomed yet');
     return this.window;
   }
+}
+
+/**
+ * The dotted names of the fields where `hello` differs from `held`, the Hello a job was started with, apart from
+ * `token` and `resume` (as wire/session.py's `hello_differences`): a session may attach to the job only when there
+ * are none (docs/protocol.md §3). Both are headers as `makeHeader` writes them.
+ * @param {object} held
+ * @param {object} hello
+ * @returns {string[]}
+ */
+export function helloDifferences(held, hello) {
+  const strip = ({ token, resume, ...rest }) => rest;
+  return differences(strip(held), strip(hello), '');
+}
+
+const isPlainObject = (x) => x !== null && typeof x === 'object' && !Array.isArray(x);
+
+function differences(a, b, prefix) {
+  const out = [];
+  for (const key of [...new Set([...Object.keys(a), ...Object.keys(b)])].sort()) {
+    const x = a[key];
+    const y = b[key];
+    if (isPlainObject(x) && isPlainObject(y)) out.push(...differences(x, y, `${prefix}${key}.`));
+    else if (JSON.stringify(x) !== JSON.stringify(y)) out.push(prefix + key);
+  }
+  return out;
 }

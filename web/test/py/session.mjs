@@ -71,7 +71,7 @@ function describeResent(data, sent) {
 function observe(session, step, outcome, sent) {
   if ('expect' in step) {
     const held = {
-      state: session.state, opens: session.opens, side_net_pending: session.sideNetPending,
+      state: session.state, opens: session.opens, held: session.held, side_net_pending: session.sideNetPending,
       window_full: () => session.windowFull, all_acked: () => session.allAcked,
       pending: () => [...session.window.pending.keys()],
     };
@@ -103,7 +103,9 @@ function failure(err) {
  * @returns {object[]}
  */
 export function runCase(testCase) {
-  const session = new DeviceSession(RULES.hello, testCase.max_bytes ? { maxBytes: testCase.max_bytes } : {});
+  const options = { resume: testCase.resume ?? false };
+  if (testCase.max_bytes) options.maxBytes = testCase.max_bytes;
+  const session = new DeviceSession(RULES.hello, options);
   const sent = new Map();
   return testCase.steps.map((step) => {
     let seen;
