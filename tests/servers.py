@@ -45,7 +45,8 @@ def start_server(jobs_dir, *options: str) -> tuple[subprocess.Popen, int]:
 class ThreadServer:
     """The server's asyncio loop on a background thread of this process (for tests that instrument it)."""
 
-    def __init__(self, manager: SessionManager, window: int = 8, tokens=None, tls=None, limits=None, status=False):
+    def __init__(self, manager: SessionManager, window: int = 8, tokens=None, tls=None, limits=None, status=False,
+                 web=None):
         self.port: int | None = None
         ready = threading.Event()
 
@@ -55,7 +56,8 @@ class ThreadServer:
 
         self.thread = threading.Thread(
             target=asyncio.run,
-            args=(run_server(manager, "127.0.0.1", 0, limits or Limits(window=window), on_ready, tokens, tls, status),),
+            args=(run_server(manager, "127.0.0.1", 0, limits or Limits(window=window), on_ready, tokens, tls, status,
+                             web),),
             daemon=True,
         )
         self.thread.start()

@@ -141,7 +141,8 @@ BundleDir = Annotated[Optional[Path], typer.Option(
 Threads = Annotated[int, typer.Option(help="with --runtime onnx: ONNX Runtime CPU threads")]
 DeviceRuntime = Annotated[DeviceRuntimeName, typer.Option(
     "--runtime", help="auto: onnx for classification, torch for causal-lm; onnx: a device bundle on ONNX Runtime, no "
-                      "torch in the device's process (--bundle, or exported from --model once into OUTPUT_DIR/bundle); "
+                      "torch in the device's process (--bundle, or exported from --model once into the bundle cache, "
+                      "$MOBILLM_CACHE/bundles or ~/.cache/mobillm/bundles); "
                       "torch: the backbone in PyTorch")]
 DeviceBundleDir = Annotated[Optional[Path], typer.Option(
     "--bundle", help="with --runtime onnx/auto: a device bundle (mobillm export) to run; its backbone replaces --model")]
@@ -297,6 +298,11 @@ def serve(
         "--device", metavar="auto|cpu|cuda[:N]",
         help="where side networks train: 'auto' = the first CUDA device when there is one, else the CPU (with --ray: "
              "each actor's reserved GPU share)")] = "auto",
+    web: Annotated[Optional[str], typer.Option(
+        "--web", metavar="MODEL[:FORMAT]",
+        help="also serve the web device at /device: the page, and the device bundle of MODEL in FORMAT (a bundle "
+             f"weight format, default {DEFAULT_BUNDLE_WEIGHTS}), exported at start-up into the bundle cache "
+             "($MOBILLM_CACHE/bundles or ~/.cache/mobillm/bundles) unless it is there already")] = None,
 ) -> None:
     """Run the server: trains side networks from the activations devices stream to it."""
     import asyncio
@@ -342,17 +348,67 @@ def serve(
         if tokens is not None and not tokens.has_status_token():
             _fail(MobillmError(f"--status with --auth needs the status token: run `mobillm token create --status "
                                f"--jobs-dir {jobs_dir}` first (or serve with --no-status)"))
-        logging.getLogger("websockets.server").setLevel(logging.WARNING)  # not a line for every page poll
+    if status or web is not None:
+        logging.getLogger("websockets.server").setLevel(logging.WARNING)  # not a line for every page poll or file
+    site = None
+    if web is not None:
+        try:
+            site = web_site(web, tls is not None)
+        except (MobillmError, ValidationError, OSError) as err:
+            _fail(err)
 
     def ready(bound: int) -> None:
         print(f"mobillm server listening on {'wss' if tls else 'ws'}://{host}:{bound}", flush=True)
         if status:
             print(f"status page: {'https' if tls else 'http'}://{host}:{bound}/status", flush=True)
+        if site is not None:
+            print(f"device page: {'https' if tls else 'http'}://{host}:{bound}/device (send a phone its link: "
+                  "mobillm token create --job NAME --link URL)", flush=True)
 
     try:
-        asyncio.run(run_server(manager, host, port, limits, ready, tokens, tls, status))
+        asyncio.run(run_server(manager, host, port, limits, ready, tokens, tls, status, site))
     except KeyboardInterrupt:
         pass
+
+
+def web_site(spec: str, tls: bool):
+    """The ``/device`` site of ``serve --web MODEL[:FORMAT]``: the bundle taken from the cache (exported now if it is
+    not there: start-up, never a request), the template of a job on it with every default (``mobillm template``'s),
+    and the page's files hashed."""
+    from mobillm.bundle.config import WEIGHT_FORMATS, BundleConfig
+    from mobillm.recipes.job_bundle import bundle_files, job_bundle
+    from mobillm.recipes.job_template import job_template
+    from mobillm.recipes.options import SideOptions
+    from mobillm.server.web import DeviceSite, ServedBundle, WebFiles
+    from mobillm.train_config import TrainConfig
+
+    model, colon, weights = spec.rpartition(":")
+    if not colon:
+        model, weights = spec, DEFAULT_BUNDLE_WEIGHTS
+    if not model or weights not in WEIGHT_FORMATS:
+        raise MobillmError(f"--web {spec!r}: give MODEL or MODEL:FORMAT, FORMAT one of {', '.join(WEIGHT_FORMATS)}")
+    directory = job_bundle(model, None, weights)
+    template = job_template(BundleConfig.load(directory), SideOptions(), 1, TrainConfig.parse({"method": "side"}))
+    return DeviceSite(WebFiles.checkout(), ServedBundle(directory, bundle_files(directory), template), tls)
+
+
+def device_page(url: str) -> str:
+    """The device page of the server at ``url`` (``URL/device``); refuses what a phone could not open."""
+    from urllib.parse import urlsplit
+
+    from mobillm.server.web import PREFIX
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise MobillmError(f"--link {url!r}: give the server's address as the phone reaches it, e.g. "
+                           "https://192.168.1.20:8765 (https:// for threads and offline use: see the README)")
+    return url.rstrip("/") + PREFIX
+
+
+def device_link(page: str, job: str, token: str) -> str:
+    """The link that opens ``page`` for ``job``: the job and token in the fragment (``#job=NAME&token=TOKEN``), which
+    browsers never send to a server; the page reads it, then removes it from the address bar."""
+    return f"{page}#job={job}&token={token}"
 
 
 token_app = typer.Typer(help="per-job tokens that devices present to the server", no_args_is_help=True)
@@ -365,28 +421,37 @@ def token_create(
     status: Annotated[bool, typer.Option("--status", help="instead: the token of the status page and /metrics (mobillm serve --status)")] = False,
     jobs_dir: Annotated[Path, typer.Option(help="the server's --jobs-dir")] = Path("runs/jobs"),
     replace: Annotated[bool, typer.Option(help="revoke the current token")] = False,
+    link: Annotated[Optional[str], typer.Option(
+        metavar="URL", help="with --job: also print, on a second line, the device link of a server serving --web at URL "
+                            "(URL/device#job=NAME&token=TOKEN: the token in the fragment, never sent to a server)")] = None,
 ) -> None:
     """Create a job's token (or the status page's); it is printed once and only its salted hash is stored."""
     from mobillm.server.auth import TokenStore
 
     if (job is None) == (not status):
         _fail(MobillmError("give either --job NAME (a job's token) or --status (the status page's token)"))
+    if link is not None and job is None:
+        _fail(MobillmError("--link makes a job's device link: give it with --job NAME"))
     try:
+        page = None if link is None else device_page(link)  # a bad URL is refused before a token is made
         store = TokenStore(jobs_dir)
-        print(store.create_status(replace=replace) if status else store.create(job, replace=replace))
+        token = store.create_status(replace=replace) if status else store.create(job, replace=replace)
     except MobillmError as err:
         _fail(err)
+    print(token)
+    if page is not None:
+        print(device_link(page, job, token))
 
 
 def _device(args: dict) -> dict:
-    from mobillm.recipes.job_bundle import BUNDLE_DIR, job_bundle
+    from mobillm.recipes.job_bundle import job_bundle
 
     config = _train_config(args, "evals_per_epoch", "idle_replays", method="side")
     runtime, bundle, weights = args.pop("runtime"), args.pop("bundle"), args.pop("bundle_weights")
     if runtime == "auto":  # the bundle runtime runs classification jobs
         runtime = "onnx" if bundle is not None or args["task"] == "classification" else "torch"
     if runtime == "onnx" and bundle is None:
-        bundle = job_bundle(args["model"], args["shortcuts"], weights, Path(args["output_dir"]) / BUNDLE_DIR)
+        bundle = job_bundle(args["model"], args["shortcuts"], weights)
     bundle = _bundle_of(runtime, bundle)
     threads = args.pop("threads")
     if bundle is not None:  # torch and transformers are never imported on this path

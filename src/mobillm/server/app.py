@@ -4,7 +4,8 @@ the jobs.
 
 Every inbound failure becomes an ``Error`` message and a close code for that one connection; nothing a
 device sends can stop the server or touch another job. With ``status`` the same port also answers the status
-page, its JSON and Prometheus' ``/metrics`` (:mod:`mobillm.server.status`).
+page, its JSON and Prometheus' ``/metrics`` (:mod:`mobillm.server.status`); with ``web`` the web device's page and
+bundle under ``/device`` (:mod:`mobillm.server.web`, streamed by :mod:`mobillm.server.download`).
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from websockets.http11 import Request, Response
 from mobillm import __version__
 from mobillm.exceptions import ProtocolError
 from mobillm.server.auth import JOB_NAME, SUBPROTOCOL, TokenStore, authenticate, select_subprotocol
+from mobillm.server.download import StreamingConnection
 from mobillm.server.endpoints import StatusEndpoints, TokenCheckEndpoint
 from mobillm.server.prometheus import ServerMetrics
 from mobillm.server.sessions import JobSession, Sessions
 from mobillm.server.status import ServerStatus, SessionError
+from mobillm.server.web import DeviceSite
 from mobillm.wire.errors import ErrorCode
 from mobillm.wire.frame import DEFAULT_MAX_MESSAGE_BYTES
 from mobillm.wire.messages import encode_message
@@ -204,12 +207,19 @@ class Server:
 async def run_server(
     manager: Sessions, host: str, port: int, limits: Limits = Limits(), ready=None,
     tokens: TokenStore | None = None, tls: ssl.SSLContext | None = None, status: bool = False,
+    web: DeviceSite | None = None,
 ) -> None:
-    """Serve until cancelled. ``ready`` (optional callable) receives the bound port (useful with port 0)."""
+    """Serve until cancelled. ``ready`` (optional callable) receives the bound port (useful with port 0). ``web``:
+    also answer ``/device`` (its connections stream files and apply the open timeout themselves)."""
     server = Server(manager, limits, tokens, status)
+    streaming = {}
+    if web is not None:
+        streaming = dict(create_connection=StreamingConnection.serving(web.answer), open_timeout=None)
+        if tls is not None:
+            streaming["ssl_handshake_timeout"] = StreamingConnection.open_timeout
     async with serve(
         server.handle, host, port, max_size=limits.max_message_bytes, compression=None, ping_timeout=None,
-        process_request=server.process_request, select_subprotocol=select_subprotocol, ssl=tls,
+        process_request=server.process_request, select_subprotocol=select_subprotocol, ssl=tls, **streaming,
     ) as ws_server:
         bound = ws_server.sockets[0].getsockname()[1]
         if ready:
