@@ -84,7 +84,7 @@ async function loadConfig() {
 
 /** What the bundle reader has downloaded, and whether the browser keeps it. */
 function drawDownload(stats) {
-  const where = stats.kept ? 'kept on this device' : 'not kept: no Cache Storage here';
+  const where = stats.kept ? 'kept on this device' : `not kept: ${stats.notKept}`;
   const got = stats.downloaded === 0 ? 'none' : `${formatBytes(stats.downloaded)} downloaded`;
   setField('progress', 'download', `${got}, ${where}`);
 }

@@ -124,7 +124,22 @@ describe('the bundle reader over Cache Storage', () => {
     assert.deepEqual(await second.readFile('bundle.json'), files['bundle.json']);
     assert.deepEqual(await second.readFile('lm_head.safetensors', [4, 8]), bytes('4567'));
     assert.equal(server.requests.length, 2);
-    assert.deepEqual(second.stats, { downloaded: 0, cached: 12, kept: true });
+    assert.deepEqual(second.stats, { downloaded: 0, cached: 12, kept: true, notKept: null });
+  });
+
+  it('goes on without keeping when the browser refuses to store a file (its quota), and keeps none of the bundle', async () => {
+    const caches = fakeCaches();
+    const server = fakeServer(base, files);
+    const first = await cachedReader(description, { caches, fetchImpl: server.fetchImpl });
+    assert.deepEqual(await first.readFile('bundle.json'), files['bundle.json']);
+    const cache = await caches.open(BUNDLE_CACHE);
+    cache.put = async () => { throw new Error('Unexpected internal error.'); };
+    assert.deepEqual(await first.readFile('lm_head.safetensors'), files['lm_head.safetensors']);
+    assert.equal(first.stats.kept, false);
+    assert.match(first.stats.notKept, /refused to keep lm_head\.safetensors \(0\.0 MiB\): Unexpected internal error/);
+    assert.equal(caches.entries.size, 0); // half a bundle is not kept either
+    assert.deepEqual(await first.readFile('lm_head.safetensors', [0, 4]), bytes('0123')); // and it still reads
+    assert.equal(server.requests.length, 3);
   });
 
   it('answers null for a file the bundle does not list, without asking the server', async () => {

@@ -4,7 +4,8 @@
  * its URL, a byte span of it (the LM head's label rows) under its URL with `?bytes=START-END`; the bundle's base
  * URL is content-addressed (`/device/bundle/<key>/`), so a kept file never goes stale, and the files of any other
  * bundle are deleted when a reader opens. Outside a secure context there is no Cache Storage: the reader then
- * downloads what it reads, every time.
+ * downloads what it reads, every time; so does a browser that refuses to keep a file (its storage quota: a private
+ * window, or a phone short of space), which then says why in `stats.notKept` — the job goes on either way.
  */
 import { ConfigError } from '../exceptions.mjs';
 import { urlReader } from '../bundle/runtime.mjs';
@@ -39,12 +40,12 @@ export function cacheKey(root, name, range) {
  * @param {object} [options] `caches` (the browser's CacheStorage, or undefined where it has none), `fetchImpl`,
  *   `onBytes(n)` told the size of each downloaded chunk
  * @returns {Promise<{readFile: (name: string, range?: [number, number]) => Promise<Uint8Array | null>,
- *   stats: {downloaded: number, cached: number, kept: boolean}}>} `stats`: bytes downloaded and read from the
- *   cache so far; `kept`: whether anything is kept at all
+ *   stats: {downloaded: number, cached: number, kept: boolean, notKept: string | null}}>} `stats`: bytes downloaded
+ *   and read from the cache so far; `kept`: whether the bundle is kept; `notKept`: why not
  */
 export async function cachedReader(bundle, { caches = globalThis.caches, fetchImpl = globalThis.fetch, onBytes = () => {} } = {}) {
   const root = bundle.base.endsWith('/') ? bundle.base : `${bundle.base}/`;
-  const stats = { downloaded: 0, cached: 0, kept: caches !== undefined };
+  const stats = { downloaded: 0, cached: 0, kept: caches !== undefined, notKept: caches === undefined ? 'no Cache Storage here' : null };
   const fetchCounted = async (url, init) => counted(await fetchImpl(url, init), (n) => {
     stats.downloaded += n;
     onBytes(n);
@@ -72,15 +73,27 @@ export async function cachedReader(bundle, { caches = globalThis.caches, fetchIm
       throw new ConfigError(`bundle file ${name}: got ${bytes.length} bytes, expected ${size(name, range)}; `
         + 'reload the page to download it again');
     }
-    if (cache !== null) await cache.put(key, new Response(bytes, { headers: { 'Content-Type': 'application/octet-stream' } }));
+    if (cache !== null && stats.notKept === null) await keep(key, name, bytes);
     return bytes;
+  };
+  /** Keep a downloaded file; a refusal (quota) stops keeping this bundle, whose kept files are then removed. */
+  const keep = async (key, name, bytes) => {
+    try {
+      await cache.put(key, new Response(bytes, { headers: { 'Content-Type': 'application/octet-stream' } }));
+    } catch (err) {
+      stats.kept = false;
+      stats.notKept = `the browser refused to keep ${name} (${formatSize(bytes.length)}): ${err.message}`;
+      await forgetOthers(cache, null);
+    }
   };
   return { readFile, stats };
 }
 
-/** Delete every kept file that is not under `root` (an earlier bundle's). */
+const formatSize = (n) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+
+/** Delete every kept file that is not under `root` (an earlier bundle's; with `root` null, every one). */
 async function forgetOthers(cache, root) {
   for (const request of await cache.keys()) {
-    if (!request.url.startsWith(root)) await cache.delete(request);
+    if (root === null || !request.url.startsWith(root)) await cache.delete(request);
   }
 }
