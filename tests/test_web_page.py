@@ -4,8 +4,9 @@ socket), the files picked in the page, the job run by the web device's modules โ
 to the Python bundle runtime's on the side network it downloaded, no text and no token id on the wire, then a
 second visit that downloads nothing and classifies offline with the model the browser kept; a tab closed mid-job
 and opened again that resumes the job with nothing lost (a changed file refused); and a job over TLS from a
-non-local host name, where the page is cross-origin isolated. The page after the job is docs/web-device.png
-(rewritten only with MOBILLM_SCREENSHOT=1; otherwise the screenshot goes to the test's tmp dir).
+non-local host name, where the page is cross-origin isolated. The screenshot of the page after the job goes to the
+test's tmp dir (to docs/web-device.png with MOBILLM_SCREENSHOT=1: the tiny model's page; the README's picture is a
+SmolLM2 job's, BENCHMARKS ยง20).
 
 The server runs on a thread of this process with the site that `mobillm serve --web` serves (so the capture
 sees every message at its protocol layer).
