@@ -332,3 +332,17 @@ def test_cli_export_from_a_device_checkpoint(tmp_path):
     bundle = Bundle.load(tmp_path / "bundle")
     assert bundle.config.model == model_dir and bundle.config.weights == "int8"
     assert [t.shape for t in bundle.taps(np.array([[5, 6, 7]]), np.ones((1, 3), np.int64))] == [(1, 3, 32)] * 2
+
+
+def test_an_exported_bundle_is_readable_by_everyone(exported, tmp_path):
+    """A web server running as another user reads the bundle it serves: no file (safetensors writes the LM head
+    0600) nor the folder (a 0700 temp folder in the bundle cache) keeps its read bits from the group and others."""
+    import stat
+
+    staging = tmp_path / "staging"
+    staging.mkdir(mode=0o700)
+    quantize_bundle(exported["llama"], staging, "int8")
+    for bundle in (exported["llama"], staging):
+        assert stat.S_IMODE(bundle.stat().st_mode) & 0o555 == 0o555
+        for path in bundle.iterdir():
+            assert stat.S_IMODE(path.stat().st_mode) & 0o444 == 0o444, path.name

@@ -223,8 +223,19 @@ def _quantize_bundle(source: Path, directory: Path, weights: str, log: Callable[
         shutil.copyfile(source / name, directory / name)
     config = config.model_copy(update={"weights": weights})
     config.save(directory)
+    _readable(directory)
     log(f"wrote {directory}")
     return config
+
+
+def _readable(directory: Path) -> None:
+    """Give the bundle and its files read permission for everyone (a public model's graphs): some writers create
+    theirs 0600 (safetensors' LM head), and an export folder may be a 0700 temp folder, which a web server running
+    as another user could not read (``mobillm serve --web`` serves the bundle)."""
+    directory.chmod(directory.stat().st_mode | 0o555)
+    for path in directory.iterdir():
+        if path.is_file():
+            path.chmod(path.stat().st_mode | 0o444)
 
 
 class _Without(logging.Filter):
@@ -332,6 +343,7 @@ def _export_fp32(model, tokenizer, directory: Path, shortcuts: list[int], source
         chat_template=getattr(tokenizer, "chat_template", None) or None, opset=OPSET,
     )
     config.save(directory)
+    _readable(directory)
     return config
 
 
