@@ -41,7 +41,7 @@ browser:
 ## The whole test suite: the web device's JavaScript unit tests (Node's runner), then pytest (which runs the
 ## cross-language and end-to-end tests of the web device too).
 test: $(STAMP) $(WEB_STAMP) browser
-	cd web && node --test test/*.test.mjs
+	cd web && node --test
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean:

@@ -5,10 +5,12 @@ Hello-then-messages client. (Import as ``from servers import ...``.)"""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
@@ -76,12 +78,11 @@ def device_setup(model_dir, data_dir, codec="int8", max_train=None):
     return hello, TappedBackbone(model, [2, 4]), get_codec(codec), Batcher(tokenizer, template), data
 
 
-class CuttingProxy:
-    """A loopback TCP proxy that cuts each of its first ``cuts`` connections after ``after`` bytes from the device.
-    Connections go to the ``targets`` ports in turn (a round-robin load balancer)."""
+class LoopbackProxy:
+    """A loopback TCP proxy on a thread of its own, listening on ``port``; a subclass sets its attributes, then
+    calls this ``__init__``, and says in ``_handle`` what happens to each connection (``connections`` so far)."""
 
-    def __init__(self, targets: list[int], cuts: int, after: int):
-        self.targets, self.cuts, self.after = targets, cuts, after
+    def __init__(self):
         self.connections = 0
         self.port: int | None = None
         ready = threading.Event()
@@ -93,6 +94,28 @@ class CuttingProxy:
         self.port = server.sockets[0].getsockname()[1]
         ready.set()
         await server.serve_forever()
+
+    async def _handle(self, device_r, device_w) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    async def _until_one_ends(pipes, writers) -> None:
+        """Run the two directions' ``pipes`` until one ends, then close both sides at once."""
+        tasks = [asyncio.create_task(pipe) for pipe in pipes]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        for writer in writers:
+            writer.transport.abort()
+
+
+class CuttingProxy(LoopbackProxy):
+    """A loopback TCP proxy that cuts each of its first ``cuts`` connections after ``after`` bytes from the device.
+    Connections go to the ``targets`` ports in turn (a round-robin load balancer)."""
+
+    def __init__(self, targets: list[int], cuts: int, after: int):
+        self.targets, self.cuts, self.after = targets, cuts, after
+        super().__init__()
 
     async def _handle(self, device_r, device_w) -> None:
         index, self.connections = self.connections, self.connections + 1
@@ -108,12 +131,66 @@ class CuttingProxy:
                 writer.write(data)
                 await writer.drain()
 
-        tasks = [asyncio.create_task(pipe(device_r, server_w, budget)), asyncio.create_task(pipe(server_r, device_w, None))]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            task.cancel()
-        for writer in (device_w, server_w):
-            writer.transport.abort()
+        await self._until_one_ends([pipe(device_r, server_w, budget), pipe(server_r, device_w, None)],
+                                   (device_w, server_w))
+
+
+class StallingProxy(LoopbackProxy):
+    """A loopback TCP proxy whose first connection stops passing the device's bytes on after ``after`` bytes:
+    the device, mid-job, then waits for acks that never come (a moment to kill it in). The rest of what it sends
+    is swallowed until it goes away, then the server's side is closed. Later connections pass everything."""
+
+    def __init__(self, target: int, after: int):
+        self.target, self.after = target, after
+        self.stalled = threading.Event()
+        super().__init__()
+
+    async def _handle(self, device_r, device_w) -> None:
+        first, self.connections = self.connections == 0, self.connections + 1
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target)
+
+        async def pipe(reader, writer, budget: int | None) -> None:
+            while data := await reader.read(1 << 16):
+                if budget is not None and len(data) >= budget:
+                    writer.write(data[:budget])
+                    self.stalled.set()
+                    while await reader.read(1 << 16):  # swallowed, until the device goes away
+                        pass
+                    return
+                if budget is not None:
+                    budget -= len(data)
+                writer.write(data)
+                await writer.drain()
+
+        await self._until_one_ends([pipe(device_r, server_w, self.after if first else None), pipe(server_r, device_w, None)],
+                                   (device_w, server_w))
+
+
+def kill_when_stalled(process: subprocess.Popen, proxy: StallingProxy, timeout: float = 120) -> None:
+    """Kill the device ``process`` once ``proxy`` has stalled its stream (mid-job); fail if it never does."""
+    try:
+        assert proxy.stalled.wait(timeout), process.stderr.read() if process.poll() is not None else "no batch sent"
+    finally:
+        process.kill()
+        process.wait()
+
+
+def self_signed(directory: Path, name: str = "localhost") -> tuple[Path, Path]:
+    """A self-signed certificate (and its key) for ``name`` and 127.0.0.1, made by the openssl command."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+         "-subj", f"/CN={name}", "-addext", f"subjectAltName=IP:127.0.0.1,DNS:{name}"],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The server side's TLS context of ``cert`` and ``key``."""
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    return tls
 
 
 async def hello_then(url: str, hello, then=None):

@@ -16,7 +16,7 @@ import pytest
 import torch
 from helpers import make_hello
 from safetensors.torch import load_file
-from servers import CuttingProxy, ThreadServer, device_setup
+from servers import CuttingProxy, StallingProxy, ThreadServer, device_setup, kill_when_stalled
 from typer.testing import CliRunner
 from webjs import WEB, node
 
@@ -131,52 +131,6 @@ def test_a_server_killed_mid_training_resumes_from_its_checkpoint(toy_task, tmp_
 
 
 # -- a device process stopped mid-job, started again on its job state (docs/protocol.md §6b) -----------------------
-class StallingProxy:
-    """A loopback TCP proxy whose first connection stops passing the device's bytes on after ``after`` bytes:
-    the device, mid-job, then waits for acks that never come (a moment to kill it in). The rest of what it sends
-    is swallowed until it goes away, then the server's side is closed. Later connections pass everything."""
-
-    def __init__(self, target: int, after: int):
-        self.target, self.after = target, after
-        self.connections = 0
-        self.stalled = threading.Event()
-        self.port: int | None = None
-        ready = threading.Event()
-        threading.Thread(target=asyncio.run, args=(self._serve(ready),), daemon=True).start()
-        assert ready.wait(10)
-
-    async def _serve(self, ready: threading.Event) -> None:
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        ready.set()
-        await server.serve_forever()
-
-    async def _handle(self, device_r, device_w) -> None:
-        first, self.connections = self.connections == 0, self.connections + 1
-        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target)
-
-        async def pipe(reader, writer, budget: int | None) -> None:
-            while data := await reader.read(1 << 16):
-                if budget is not None and len(data) >= budget:
-                    writer.write(data[:budget])
-                    self.stalled.set()
-                    while await reader.read(1 << 16):  # swallowed, until the device goes away
-                        pass
-                    return
-                if budget is not None:
-                    budget -= len(data)
-                writer.write(data)
-                await writer.drain()
-
-        tasks = [asyncio.create_task(pipe(device_r, server_w, self.after if first else None)),
-                 asyncio.create_task(pipe(server_r, device_w, None))]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            task.cancel()
-        for writer in (device_w, server_w):
-            writer.transport.abort()
-
-
 def test_the_job_state_resumes_the_same_job_only(tmp_path):
     """What the device keeps (``job_state.json``): saved once the job is welcomed, resumed when the job, its
     settings and its examples are the same (wherever the data file now is), refused otherwise with what changed
@@ -285,11 +239,7 @@ def test_a_killed_device_process_resumes_from_its_output_directory(toy_task, tmp
     proxy = StallingProxy(server.port, after=8_000)
     killed = subprocess.Popen([sys.executable, "-m", "mobillm", *args("killed", proxy.port, out)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proxy.stalled.wait(120), killed.stderr.read() if killed.poll() is not None else "no batch sent"
-    finally:
-        killed.kill()
-        killed.wait()
+    kill_when_stalled(killed, proxy)
     assert json.loads((out / JOB_STATE_NAME).read_text())["hello"]["job"] == "killed"
     assert not (out / "summary.json").exists()
 

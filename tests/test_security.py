@@ -11,13 +11,12 @@ import re
 import shutil
 import ssl
 import stat
-import subprocess
 import urllib.error
 import urllib.request
 
 import pytest
 from pydantic import ValidationError
-from servers import ThreadServer, device_setup, hello_then
+from servers import ThreadServer, device_setup, hello_then, self_signed, tls_context
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -233,14 +232,8 @@ def test_the_python_device_runs_its_job_with_its_token_and_not_with_another(toy_
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a test certificate")
 def test_a_job_runs_over_tls_with_a_self_signed_certificate(toy_task, tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
-    )
-    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    tls.load_cert_chain(cert, key)
+    cert, key = self_signed(tmp_path)
+    tls = tls_context(cert, key)
     tokens = TokenStore(tmp_path / "jobs")
     token = tokens.create("tls")
     server = ThreadServer(SessionManager(tmp_path / "jobs"), window=2, tokens=tokens, tls=tls)

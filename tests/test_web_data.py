@@ -34,7 +34,7 @@ SEEDS = [0, 1, 42, -7, 2**32 + 1, 123456789012345678901, "", "mobillm-split:0", 
 
 
 def python_draws(seed) -> dict:
-    """What web/test/py/data.mjs's ``draws`` asks of its generator, from Python's."""
+    """What web/tools/py/data.mjs's ``draws`` asks of its generator, from Python's."""
     rng = random.Random(seed)
     return {
         "random": [rng.random() for _ in range(5)],
@@ -191,7 +191,7 @@ def test_data_errors_match_python(tmp_path, name, content, options):
 # -- prompts: token ids, truncation, padding -----------------------------------------------------------------
 
 def python_prompts(data, template, tokenizer: BundleTokenizer, max_length: int, seed: int) -> dict:
-    """The padded prompt batches of every split, as web/test/py/data.mjs lists them."""
+    """The padded prompt batches of every split, as web/tools/py/data.mjs lists them."""
     out = {}
     for split, epochs in batch_orders(data, seed).items():
         examples = getattr(data, split)

@@ -20,14 +20,14 @@ import pytest
 from conftest import tiny_model
 from helpers import make_tiny_tokenizer
 from safetensors.numpy import load_file
-from servers import CuttingProxy, ThreadServer
-from test_reliability import StallingProxy
+from servers import CuttingProxy, StallingProxy, ThreadServer, kill_when_stalled
 from test_wire_capture import MIN_RUN, SECRET_WORDS, TEMPLATE_WORDS, Capture, leaks
 from webjs import WEB, node
 
 from mobillm.bundle.config import BundleConfig
 from mobillm.data import load_dataset
 from mobillm.export import export_bundle
+from mobillm.files import JOB_STATE_NAME
 from mobillm.recipes.bundle_infer import BundleInference
 from mobillm.recipes.job_template import job_template
 from mobillm.recipes.options import SideOptions
@@ -235,12 +235,8 @@ def test_a_killed_node_device_resumes_from_its_output_directory(web_job, tmp_pat
     proxy = StallingProxy(server.port, after=40_000)
     killed = subprocess.Popen(_node_args(proxy.port, "resumed", *args, web_job["data_dir"], out),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proxy.stalled.wait(120), killed.stderr.read() if killed.poll() is not None else "no batch sent"
-    finally:
-        killed.kill()
-        killed.wait()
-    assert json.loads((out / "job_state.json").read_text())["hello"]["job"] == "resumed"
+    kill_when_stalled(killed, proxy)
+    assert json.loads((out / JOB_STATE_NAME).read_text())["hello"]["job"] == "resumed"
 
     changed = tmp_path / "changed"
     shutil.copytree(web_job["data_dir"], changed)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import save_tiny_model
-from servers import ThreadServer
+from servers import ThreadServer, self_signed, tls_context
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
@@ -291,14 +291,8 @@ def test_an_ordinary_handshake_still_has_its_open_timeout_and_a_download_does_no
 def test_tls_serves_the_page_with_wss_in_its_policy_and_streams_the_bundle(web, tmp_path):
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
-    )
-    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    tls.load_cert_chain(cert, key)
+    cert, key = self_signed(tmp_path)
+    tls = tls_context(cert, key)
     directory = bundle_dir(web["site"])
     template = json.loads(web["site"].config)["template"]
     secure = DeviceSite(web["files"], ServedBundle(directory, bundle_files(directory), template), tls=True)

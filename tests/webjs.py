@@ -1,5 +1,5 @@
 """Run the web device's JavaScript (``web/``) from the Python tests: the cross-language checks write inputs the
-Python side computed, run a small Node driver from ``web/test/py/`` on them and compare what it writes back.
+Python side computed, run a small Node driver from ``web/tools/py/`` on them and compare what it writes back.
 (Import as ``from webjs import run_node``.)
 
 The set-up (``make setup``) installs Node's packages with ``npm ci`` in ``web/``; without them these tests fail
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 WEB = Path(__file__).resolve().parents[1] / "web"
-DRIVERS = WEB / "test" / "py"
+DRIVERS = WEB / "tools" / "py"
 
 
 def node() -> str:
@@ -30,7 +30,7 @@ def node() -> str:
 
 
 def run_node(driver: str, *args: str, payload=None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run ``web/test/py/<driver>`` with ``args`` (and ``payload`` as JSON on stdin); fail the test with the
+    """Run ``web/tools/py/<driver>`` with ``args`` (and ``payload`` as JSON on stdin); fail the test with the
     driver's stderr when it exits non-zero."""
     proc = subprocess.run(
         [node(), str(DRIVERS / driver), *map(str, args)], input=None if payload is None else json.dumps(payload),

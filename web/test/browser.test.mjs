@@ -17,7 +17,7 @@ import { browserJobStore, keptJob } from '../src/browser/job_store.mjs';
 import { RECORD_VERSION, loadModel, modelRecord, saveModel, unusableReason } from '../src/browser/model_store.mjs';
 import { SavedJob, jobState } from '../src/device/job_state.mjs';
 import { formatBytes, formatDuration, samplesInBatches, softmax, timeLeft } from '../page/format.mjs';
-import { RULES } from './py/session.mjs';
+import { RULES } from '../tools/py/session.mjs';
 
 const bytes = (text) => new TextEncoder().encode(text);
 const picked = (name, text) => ({ name, data: bytes(text) });

@@ -13,7 +13,7 @@ import { batchTensors } from '../src/wire/messages.mjs';
 import { int64, tensor } from '../src/wire/tensor.mjs';
 import { resumes, streamTensors, SUBPROTOCOL, TOKEN_PREFIX } from '../src/device/client.mjs';
 import { jobState, SavedJob } from '../src/device/job_state.mjs';
-import { RULES } from './py/session.mjs';
+import { RULES } from '../tools/py/session.mjs';
 
 describe('resumes', () => {
   test('a dropped connection resumes, whatever its close code', () => {

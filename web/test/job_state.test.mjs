@@ -9,7 +9,7 @@ import { ConfigError } from '../src/exceptions.mjs';
 import { sha512 } from '../src/data/sha512.mjs';
 import { JOB_STATE_NAME, SavedJob, checkResumes, examplesSha512, jobState } from '../src/device/job_state.mjs';
 import { fileJobStore } from '../src/device/node_job_store.mjs';
-import { RULES } from './py/session.mjs';
+import { RULES } from '../tools/py/session.mjs';
 
 const SPLITS = {
   validation: [{ text: 'ünïcode text', label: 0 }, { text: 'b', label: 1 }],

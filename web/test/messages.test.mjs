@@ -9,7 +9,7 @@ import { ProtocolError } from '../src/exceptions.mjs';
 import { readFrame, writeFrame } from '../src/wire/frame.mjs';
 import { activationGroups, batchTensors, decodeMessage, encodeMessage, makeHeader } from '../src/wire/messages.mjs';
 import { int64, tensor } from '../src/wire/tensor.mjs';
-import { RULES } from './py/session.mjs';
+import { RULES } from '../tools/py/session.mjs';
 
 const HELLO = { type: 'hello', ...RULES.hello };
 const headerText = (bytes) => readFrame(bytes).header;

@@ -10,7 +10,7 @@ import { writeFrame } from '../src/wire/frame.mjs';
 import { decodeMessage } from '../src/wire/messages.mjs';
 import { SendWindow } from '../src/wire/protocol.mjs';
 import { DeviceSession, State } from '../src/wire/session.mjs';
-import { RULES, expected, runCase } from './py/session.mjs';
+import { RULES, expected, runCase } from '../tools/py/session.mjs';
 
 describe('the shared session rules', () => {
   for (const testCase of RULES.cases) {

@@ -1,5 +1,5 @@
 /**
- * The JS messages for tests/test_web_session.py: `node web/test/py/messages.mjs encode|decode` reads a JSON list on
+ * The JS messages for tests/test_web_session.py: `node web/tools/py/messages.mjs encode|decode` reads a JSON list on
  * stdin and prints a JSON list, one result per item, `{error: code}` where the JS side refuses it.
  *
  *   encode: {header, tensors?} or {header, parts: {activations, sampleIds, labels, ...}} (tensors by batchTensors)

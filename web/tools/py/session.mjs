@@ -1,6 +1,6 @@
 /**
  * Runs tests/session_rules.json on the JS DeviceSession. Imported by web/test/session.test.mjs; run by
- * tests/test_web_session.py as `node web/test/py/session.mjs`, it prints {case name: [what each step observed]}
+ * tests/test_web_session.py as `node web/tools/py/session.mjs`, it prints {case name: [what each step observed]}
  * as JSON, for pytest to compare with the table (and with the Python session's observations).
  */
 import { readFileSync } from 'node:fs';
