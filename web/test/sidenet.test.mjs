@@ -148,6 +148,20 @@ describe('SideNetwork', () => {
     assert.deepEqual(seen[0].data.subarray(H), hidden.data.subarray(4 * H, 5 * H));
   });
 
+  for (const bidirectional of [false, true]) {
+    it(`classifies a padded batch as hidden() reads it at the pivots, to the bit (${bidirectional ? 'bidirectional' : 'causal'})`, async () => {
+      // classify runs the real tokens and the pivots only: a padded tail, a hole, a pivot on padding, no padding
+      const cfg = config({ bidirectional });
+      const net = new SideNetwork(cfg, randomState(cfg));
+      const x = acts(3, 5);
+      const mask = int64([1, 1, 1, 0, 0, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1], [3, 5]);
+      const hidden = net.hidden(x, mask);
+      const seen = [];
+      await net.classify(x, mask, int64([2, 4, 4]), (h) => { seen.push(h); return h; });
+      [2, 9, 14].forEach((row, b) => assert.deepEqual(seen[0].data.subarray(b * H, (b + 1) * H), hidden.data.subarray(row * H, (row + 1) * H)));
+    });
+  }
+
   it('refuses what it cannot run, saying what to do', async () => {
     const cfg = config();
     const state = randomState(cfg);

@@ -253,7 +253,7 @@ class Block4bit extends Codec {
     const n = x.length;
     const nblocks = Math.ceil(n / BLOCK_4BIT);
     const absmax = new Float32Array(nblocks);
-    const codes = new Uint8Array(nblocks * BLOCK_4BIT); // the zero padding of a short last block gets its code too
+    const packed = new Uint8Array((n + 1) >> 1);
     const scaled = new Float32Array(BLOCK_4BIT);
     for (let b = 0, start = 0; b < nblocks; b++, start += BLOCK_4BIT) {
       const end = Math.min(start + BLOCK_4BIT, n);
@@ -265,32 +265,28 @@ class Block4bit extends Codec {
         const inv = f32(1 / clamped);
         for (let j = 0; j < BLOCK_4BIT; j++) scaled[j] = x[start + j] * inv;
       } else {
-        scaled.fill(0 / clamped);
+        scaled.fill(0 / clamped); // the zero padding: an odd count's last byte holds its code
         for (let j = 0; j < end - start; j++) scaled[j] = x[start + j] / clamped;
       }
-      this.codesOf(scaled, codes, start);
+      const bytes = (end - start + 1) >> 1;
+      for (let j = 0, at = start >> 1; j < bytes; j++, at++) packed[at] = (this.codeOf(scaled[2 * j]) << 4) | this.codeOf(scaled[2 * j + 1]);
     }
-    const packed = new Uint8Array((n + 1) >> 1);
-    for (let i = 0; i < packed.length; i++) packed[i] = (codes[2 * i] << 4) | codes[2 * i + 1];
     return { data: tensor('U8', [packed.length], packed), absmax: tensor('F32', [nblocks], absmax) };
   }
 
   /**
-   * `codes[at + j]` = the code of `scaled[j]`: clipped to [-1, 1], then numpy's searchsorted(bounds, v,
-   * side='left') — the number of bounds below v, a NaN counting as above them all — through the value order.
-   * A table of that count at 1/GUESS_STEPS steps of [-1, 1] gives a guess that two exact comparisons confirm
-   * (unpredictable branches of a binary search cost more than the arithmetic here).
+   * The code of the scaled value `v`: clipped to [-1, 1], then numpy's searchsorted(bounds, v, side='left') — the
+   * number of bounds below v, a NaN counting as above them all — through the value order. A table of that count
+   * at 1/GUESS_STEPS steps of [-1, 1] gives a guess that two exact comparisons confirm (unpredictable branches of
+   * a binary search cost more than the arithmetic here).
    */
-  codesOf(scaled, codes, at) {
+  codeOf(v) {
     const { bounds: b, guess, order } = this;
-    for (let j = 0; j < scaled.length; j++) {
-      const v = scaled[j];
-      const c = v > 1 ? 1 : v < -1 ? -1 : v;
-      let i = guess[((c + 1) * GUESS_STEPS) | 0]; // a NaN: guess[0], and the first loop runs to 15
-      while (i < 15 && !(b[i] >= c)) i++;
-      while (i > 0 && b[i - 1] >= c) i--;
-      codes[at + j] = order[i];
-    }
+    const c = v > 1 ? 1 : v < -1 ? -1 : v;
+    let i = guess[((c + 1) * GUESS_STEPS) | 0]; // a NaN: guess[0], and the first loop runs to 15
+    while (i < 15 && !(b[i] >= c)) i++;
+    while (i > 0 && b[i - 1] >= c) i--;
+    return order[i];
   }
 
   decodeData(encoded, shape) {
@@ -299,9 +295,12 @@ class Block4bit extends Codec {
     const n = numel(shape);
     const { table } = this;
     const out = new Float32Array(n);
-    for (let i = 0; i < n; i++) {
-      const byte = data[i >> 1];
-      out[i] = table[i & 1 ? byte & 0xf : byte >> 4] * absmax[(i / BLOCK_4BIT) | 0];
+    for (let i = 0, b = 0; i < n; b++) {
+      const scale = absmax[b];
+      for (const end = Math.min(i + BLOCK_4BIT, n); i < end; i++) {
+        const byte = data[i >> 1];
+        out[i] = table[i & 1 ? byte & 0xf : byte >> 4] * scale;
+      }
     }
     return out;
   }
