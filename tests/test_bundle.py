@@ -14,6 +14,7 @@ from helpers import make_tiny_tokenizer
 
 from mobillm.backbone import FrozenHead
 from mobillm.bundle import BundleConfig
+from mobillm.bundle.config import SMOOTHED_FORMATS
 from mobillm.bundle.generate import BundleGenerator
 from mobillm.bundle.runtime import Bundle
 from mobillm.bundle.sidenet import NpSideNetwork
@@ -28,8 +29,9 @@ from mobillm.wire.np_codecs import get_np_codec
 SHORTCUTS = [1, 3]  # the top shortcut (3) is below the last layer (4): the graphs stop there
 #: relative error of the top tap (Frobenius, real positions) against torch fp32 on the tiny models; measured
 #: 0.004-0.006 (int8), 0.011-0.015 (int8-dynamic: 7-bit weights; 0.060-0.072 with 8-bit weights on a CPU without
-#: VNNI, whose int8 matmuls saturate) and 0.06-0.09 (int4); SmolLM2-135M figures: BENCHMARKS §19
-QUANT_BOUNDS = {"int8": 0.02, "int8-dynamic": 0.03, "int4": 0.15}
+#: VNNI, whose int8 matmuls saturate), 0.06-0.09 (int4) and 0.105-0.108 (web: SmoothQuant'ed int4 and a 4-bit token
+#: embedding, whose random Gaussian rows lose more to 4 bits than a trained model's); SmolLM2-135M: BENCHMARKS §19, §21
+QUANT_BOUNDS = {"int8": 0.02, "int8-dynamic": 0.03, "int4": 0.15, "web": 0.2}
 
 
 def _reference(family: str) -> tuple[torch.nn.Module, TappedBackbone]:
@@ -94,7 +96,7 @@ def test_one_row_and_a_long_batch(exported, family):
 
 @pytest.mark.parametrize("weights", list(QUANT_BOUNDS))
 def test_quantized_taps_within_their_bound(exported, family, weights, tmp_path):
-    config = quantize_bundle(exported[family], tmp_path, weights)
+    config = _quantized(exported, family, weights, tmp_path)
     assert config.weights == weights and BundleConfig.load(tmp_path).weights == weights
     bundle = Bundle.load(tmp_path)
     _, reference = _reference(family)
@@ -109,6 +111,47 @@ def test_quantized_taps_within_their_bound(exported, family, weights, tmp_path):
     linears = sum(isinstance(m, torch.nn.Linear) for m in reference.decoder.layers.modules())
     assert _weight_matmuls(exported[family] / "taps.onnx") == {"fp32": linears}
     assert _weight_matmuls(tmp_path / "taps.onnx") == {"quantized": linears}
+    # the web format gathers the token embedding's rows from 4-bit blocks; the others keep it fp32
+    assert _op_count(tmp_path / "taps.onnx", "GatherBlockQuantized") == (weights == "web")
+    assert all(path.stat().st_mode & 0o444 == 0o444 for path in tmp_path.iterdir())  # a web server may serve it
+
+
+def test_the_web_format_quantizes_the_token_embedding_only(exported, family, tmp_path):
+    """``web``: the token embedding 4-bit (a quarter of its fp32 bytes, and less), every other gather exact (OPT's
+    learned positions too), and the head's rows still the fp32 ones (the page fetches the label rows from them)."""
+    import onnx
+
+    web, int4 = tmp_path / "web", tmp_path / "int4"
+    _quantized(exported, family, "web", web)
+    _quantized(exported, family, "int4", int4)
+    hidden = tiny_model(family).config.hidden_size
+    for graph_name in ("taps.onnx", "generate.onnx"):
+        graph = onnx.load(str(web / graph_name), load_external_data=False).graph
+        (node,) = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+        quantized = {t.name: tuple(t.dims) for t in graph.initializer}
+        assert quantized[node.input[0]] == (VOCAB, hidden)  # (V, H), in 4-bit elements
+        assert [onnx.helper.get_node_attr_value(node, a) for a in ("gather_axis", "quantize_axis", "block_size")] == [0, 1, 32]
+        kept = [n for n in graph.node if n.op_type == "Gather" and n.input[0] in quantized]
+        assert len(kept) == (family == "opt")  # OPT's learned positions: a float table gathered exactly
+    assert _op_count(web / "head.onnx", "MatMulNBits") == 1  # generation's head: int4's, no embedding in it
+    assert (web / "lm_head.safetensors").read_bytes() == (exported[family] / "lm_head.safetensors").read_bytes()
+    saved = (int4 / "taps.onnx.data").stat().st_size - (web / "taps.onnx.data").stat().st_size
+    assert saved > 0.75 * VOCAB * hidden * 4  # the embedding's fp32 bytes -> 4 bits (+ a scale, a zero point per 32)
+
+
+def _quantized(exported: dict[str, Path], family: str, weights: str, directory: Path) -> BundleConfig:
+    """A ``weights`` bundle of the tiny ``family`` model: quantized from its fp32 bundle, or exported from the model
+    for the formats that smooth its weights first (SMOOTHED_FORMATS)."""
+    if weights in SMOOTHED_FORMATS:
+        return export_bundle(tiny_model(family), make_tiny_tokenizer(bos=family == "llama"), directory, SHORTCUTS,
+                             weights=weights, source=f"tiny-{family}")
+    return quantize_bundle(exported[family], directory, weights)
+
+
+def _op_count(path: Path, op_type: str) -> int:
+    import onnx
+
+    return sum(n.op_type == op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
 
 
 def _weight_matmuls(path: Path) -> dict[str, int]:

@@ -182,9 +182,10 @@ def test_fixed_choices_match_their_homes():
     assert get_args(cli.MethodName) == get_args(Method) and get_args(cli.ScheduleName) == get_args(Schedule)
     assert get_args(cli.WeightFormat) == WEIGHT_FORMATS
     from mobillm.bundle.config import WEIGHT_FORMATS as BUNDLE_FORMATS
-    from mobillm.recipes.job_bundle import DEFAULT_BUNDLE_WEIGHTS
+    from mobillm.recipes.job_bundle import DEFAULT_BUNDLE_WEIGHTS, WEB_BUNDLE_WEIGHTS
 
     assert get_args(cli.BundleWeightFormat) == BUNDLE_FORMATS and DEFAULT_BUNDLE_WEIGHTS in BUNDLE_FORMATS
+    assert WEB_BUNDLE_WEIGHTS in BUNDLE_FORMATS
 
 
 REQUIRED_ARGUMENTS = {"predict": ["some text"], "generate": ["a prompt"], "convert": ["out"]}

@@ -13,6 +13,7 @@ from conftest import VOCAB, tiny_model
 from helpers import make_tiny_tokenizer
 from webjs import run_node
 
+from mobillm.bundle.config import SMOOTHED_FORMATS
 from mobillm.bundle.runtime import Bundle
 from mobillm.bundle.sidenet import NpSideNetwork
 from mobillm.export import export_bundle, quantize_bundle
@@ -26,8 +27,10 @@ LABELS = [5, 6]
 #: models' hidden states are ~0.1: an absolute 1e-5 would let a relative error of 1e-4 pass. Measured: at most 2.6e-7
 #: (taps, fp32 and quantized), 1e-7 (label logits), 1.7e-7 (side network hidden states and scores).
 TOLERANCE = 1e-5
-#: the bundles' weights: fp32 and the two quantized kinds whose operators differ (MatMulNBits; dynamic int8)
-FORMATS = [("llama", "fp32"), ("opt", "fp32"), ("llama", "int4"), ("opt", "int8-dynamic")]
+#: the bundles' weights: fp32 and the quantized kinds whose operators differ (MatMulNBits; dynamic int8; the web
+#: format's GatherBlockQuantized embedding, which onnxruntime-web must run as ONNX Runtime does)
+FORMATS = [("llama", "fp32"), ("opt", "fp32"), ("llama", "int4"), ("opt", "int8-dynamic"), ("llama", "web"),
+           ("opt", "web")]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,11 @@ def bundles(tmp_path_factory) -> dict[tuple[str, str], Path]:
     for family, weights in FORMATS:
         if weights != "fp32":
             directory = tmp_path_factory.mktemp(f"bundle-{family}-{weights}")
-            quantize_bundle(out[family, "fp32"], directory, weights)
+            if weights in SMOOTHED_FORMATS:  # smoothed from the model first
+                export_bundle(tiny_model(family), make_tiny_tokenizer(bos=family == "llama"), directory, SHORTCUTS,
+                              weights=weights, source=f"tiny-{family}", generate=False)
+            else:
+                quantize_bundle(out[family, "fp32"], directory, weights)
             out[family, weights] = directory
     return out
 

@@ -26,8 +26,9 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
 import mobillm.recipes.job_bundle as job_bundle_module
+from mobillm.bundle.config import BundleConfig
 from mobillm.cli import app, web_site
-from mobillm.recipes.job_bundle import CACHE_ENV, bundle_files
+from mobillm.recipes.job_bundle import CACHE_ENV, WEB_BUNDLE_WEIGHTS, bundle_files
 from mobillm.server.auth import TokenStore
 from mobillm.server.download import Download, StaticFile, StreamingConnection, file_download
 from mobillm.server.manager import SessionManager
@@ -155,6 +156,8 @@ def test_config_json_is_the_template_mobillm_template_prints_and_the_bundle_file
     assert config["bundle"]["base"] == bundle and bundle.startswith("/device/bundle/")
     files = config["bundle"]["files"]
     assert {"bundle.json", "taps.onnx", "norm.onnx", "lm_head.safetensors", "tokenizer.json"} <= set(files)
+    # `--web MODEL` with no format serves the web format: what a phone downloads
+    assert BundleConfig.load(bundle_dir(web["site"])).weights == WEB_BUNDLE_WEIGHTS == "web"
     assert "export_request.json" not in files  # the cache's marker is no bundle file
     for name, entry in files.items():
         got = fetch(web["port"], bundle + name, "HEAD")

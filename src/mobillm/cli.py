@@ -22,7 +22,7 @@ from rich.table import Table
 from mobillm import PROGRESS_LOGGER
 from mobillm.exceptions import MobillmError
 from mobillm.ports import free_port, wait_listening
-from mobillm.recipes.job_bundle import DEFAULT_BUNDLE_WEIGHTS
+from mobillm.recipes.job_bundle import DEFAULT_BUNDLE_WEIGHTS, WEB_BUNDLE_WEIGHTS
 from mobillm.recipes.options import DEFAULT_MEMBERS
 from mobillm.sidenet.config import MAX_MEMBERS
 
@@ -62,7 +62,7 @@ ScheduleName = Literal["constant", "linear", "cosine", "rsqrt"]
 SplitName = Literal["test", "validation"]
 RuntimeName = Literal["torch", "onnx"]
 DeviceRuntimeName = Literal["auto", "torch", "onnx"]
-BundleWeightFormat = Literal["fp32", "int8", "int8-dynamic", "int4", "int8-smooth"]
+BundleWeightFormat = Literal["fp32", "int8", "int8-dynamic", "int4", "int8-smooth", "web"]
 WeightFormat = Literal["fp32", "int8", "nf4"]
 
 # Options shared by several commands, declared once.
@@ -301,8 +301,8 @@ def serve(
     web: Annotated[Optional[str], typer.Option(
         "--web", metavar="MODEL[:FORMAT]",
         help="also serve the web device at /device: the page, and the device bundle of MODEL in FORMAT (a bundle "
-             f"weight format, default {DEFAULT_BUNDLE_WEIGHTS}), exported at start-up into the bundle cache "
-             "($MOBILLM_CACHE/bundles or ~/.cache/mobillm/bundles) unless it is there already")] = None,
+             f"weight format, default {WEB_BUNDLE_WEIGHTS}: 4-bit, for a phone's download), exported at start-up "
+             "into the bundle cache ($MOBILLM_CACHE/bundles or ~/.cache/mobillm/bundles) unless it is there already")] = None,
 ) -> None:
     """Run the server: trains side networks from the activations devices stream to it."""
     import asyncio
@@ -384,7 +384,7 @@ def web_site(spec: str, tls: bool):
 
     model, colon, weights = spec.rpartition(":")
     if not colon:
-        model, weights = spec, DEFAULT_BUNDLE_WEIGHTS
+        model, weights = spec, WEB_BUNDLE_WEIGHTS
     if not model or weights not in WEIGHT_FORMATS:
         raise MobillmError(f"--web {spec!r}: give MODEL or MODEL:FORMAT, FORMAT one of {', '.join(WEIGHT_FORMATS)}")
     directory = job_bundle(model, None, weights)

@@ -15,8 +15,16 @@ dynamic batch, length and cache length. Weight formats:
     int8-smooth   int8-dynamic on a SmoothQuant'ed model (:mod:`mobillm.backbone.smoothing`: the activations'
                   outlier channels moved into the weights first, an exact rewrite), so the per-tensor activation
                   scales fit; made from the torch model, not from an fp32 bundle
+    web           int4 on a SmoothQuant'ed model (alpha 0.5: a 4-bit weight's error is multiplied by its input
+                  channel's activation, and smoothing flattens the outlier channels; SmolLM2-135M's tap error 0.095
+                  -> 0.029, BENCHMARKS §21), and the token embedding 4-bit too (GatherBlockQuantized, asymmetric,
+                  block 32, along the hidden axis; onnxruntime-web's WASM build runs both operators): what a phone's
+                  browser downloads (SmolLM2-135M: 86 MiB of graphs, against int4's 177 MiB with its fp32 embedding);
+                  made from the torch model. The LM head stays the fp32 row-indexed ``lm_head.safetensors``, of
+                  which a device reads (and the page fetches by byte range) only its label tokens' rows
 
-Only the weight matmuls are quantized; attention's activation-by-activation matmuls stay fp32 in every format.
+Only the weight matmuls (and in ``web`` the token embedding) are quantized; attention's activation-by-activation
+matmuls stay fp32 in every format.
 The trade-off, measured on SmolLM2-135M (BENCHMARKS §19): ``int8`` is close to exact (relative error of the taps
 ~0.04) but no faster than fp32 on an x86 CPU; ``int8-dynamic`` is the fastest by far but its per-tensor
 activation scales are coarse against the backbone's outlier channels (tap error 0.10–0.33 on SST-2 sentences),
@@ -45,7 +53,7 @@ import torch
 from torch import nn
 
 from mobillm.backbone import FrozenHead, decoder_layers, fingerprint
-from mobillm.backbone.smoothing import SMOOTHING_ALPHA, smooth_for_int8
+from mobillm.backbone.smoothing import SMOOTHING_ALPHA, smooth_activations
 from mobillm.bundle.config import (
     DYNAMIC_INT8_FORMATS,
     GENERATE_NAME,
@@ -72,7 +80,14 @@ QUANTIZATION: dict[str, dict] = {
     "int8-dynamic": {},
     "int4": {"bits": 4, "block_size": 32, "is_symmetric": False},
     "int8-smooth": {},
+    "web": {"bits": 4, "block_size": 32, "is_symmetric": False},
 }
+#: the formats whose token embedding is quantized too (GatherBlockQuantized, MatMulNBitsQuantizer's Gather)
+EMBEDDING_FORMATS: tuple[str, ...] = ("web",)
+#: SmoothQuant's migration strength per smoothed format: int8 activations take SMOOTHING_ALPHA (BENCHMARKS §19);
+#: 4-bit weights, which take what smoothing moves into them, 0.5 (the one value measured: SmolLM2-135M's tap
+#: error ~3x below int4's, §21)
+SMOOTHING_ALPHAS: dict[str, float] = {"int8-smooth": SMOOTHING_ALPHA, "web": 0.5}
 # Protobuf caps a single .onnx file at 2 GiB: bigger graphs keep their weights in external data.
 _SINGLE_FILE_BYTES = 1_800_000_000
 
@@ -189,8 +204,8 @@ def export_bundle(
         log(f"wrote {directory}")
         return config
     if weights in SMOOTHED_FORMATS:
-        log(f"SmoothQuant (alpha {SMOOTHING_ALPHA}) of the decoder layers, calibrated on random tokens")
-        smooth_for_int8(model)
+        log(f"SmoothQuant (alpha {SMOOTHING_ALPHAS[weights]}) of the decoder layers, calibrated on random tokens")
+        smooth_activations(model, alpha=SMOOTHING_ALPHAS[weights])
     with tempfile.TemporaryDirectory(prefix="mobillm-export-") as tmp:
         _export_fp32(model, tokenizer, Path(tmp), shortcuts, source, log, generate)
         return _quantize_bundle(Path(tmp), Path(directory), weights, log)
@@ -216,7 +231,7 @@ def _quantize_bundle(source: Path, directory: Path, weights: str, log: Callable[
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # one INFO line per node otherwise
     for name in (n for n in (TAPS_NAME, GENERATE_NAME, HEAD_NAME) if (source / n).is_file()):
         log(f"quantizing {name} to {weights}")
-        _quantize(source / name, directory / name, weights)
+        _quantize(source / name, directory / name, weights, config.vocab_size)
         _check(directory / name)
     # the label logits stay exact: the server trains against the fp32 head, and the device reads a few rows of it
     for name in (NORM_NAME, LM_HEAD_NAME, TOKENIZER_NAME):
@@ -249,8 +264,9 @@ class _Without(logging.Filter):
         return self.text not in record.getMessage()
 
 
-def _quantize(source: Path, target: Path, weights: str) -> None:
-    """Quantize the weight matmuls of one fp32 graph ``source`` into ``target``, its weights in external data
+def _quantize(source: Path, target: Path, weights: str, vocab_size: int) -> None:
+    """Quantize the weight matmuls of one fp32 graph ``source`` (and in the EMBEDDING_FORMATS its token embedding, the
+    table of ``vocab_size`` rows) into ``target``, its weights in external data
     (``<graph>.data``): ONNX Runtime maps that file instead of copying the weights out of the parsed graph, which
     takes the load's transient peak off the device (SmolLM2-135M int8-dynamic taps graph: RSS after load 85
     instead of 300 MiB, peak 383 instead of 407 MiB; BENCHMARKS §19)."""
@@ -281,11 +297,41 @@ def _quantize(source: Path, target: Path, weights: str) -> None:
             finally:
                 root.removeFilter(_quiet)
         return
+    import numpy as np
+    import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quantizer = MatMulNBitsQuantizer(str(source), op_types_to_quantize=("MatMul",), **QUANTIZATION[weights])
-    quantizer.process()
+    model = onnx.load(str(source))
+    embedding = weights in EMBEDDING_FORMATS
+    quantizer = MatMulNBitsQuantizer(model, op_types_to_quantize=("MatMul", "Gather") if embedding else ("MatMul",),
+                                     nodes_to_exclude=_other_gathers(model, vocab_size) if embedding else None,
+                                     **QUANTIZATION[weights])
+    # int4 types need opset 21, to which the quantizer raises the graph, warning that it "may not be valid" (_check
+    # checks it); an all-zero block (OPT's padding row) divides by its zero scale, then takes the zero point 8
+    chatty = logging.getLogger(MatMulNBitsQuantizer.__module__)
+    chatty.addFilter(_quiet := _Without("opset of the input model is under 21"))
+    try:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            quantizer.process()
+    finally:
+        chatty.removeFilter(_quiet)
     quantizer.model.save_model_to_file(str(target), use_external_data_format=True)
+
+
+def _other_gathers(model, vocab_size: int) -> list[str]:
+    """The Gather nodes of ``model`` (a loaded graph) other than the token embedding's, which the embedding formats
+    leave exact: gathers of shapes and indices, and OPT's learned positions (a few rows read at every position,
+    whose 4-bit error would add to every tap). The token embedding is the Gather of a float matrix of
+    ``vocab_size`` rows (a graph without one, the head's, gets every Gather back); every Gather is named so that
+    the quantizer can exclude it by name."""
+    import onnx
+
+    tables = {t.name for t in model.graph.initializer
+              if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and t.dims[0] == vocab_size}
+    gathers = [n for n in model.graph.node if n.op_type == "Gather"]
+    for i, node in enumerate(gathers):
+        node.name = node.name or f"mobillm_gather_{i}"
+    return [n.name for n in gathers if n.input[0] not in tables]
 
 
 def _export_fp32(model, tokenizer, directory: Path, shortcuts: list[int], source: str, log,

@@ -1,5 +1,7 @@
 """SmoothQuant for a backbone's decoder layers: move the activations' outlier channels into the weights before
-the activations are quantized to int8 (Xiao et al., "SmoothQuant", ICML 2023, arXiv 2211.10438).
+the activations are quantized to int8 (Xiao et al., "SmoothQuant", ICML 2023, arXiv 2211.10438) — or before the
+weights are quantized to 4 bits, where an input channel's weight error is multiplied by that channel's activations,
+so that flattening the outliers (at a smaller alpha) shrinks the error where it is amplified most.
 
 A linear layer's input channel j is divided by ``s_j`` and the weights reading it multiplied by ``s_j``, folded
 into what produces the input, so the model computes the same function (up to float rounding) while the
@@ -23,10 +25,10 @@ from torch import nn
 from mobillm.backbone.loading import decoder_layers
 from mobillm.exceptions import ModelLoadError
 
-__all__ = ["SMOOTHING_ALPHA", "smooth_for_int8"]
+__all__ = ["SMOOTHING_ALPHA", "smooth_activations"]
 
-#: migration strength: 0 leaves the activations as they are, 1 moves all their range into the weights; 0.75
-#: measured best of {0.5, 0.75} on SmolLM2-135M's taps (BENCHMARKS §19)
+#: migration strength for int8 activations: 0 leaves the activations as they are, 1 moves all their range into the
+#: weights; 0.75 measured best of {0.5, 0.75} on SmolLM2-135M's taps (BENCHMARKS §19)
 SMOOTHING_ALPHA = 0.75
 
 
@@ -47,7 +49,8 @@ def _pairs(layer: nn.Module) -> list[tuple[list[nn.Module], nn.Module, list[nn.L
             return [([layer.self_attn_layer_norm], qkv[0], qkv), ([layer.final_layer_norm], fc1, [fc1]),
                     ([fc1], fc2, [fc2])]
     raise ModelLoadError(f"{type(layer).__name__}: SmoothQuant knows Llama-style (norm, q/k/v, gate/up/down) and "
-                         "pre-norm OPT layers with ReLU; export this model with --weights int8-dynamic instead")
+                         "pre-norm OPT layers with ReLU; export this model with --weights int8-dynamic instead of "
+                         "int8-smooth, or int4 instead of web (serve --web MODEL:int4)")
 
 
 def _divide_outputs(module: nn.Module, s: torch.Tensor) -> None:
@@ -59,9 +62,9 @@ def _divide_outputs(module: nn.Module, s: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def smooth_for_int8(model: nn.Module, alpha: float = SMOOTHING_ALPHA, batches: int = 8, batch_size: int = 16,
+def smooth_activations(model: nn.Module, alpha: float = SMOOTHING_ALPHA, batches: int = 8, batch_size: int = 16,
                     length: int = 48, seed: int = 0) -> None:
-    """SmoothQuant ``model``'s decoder layers in place, for int8 activations (see the module's docstring).
+    """SmoothQuant ``model``'s decoder layers in place (see the module's docstring).
 
     Calibrates on ``batches`` seeded random sequences of ``length`` tokens."""
     if not 0.0 <= alpha <= 1.0:

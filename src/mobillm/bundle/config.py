@@ -37,12 +37,12 @@ CORE_FILES = (CONFIG_NAME, TAPS_NAME, NORM_NAME, LM_HEAD_NAME, TOKENIZER_NAME)
 GENERATION_FILES = (GENERATE_NAME, HEAD_NAME)
 BUNDLE_FILES = CORE_FILES + GENERATION_FILES
 
-WeightFormat = Literal["fp32", "int8", "int8-dynamic", "int4", "int8-smooth"]
-WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "int8", "int8-dynamic", "int4", "int8-smooth")
+WeightFormat = Literal["fp32", "int8", "int8-dynamic", "int4", "int8-smooth", "web"]
+WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "int8", "int8-dynamic", "int4", "int8-smooth", "web")
 #: the formats whose matmuls read int8 activations, quantized at run time (onnxruntime's quantize_dynamic)
 DYNAMIC_INT8_FORMATS: tuple[str, ...] = ("int8-dynamic", "int8-smooth")
 #: the formats made from the torch model (SmoothQuant rewrites its weights first), not from an fp32 bundle
-SMOOTHED_FORMATS: tuple[str, ...] = ("int8-smooth",)
+SMOOTHED_FORMATS: tuple[str, ...] = ("int8-smooth", "web")
 
 
 def tap_name(layer: int) -> str:

@@ -37,7 +37,7 @@ from mobillm import PROGRESS_LOGGER, __version__
 from mobillm.bundle.config import CORE_FILES, WEIGHT_FORMATS
 from mobillm.exceptions import ConfigError, MobillmError
 
-__all__ = ["CACHE_ENV", "DEFAULT_BUNDLE_WEIGHTS", "bundle_cache", "bundle_files", "bundle_request", "job_bundle"]
+__all__ = ["CACHE_ENV", "DEFAULT_BUNDLE_WEIGHTS", "WEB_BUNDLE_WEIGHTS", "bundle_cache", "bundle_files", "bundle_request", "job_bundle"]
 
 progress = logging.getLogger(PROGRESS_LOGGER)
 
@@ -47,6 +47,9 @@ CACHE_ENV = "MOBILLM_CACHE"
 #: int8-smooth is ~2x faster and held SST-2's (3 seeds) but is unmeasured on the packaged task beyond one run,
 #: int8-dynamic is as fast but cost 3.6 points of SST-2 (BENCHMARKS §19)
 DEFAULT_BUNDLE_WEIGHTS = "fp32"
+#: the weight format of the bundle the device page runs (``serve --web MODEL``) unless told otherwise: what a phone
+#: downloads (4-bit matmuls and embedding: 94 MB of SmolLM2-135M's bundle against fp32's 546 MB; BENCHMARKS §21)
+WEB_BUNDLE_WEIGHTS = "web"
 _REQUEST = "export_request.json"
 _EXPORT_MODULES = ("torch", "transformers", "onnxscript")
 _MISSING_EXPORTER = ("a bundle that is not in the cache yet is exported first, which needs {} (pip install "
