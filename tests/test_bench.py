@@ -197,7 +197,7 @@ def test_codecs_table_compares_each_seed_with_its_own_none_and_summarises_over_s
     assert "| fp32 | nf4 | 1 | 84.00% | +0.00 |" in out
     assert "| fp32 | nf4 | 2 | 81.00% | 78.00–84.00% | -1.00 |" in out  # mean 81 against none's mean 82
     assert "| 0.28 |" in out  # nf4 bytes ÷ fp16 bytes
-    _plot(rows, tmp_path / "codecs.png")
+    _plot(rows, tmp_path / "codecs.png", "SST-2")
     assert (tmp_path / "codecs.png").stat().st_size > 1000
 
 
@@ -392,3 +392,64 @@ def test_convergence_names_each_split_arms_device_runtime(monkeypatch, tmp_path)
     assert convergence.device_options("replay", 4, "fp32") == ("--idle-replays", "4", "--runtime", "torch")
     assert convergence.device_options("cache-onnx", 4, "int8-dynamic") == (
         "--idle-replays", "0", "--runtime", "onnx", "--bundle", str(tmp_path / "smollm2-135m-int8-dynamic"))
+
+
+def test_web_bench_finds_processes_under_it_and_their_peak_memory_in_proc():
+    """`mobillm bench web`'s /proc readers on processes of known shape: a child with a grandchild, and two stand-ins
+    for Chromium (argv[0] `chromium`, one a `--type=renderer`) that hold different amounts of memory."""
+    import os
+    import subprocess
+    import sys
+
+    from mobillm.bench.web import chromium_memory, cmdline, cpu_seconds, descendants
+
+    sleeper = "import time; time.sleep(60)"
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {sleeper!r}]); {sleeper}"
+    hold = "b = bytearray(64 << 20); b[::4096] = b'x' * len(b[::4096]); print(flush=True); " + sleeper
+    as_chromium = f"exec -a chromium {sys.executable} -c"  # argv[0] "chromium", as Chromium's processes show it
+    children = [
+        subprocess.Popen([sys.executable, "-c", parent]),
+        subprocess.Popen(["bash", "-c", f'{as_chromium} "{hold}" --type=renderer'], stdout=subprocess.PIPE),
+        subprocess.Popen(["bash", "-c", f'{as_chromium} "{sleeper}" --type=gpu-process']),
+    ]
+    try:
+        children[1].stdout.readline()  # the renderer stand-in holds its 64 MiB
+        deadline = time.monotonic() + 10
+        while len(descendants(os.getpid())) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        found = descendants(os.getpid())
+        assert {c.pid for c in children} <= set(found) and len(found) >= 4  # and the grandchild
+        assert cmdline(children[1].pid)[0] == "chromium" and "--type=renderer" in cmdline(children[1].pid)
+        assert cpu_seconds(children[1].pid) >= 0
+        memory = chromium_memory(os.getpid())
+        assert memory["renderer_pid"] == children[1].pid and memory["renderers"] == 1
+        assert memory["chromium_processes"] == 2
+        assert 64 <= memory["renderer_peak_mib"] < memory["chromium_peak_sum_mib"]
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    assert cmdline(children[0].pid) == []  # gone: nothing to read
+
+
+def test_web_bench_sums_the_pages_downloads_by_kind_and_cuts_sst2_to_size(tmp_path):
+    from mobillm.bench.web import data_folder, download_bytes
+
+    site = "http://127.0.0.1:1"
+    entries = [{"name": f"{site}{path}", "transferSize": wire, "encodedBodySize": body} for path, wire, body in (
+        ("/device", 10, 8), ("/device/src/a.mjs", 5, 4), ("/device/bundle/abc/taps.onnx", 100, 90),
+        ("/device/vendor/onnxruntime-web/x.wasm", 0, 7), ("/jobs/a/auth", 3, 2))]
+    got = download_bytes(entries)
+    assert got["page"] == {"transfer": 15, "body": 12, "requests": 2}
+    assert got["bundle"] == {"transfer": 100, "body": 90, "requests": 1}
+    assert got["onnxruntime-web"] == {"transfer": 0, "body": 7, "requests": 1}  # from the browser's HTTP cache
+    assert got["tokenizers"]["requests"] == 0 and got["other"]["transfer"] == 3
+
+    sst2 = tmp_path / "sst2"
+    sst2.mkdir()
+    for name, rows in (("train", 10), ("dev", 10), ("test", 10)):
+        (sst2 / f"{name}.tsv").write_text("sentence\tlabel\n" + "".join(f"{name} {i}\t{i % 2}\n" for i in range(rows)))
+    data = data_folder(tmp_path / "data", sst2, eval_rows=3, test_rows=4)
+    assert (data / "train.tsv").read_text() == (sst2 / "train.tsv").read_text()
+    assert len((data / "dev.tsv").read_text().splitlines()) == 1 + 3
+    assert len((data / "test.tsv").read_text().splitlines()) == 1 + 4

@@ -761,9 +761,10 @@ def convert(
     console.print(f"wrote {output_dir}: {weights} weights, {weights_nbytes(backbone) / 2**20:.1f} MiB", soft_wrap=True)
 
 
-#: ``bench all`` runs the paper's tables; the longer studies (sample efficiency, the privacy audit) run by name.
+#: ``bench all`` runs the paper's tables; the longer studies (sample efficiency, the privacy audit, the web page) run
+#: by name.
 PAPER_BENCHMARKS = ("memory", "codecs", "bandwidth", "convergence", "profile")
-BENCHMARKS = (*PAPER_BENCHMARKS, "samples", "privacy")
+BENCHMARKS = (*PAPER_BENCHMARKS, "samples", "privacy", "web")
 
 
 # --help goes through to the benchmark (its own argparse help); `mobillm bench --help` prints this command's.

@@ -18,9 +18,11 @@ export async function readDataSource(path) {
   const info = await stat(path).catch(() => null);
   if (info === null) throw new DataError(`data file ${path} does not exist; check --data`);
   if (!info.isDirectory()) return { name: path, data: await readFile(path) };
-  const names = (await readdir(path, { withFileTypes: true }))
-    .filter((entry) => entry.isFile() && FILE_SUFFIXES.some((s) => entry.name.toLowerCase().endsWith(s)))
-    .map((entry) => entry.name);
+  // a link to a file counts as that file (as Python's Path.is_file() follows it)
+  const isFile = async (name) => (await stat(join(path, name)).catch(() => null))?.isFile() ?? false;
+  const candidates = (await readdir(path)).filter((name) => FILE_SUFFIXES.some((s) => name.toLowerCase().endsWith(s)));
+  const kept = await Promise.all(candidates.map(isFile));
+  const names = candidates.filter((_, i) => kept[i]);
   const files = await Promise.all(names.map(async (name) => ({ name: join(path, name), data: await readFile(join(path, name)) })));
   return { name: path, files };
 }
