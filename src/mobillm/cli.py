@@ -21,7 +21,7 @@ from rich.table import Table
 
 from mobillm import PROGRESS_LOGGER
 from mobillm.exceptions import MobillmError
-from mobillm.ports import free_port, wait_listening
+from mobillm.ports import free_port, stop, wait_listening
 from mobillm.recipes.job_bundle import DEFAULT_BUNDLE_WEIGHTS, WEB_BUNDLE_WEIGHTS
 from mobillm.recipes.options import DEFAULT_MEMBERS
 from mobillm.sidenet.config import MAX_MEMBERS
@@ -567,11 +567,7 @@ def finetune(
         except (MobillmError, ValidationError, OSError) as err:
             _fail(err)
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop(server)
     print_summary(summary)
     console.print(f"side network: {output_dir / 'device' / 'side_network'}   summary: {output_dir / 'device' / 'summary.json'}")
 

@@ -28,3 +28,13 @@ def wait_listening(port: int, process: subprocess.Popen, timeout: float = 120.0)
         except OSError:
             time.sleep(0.2)
     raise MobillmError(f"nothing listened on port {port} within {timeout:.0f} s")
+
+
+def stop(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Stop ``process``: SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds; reaped either way."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -9,20 +9,10 @@ import { describe, it } from 'node:test';
 import { SideNetwork, erf, gelu, logSoftmax } from '../src/bundle/sidenet.mjs';
 import { ConfigError } from '../src/exceptions.mjs';
 import { int64, tensor } from '../src/wire/tensor.mjs';
+import { ladderShape, random } from '../tools/side_weights.mjs';
 
 const H = 8;
 const WIDTH = 4;
-
-/** A seeded uniform generator in [-1, 1) (mulberry32), for reproducible weights. */
-function random(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 31 - 1;
-  };
-}
 
 function randomTensor(shape, next) {
   const n = shape.reduce((a, b) => a * b, 1);
@@ -31,13 +21,7 @@ function randomTensor(shape, next) {
 
 /** The shape of one of a ladder's tensors, by its name (SideNetwork's modules). */
 function shapeOf(name, M) {
-  if (name === 'gate') return [M];
-  if (name === 'up.weight') return [H, WIDTH];
-  if (name === 'up.bias') return [H];
-  if (/^down\.\d+\.weight$/.test(name)) return [WIDTH, H];
-  if (name.endsWith('in_proj_weight')) return [3 * WIDTH, WIDTH];
-  if (name.endsWith('in_proj_bias')) return [3 * WIDTH];
-  return name.endsWith('weight') && !/norm1?\.weight$/.test(name) ? [WIDTH, WIDTH] : [WIDTH];
+  return ladderShape(name, { layers: M, hidden: H, width: WIDTH });
 }
 
 function config(extra = {}) {

@@ -36,6 +36,7 @@ import { SideNetwork } from '../src/bundle/sidenet.mjs';
 import { getCodec } from '../src/wire/codecs.mjs';
 import { int64, tensor } from '../src/wire/tensor.mjs';
 import { stackLayers } from '../src/recipes/bundle_device.mjs';
+import { ladderShape, random } from './side_weights.mjs';
 
 const H = 576;
 const WIDTH = 64;
@@ -53,26 +54,9 @@ const { values: args } = parseArgs({
   },
 });
 
-/** A seeded uniform generator in [-1, 1) (mulberry32), as web/test/sidenet.test.mjs's. */
-function random(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 31 - 1;
-  };
-}
-
 /** The shape of one of a ladder's tensors, by its name (SideNetwork's modules). */
 function shapeOf(name) {
-  if (name === 'gate') return [LAYERS];
-  if (name === 'up.weight') return [H, WIDTH];
-  if (name === 'up.bias') return [H];
-  if (/^down\.\d+\.weight$/.test(name)) return [WIDTH, H];
-  if (name.endsWith('in_proj_weight')) return [3 * WIDTH, WIDTH];
-  if (name.endsWith('in_proj_bias')) return [3 * WIDTH];
-  return name.endsWith('weight') && !/norm1?\.weight$/.test(name) ? [WIDTH, WIDTH] : [WIDTH];
+  return ladderShape(name, { layers: LAYERS, hidden: H, width: WIDTH });
 }
 
 /** A random F32 tensor of `shape`, uniform in +-1/sqrt(fan-in) (nn.Linear's scale), from `next`. */

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from mobillm.bench.io import machine, number_list, pyplot, require_sst2, results_dir, write_rows
-from mobillm.ports import free_port, wait_listening
+from mobillm.ports import free_port, stop, wait_listening
 from mobillm.procfs import status_kib
 from mobillm.recipes.job_bundle import WEB_BUNDLE_WEIGHTS
 
@@ -273,12 +273,7 @@ def web_server(out: Path, weights: str, cores: list[int]) -> Iterator[dict]:
             config = json.load(answer)
         yield {"port": port, "config": config}
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
 
 
 # --- the page ------------------------------------------------------------------------------------------------------
