@@ -32,6 +32,7 @@ from servers import ThreadServer
 from test_web_device import BATCH, MARGIN, _secret_task, _template
 from test_wire_capture import Capture, leaks
 
+from mobillm.bench.web import BROWSER_ARGS, CHROMIUM
 from mobillm.data import load_dataset
 from mobillm.data.templates import default_template
 from mobillm.recipes.bundle_infer import BundleInference
@@ -40,12 +41,9 @@ from mobillm.server.auth import TokenStore
 from mobillm.server.manager import SessionManager
 from mobillm.server.web import DeviceSite, ServedBundle, WebFiles
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "web-device.png"
 HOST = "phone.test"  # a name that is not localhost: over plain HTTP, no secure context
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--host-resolver-rules=MAP {HOST} 127.0.0.1"]
+ARGS = [*BROWSER_ARGS, f"--host-resolver-rules=MAP {HOST} 127.0.0.1"]
 #: a phone's four cores, whatever this machine has: the page runs two WASM threads, as on a phone (and every job
 #: whose side networks are compared taps on the same number of threads)
 PHONE_CORES = "Object.defineProperty(Navigator.prototype, 'hardwareConcurrency', {get: () => 4})"

@@ -64,18 +64,18 @@ from mobillm.bench.io import machine, number_list, pyplot, require_sst2, results
 from mobillm.ports import free_port, stop, wait_listening
 from mobillm.procfs import status_kib
 from mobillm.recipes.job_bundle import WEB_BUNDLE_WEIGHTS
+from mobillm.server.web import WebFiles
 
 MODEL = "smollm2-135m"
 DEVICES = ("page", "python", "node", "lora")
 DEFAULT_DEVICES = ("page", "python", "lora")
 #: Debian's Chromium (the web page test's); $MOBILLM_CHROMIUM names another build
 CHROMIUM = os.environ.get("MOBILLM_CHROMIUM", "/usr/bin/chromium")
-#: the web page test's flags (tests/test_web_page.py), without its host mapping: the page is opened on 127.0.0.1
+#: headless Chromium's flags, here and in tests/test_web_page.py (which adds a host mapping)
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 #: the most WASM threads the page runs (web/src/browser/backend.mjs's MAX_THREADS)
 MAX_PAGE_THREADS = 4
-_WEB = Path(__file__).resolve().parents[3] / "web"
 _RUNTIMES = {"page": "onnxruntime-web WASM, Chromium", "python": "onnxruntime, native",
              "node": "onnxruntime-web WASM, Node", "lora": "torch + peft, LoRA"}
 
@@ -462,7 +462,7 @@ def device_rows(kind: str, out: Path, port: int, bundle: Path, data: Path, train
             command = [sys.executable, "-m", "mobillm", "device", "--runtime", "onnx", "--bundle", str(bundle),
                        "--server", url, "--job", f"python-t{t}", "--threads", str(t), *common]
         elif kind == "node":
-            command = ["node", str(_WEB / "device.mjs"), "--server", url, "--job", f"node-t{t}",
+            command = ["node", str(WebFiles.checkout().src.parent / "device.mjs"), "--server", url, "--job", f"node-t{t}",
                        "--bundle", str(bundle), "--template", str(out / "template.json"), "--threads", str(t), *common]
         else:
             config, length = template["train_config"], template["data"]["max_length"]
@@ -551,8 +551,9 @@ def check_prerequisites(devices: list[str]) -> None:
         if importlib.util.find_spec("playwright") is None:
             problems.append("Python Playwright is not installed: pip install -e '.[dev]' (it drives that Chromium; "
                             "never `playwright install`)")
-    if {"page", "node"} & set(devices) and not (_WEB / "node_modules" / "onnxruntime-web").is_dir():
-        problems.append(f"the web device's libraries are missing from {_WEB / 'node_modules'}: `npm ci` in web/ "
+    libraries = WebFiles.checkout().node_modules
+    if {"page", "node"} & set(devices) and not (libraries / "onnxruntime-web").is_dir():
+        problems.append(f"the web device's libraries are missing from {libraries}: `npm ci` in web/ "
                         "(or `make setup`)")
     if "node" in devices and shutil.which("node") is None:
         problems.append("node is not on PATH (the node device runs web/device.mjs)")
